@@ -1,0 +1,133 @@
+"""Prompt formats of the ScienceQA paper (Lu et al. 2022), as LLaMA-Adapter fine-tunes on them.
+
+A format "INPUT-OUTPUT" names the order of the prompt parts (Q question, C context, M options)
+and of the target (A answer, L lecture, E explanation/solution). The wording follows the official
+`base_prompt.py`; the prompt ends at "Answer:" so the target can be trained/scored on its own.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from scienceqa.data import Problem
+
+ANSWER_PREFIX = "The answer is"
+
+
+class PromptFormat(str, Enum):
+    QCM_A = "QCM-A"  # the paper's / LLaMA-Adapter's default
+    CQM_A = "CQM-A"
+    QCM_LEA = "QCM-LEA"  # lecture, explanation, then the answer (chain of thought)
+    QCM_ALE = "QCM-ALE"  # the answer, then "BECAUSE: lecture explanation"
+
+    @classmethod
+    def parse(cls, name: "str | PromptFormat") -> "PromptFormat":
+        """Accept "QCM-A", "QCM->A" or "qcm_a"."""
+        if isinstance(name, PromptFormat):
+            return name
+        key = re.sub(r"[-_>\s]+", "-", str(name).strip().upper())
+        try:
+            return cls(key)
+        except ValueError:
+            raise ValueError(f"unknown prompt format {name!r}; choose from {', '.join(f.value for f in cls)}") from None
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """`prompt + target` is the full training text; generation starts after `prompt`."""
+
+    prompt: str
+    target: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.target
+
+
+def option_letters(n: int) -> list[str]:
+    """["A", "B", ...] for n choices (ScienceQA has at most 5)."""
+    if not 1 <= n <= 26:
+        raise ValueError(f"need 1..26 choices, got {n}")
+    return list(string.ascii_uppercase[:n])
+
+
+def context_text(problem: Problem, use_caption: bool = False) -> str:
+    """The hint, plus the image caption in the text-only setting; "N/A" when both are empty."""
+    parts = [problem.hint, problem.caption if use_caption and problem.caption else ""]
+    return " ".join(parts).strip() or "N/A"
+
+
+def options_text(choices: Sequence[str]) -> str:
+    return " ".join(f"({letter}) {choice}" for letter, choice in zip(option_letters(len(choices)), choices))
+
+
+def _join(*parts: str) -> str:
+    """Join non-empty parts with single spaces (official: empty lecture/solution leave no gap)."""
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+def build_prompt(
+    problem: Problem,
+    fmt: "str | PromptFormat" = PromptFormat.QCM_A,
+    use_caption: bool = False,
+    escape_newlines: bool = True,
+) -> PromptPair:
+    """Prompt and target for one problem. `escape_newlines` writes lecture/solution newlines as a
+    literal "\\n", as the official code does to keep the explanation one paragraph."""
+    fmt = PromptFormat.parse(fmt)
+    question, context = problem.question, context_text(problem, use_caption)
+    options = options_text(problem.choices)
+    if fmt is PromptFormat.CQM_A:
+        prompt = f"Context: {context}\nQuestion: {question}\nOptions: {options}\nAnswer:"
+    else:
+        prompt = f"Question: {question}\nContext: {context}\nOptions: {options}\nAnswer:"
+    answer = f"{ANSWER_PREFIX} {option_letters(len(problem.choices))[problem.answer]}."
+    lecture, solution = problem.lecture, problem.solution
+    if escape_newlines:
+        lecture, solution = lecture.replace("\n", "\\n"), solution.replace("\n", "\\n")
+    if fmt is PromptFormat.QCM_LEA:
+        target = _join(lecture, solution, answer)
+    elif fmt is PromptFormat.QCM_ALE and _join(lecture, solution):
+        target = _join(answer, "BECAUSE:", lecture, solution)
+    else:
+        target = answer
+    return PromptPair(prompt=prompt, target=" " + target)
+
+
+_STATED = re.compile(ANSWER_PREFIX + r"\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
+_PAREN = re.compile(r"\(([A-Z])\)")
+_LEADING = re.compile(r"^\s*\(?([A-Z])(?:[.):]\s*|\s*$)")
+
+
+def _single(letters: list[str], n_choices: int) -> int | None:
+    """The index of the one distinct letter found, if it is a valid option; None otherwise."""
+    found = set(letters)
+    if len(found) != 1:
+        return None
+    index = ord(found.pop()) - ord("A")
+    return index if index < n_choices else None
+
+
+def extract_answer(text: str, n_choices: int, choices: Sequence[str] | None = None) -> int | None:
+    """The choice index a generation states, or None when it cannot be read unambiguously.
+
+    In order: "The answer is X" (official), a lone "(X)", a leading "X." / "X)" / "X", then the
+    exact text of one choice (when `choices` is given). Conflicting letters give None: never guess.
+    """
+    stated = _STATED.findall(text)
+    if stated:
+        return _single(stated, n_choices)
+    for pattern in (_PAREN, _LEADING):
+        letters = pattern.findall(text)
+        if letters:
+            return _single(letters, n_choices)
+    if choices:
+        cleaned = text.strip().rstrip(".").strip().lower()
+        matches = [i for i, c in enumerate(choices) if c.strip().rstrip(".").lower() == cleaned]
+        if len(matches) == 1:
+            return matches[0]
+    return None
