@@ -98,7 +98,7 @@ def build_prompt(
     return PromptPair(prompt=prompt, target=" " + target)
 
 
-_STATED = re.compile(ANSWER_PREFIX + r"\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
+_STATED = re.compile("(?i:" + ANSWER_PREFIX + r")\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
 _PAREN = re.compile(r"\(([A-Z])\)")
 _LEADING = re.compile(r"^\s*\(?([A-Z])(?:[.):]\s*|\s*$)")
 
