@@ -1,0 +1,203 @@
+"""Attach LLaMA-Adapter prompts and gates to a frozen transformers decoder.
+
+The learnable state of one adapted layer (an :class:`AdaptionPrompt`) hangs on that layer's
+attention module as ``module.adapter``; the registered attention function in ``attention.py``
+finds it there. Nothing of the decoder's forward is replaced.
+
+Prompt keys/values are computed once per forward. During cached decoding (no grad, a KV cache
+that already holds tokens) the ones computed at prefill are reused, so ``generate`` projects
+the prompts once per call, not once per step. With grad enabled they are always recomputed:
+a cache across training steps would go stale after every optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import attention
+from .config import AdapterConfig
+from .errors import MMAdapterError
+
+ADAPTER_MARK = ".adapter."
+
+
+@dataclass
+class AdapterRuntime:
+    """Per-model state shared by all adapted layers for the current forward."""
+
+    config: AdapterConfig
+    layer_indices: list[int]
+    inner_attention: str
+    reuse_prompt_kv: bool = False
+    # Optional (batch, hidden) vector added to every prompt of every adapted layer (the visual path).
+    prompt_offset: torch.Tensor | None = None
+    hooks: list = field(default_factory=list)
+
+
+class AdaptionPrompt(nn.Module):
+    """Learnable prompts (adapter_len x hidden) and one zero-initialised gate per head for one layer."""
+
+    def __init__(self, hidden_size: int, num_heads: int, config: AdapterConfig, runtime: AdapterRuntime,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.empty(config.adapter_len, hidden_size, device=device, dtype=torch.float32))
+        self.gate = nn.Parameter(torch.zeros(num_heads, device=device, dtype=torch.float32))
+        self.gate_activation = config.gate_activation
+        if self.prompt.device.type != "meta":
+            nn.init.normal_(self.prompt, mean=0.0, std=config.prompt_init_std)
+        object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
+        self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.kv_computations = 0  # observable, so tests can prove the once-per-generate claim
+
+    def activated_gate(self) -> torch.Tensor:
+        return torch.tanh(self.gate) if self.gate_activation == "tanh" else self.gate
+
+    def prompt_kv(self, module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt keys/values through the layer's frozen projections, no rotary, heads repeated as for GQA.
+
+        Shapes: (1 or batch, num_heads, adapter_len, head_dim).
+        """
+        if self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype:
+            return self._cached_kv
+        # fp32 prompts on a bf16 base: cast to the projection's dtype (autocast, if on, casts further).
+        prompts = self.prompt.to(module.k_proj.weight.dtype).unsqueeze(0)
+        if self.runtime.prompt_offset is not None:
+            prompts = prompts + self.runtime.prompt_offset.to(prompts.dtype).unsqueeze(1)
+        key = _split_heads(module.k_proj(prompts), module.head_dim)
+        k_norm = getattr(module, "k_norm", None)  # families that normalise keys (e.g. Qwen3) do it before rotary
+        if k_norm is not None:
+            key = k_norm(key)
+        value = _split_heads(module.v_proj(prompts), module.head_dim)
+        groups = getattr(module, "num_key_value_groups", 1)
+        key = key.transpose(1, 2).repeat_interleave(groups, dim=1).to(dtype)
+        value = value.transpose(1, 2).repeat_interleave(groups, dim=1).to(dtype)
+        self.kv_computations += 1
+        self._cached_kv = None if torch.is_grad_enabled() else (key, value)
+        return key, value
+
+
+def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.view(*x.shape[:-1], -1, head_dim)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer stack of a transformers causal LM (``model.model.layers`` for Llama-likes)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise MMAdapterError(f"{type(model).__name__} has no decoder `layers`; cannot attach an adapter")
+    return layers
+
+
+def _runtime(model: nn.Module) -> AdapterRuntime | None:
+    return getattr(model, "_mm_adapter_runtime", None)
+
+
+def has_adapter(model: nn.Module) -> bool:
+    return _runtime(model) is not None
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig:
+    runtime = _runtime(model)
+    if runtime is None:
+        raise MMAdapterError("this model has no adapter attached")
+    return runtime.config
+
+
+def _cache_holds_tokens(kwargs: dict) -> bool:
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+
+
+def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.Module:
+    """Freeze ``model`` and give its top ``config.adapter_layers`` layers prompts and gates (in place)."""
+    config = config or AdapterConfig()
+    if has_adapter(model):
+        raise MMAdapterError("this model already has an adapter; call detach_adapter(model) first")
+    layers = decoder_layers(model)
+    if config.adapter_layers > len(layers):
+        raise MMAdapterError(
+            f"adapter_layers={config.adapter_layers} but the model has only {len(layers)} decoder layers"
+        )
+    inner = attention.inner_name(model.config._attn_implementation or "sdpa")
+    registered = attention.register(inner)
+    model.set_attn_implementation(registered)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+    first = len(layers) - config.adapter_layers
+    runtime = AdapterRuntime(config=config, layer_indices=list(range(first, len(layers))), inner_attention=inner)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for index in runtime.layer_indices:
+        module = layers[index].self_attn
+        module.adapter = AdaptionPrompt(text_config.hidden_size, text_config.num_attention_heads, config, runtime,
+                                        device=module.k_proj.weight.device)
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+
+    def decide_reuse(_module, _args, kwargs):
+        runtime.reuse_prompt_kv = not torch.is_grad_enabled() and _cache_holds_tokens(kwargs)
+
+    runtime.hooks.append(decoder.register_forward_pre_hook(decide_reuse, with_kwargs=True))
+    object.__setattr__(model, "_mm_adapter_runtime", runtime)
+    return model
+
+
+def detach_adapter(model: nn.Module) -> nn.Module:
+    """Remove prompts, gates and hooks; the model computes exactly its base function again."""
+    runtime = _runtime(model)
+    if runtime is None:
+        return model
+    for hook in runtime.hooks:
+        hook.remove()
+    layers = decoder_layers(model)
+    for index in runtime.layer_indices:
+        del layers[index].self_attn.adapter
+    model.set_attn_implementation(runtime.inner_attention)
+    object.__delattr__(model, "_mm_adapter_runtime")
+    return model
+
+
+def adaption_prompts(model: nn.Module) -> dict[int, AdaptionPrompt]:
+    """Adapted layer index (0-based from the bottom) -> its :class:`AdaptionPrompt` module."""
+    runtime = _runtime(model)
+    if runtime is None:
+        return {}
+    layers = decoder_layers(model)
+    return {index: layers[index].self_attn.adapter for index in runtime.layer_indices}
+
+
+def adapter_parameters(model: nn.Module) -> dict[int, dict[str, nn.Parameter]]:
+    """Adapted layer index -> its live ``prompt`` (adapter_len x hidden) and ``gate`` (n_heads) parameters."""
+    return {index: {"prompt": module.prompt, "gate": module.gate} for index, module in adaption_prompts(model).items()}
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """The trainable-set filter (litgpt style): a parameter belongs to the adapter by its name."""
+    return ADAPTER_MARK in f".{name}"
+
+
+def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for _, p in trainable_parameters(model))
+
+
+@contextmanager
+def prompt_offset(model: nn.Module, offset: torch.Tensor | None):
+    """Add a per-sample (batch, hidden) vector to every adaption prompt for the enclosed forwards."""
+    runtime = _runtime(model)
+    if runtime is None:
+        raise MMAdapterError("this model has no adapter attached")
+    previous, runtime.prompt_offset = runtime.prompt_offset, offset
+    try:
+        yield
+    finally:
+        runtime.prompt_offset = previous

@@ -1,0 +1,92 @@
+"""The heart of LLaMA-Adapter: zero-init gated attention over adaption prompts.
+
+Instead of copying a decoder's forward (what PEFT's adaption_prompt does, and why it breaks at
+transformers releases), we register one function in transformers' attention registry. Every
+model that routes attention through ``ALL_ATTENTION_FUNCTIONS`` calls it with the attention
+module and the rotary-embedded queries; we run the model's own attention for the token block and
+add, per head, ``act(gate) * softmax(Q K_p^T * scale) V_p`` for the layer's prompt keys/values.
+
+A registered attention name also needs a registered mask function, otherwise
+``create_causal_mask`` returns ``None`` and the causal/padding mask silently disappears; we
+register the wrapped implementation's own mask function under the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX = "mm_adapter_"
+SUPPORTED_INNER = ("sdpa", "eager")
+
+
+def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' reference eager attention (Llama's), looked up rather than copied."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    scaling = module.head_dim**-0.5 if scaling is None else scaling
+    return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def _inner_function(inner: str):
+    if inner == "eager":
+        return _eager_attention
+    return ALL_ATTENTION_FUNCTIONS[inner]
+
+
+def prompt_attention(module: torch.nn.Module, query: torch.Tensor, scaling: float | None) -> torch.Tensor | None:
+    """``act(gate) * softmax(Q K_p^T * scale) V_p`` in the (batch, seq, heads, head_dim) layout.
+
+    Returns ``None`` for a layer without an adapter. Every query row attends to every prompt,
+    so no mask is involved; the gate multiplies per head after the separate softmax.
+    """
+    adapter = getattr(module, "adapter", None)
+    if adapter is None:
+        return None
+    key_p, value_p = adapter.prompt_kv(module, query.dtype)  # (B or 1, heads, L, head_dim)
+    batch = query.shape[0]
+    key_p = key_p.expand(batch, -1, -1, -1)
+    value_p = value_p.expand(batch, -1, -1, -1)
+    out = F.scaled_dot_product_attention(query, key_p, value_p, scale=scaling)
+    out = out * adapter.activated_gate().to(out.dtype).view(1, -1, 1, 1)
+    return out.transpose(1, 2)
+
+
+def make_adapter_attention(inner: str):
+    """Build the registered function that wraps the attention implementation ``inner``."""
+    inner_fn = _inner_function(inner)
+
+    def adapter_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs: Any):
+        out, weights = inner_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        extra = prompt_attention(module, query, scaling if scaling is not None else module.head_dim**-0.5)
+        if extra is not None:
+            out = out + extra
+        return out, weights
+
+    adapter_attention.__name__ = f"adapter_attention_{inner}"
+    return adapter_attention
+
+
+def register(inner: str) -> str:
+    """Register the adapter attention around ``inner`` (idempotent) and return its registry name."""
+    if inner.startswith(PREFIX):
+        return inner
+    if inner not in SUPPORTED_INNER:
+        raise ValueError(
+            f"attention implementation {inner!r} is not supported by the adapter; load the model with "
+            f"attn_implementation one of {', '.join(SUPPORTED_INNER)}"
+        )
+    name = PREFIX + inner
+    if name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        ALL_ATTENTION_FUNCTIONS.register(name, make_adapter_attention(inner))
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+    return name
+
+
+def inner_name(registered: str) -> str:
+    """The wrapped implementation of a registered name (identity for plain names)."""
+    return registered.removeprefix(PREFIX)
