@@ -1,0 +1,39 @@
+"""Tiny random models of several families, built in milliseconds for CPU tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+              max_position_embeddings=256, rope_theta=10000.0)
+FAMILIES = {
+    "llama-mha": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=4)),
+    "llama-gqa": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2)),
+    "qwen2-gqa": (Qwen2Config, Qwen2ForCausalLM, dict(num_key_value_heads=2)),
+    "mistral-gqa": (MistralConfig, MistralForCausalLM, dict(num_key_value_heads=1, sliding_window=None)),
+}
+
+
+def tiny_model(family: str = "llama-gqa", seed: int = 0, attn_implementation: str = "sdpa", **overrides):
+    """A frozen, eval-mode tiny causal LM of ``family`` with deterministic random weights."""
+    config_cls, model_cls, extra = FAMILIES[family]
+    config = config_cls(**{**COMMON, **extra, **overrides})
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def left_padded_batch(vocab_size: int = 97, lengths=(12, 7, 9), seed: int = 1):
+    """input_ids / attention_mask / position_ids for a left-padded batch of the given lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(3, vocab_size, (len(lengths), width), generator=generator)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, width - length:] = 1
+        ids[row, : width - length] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
