@@ -123,7 +123,9 @@ def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
             f"{path}: folder is neither a transformers model (config.json) nor Meta format "
             "(params.json + consolidated.*.pth + tokenizer.model)"
         )
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if spec.startswith((".", "/", "~")):
+        raise MMAdapterError(f"{path}: no such model folder or file")
+    if path.exists() or spec.count("/") != 1:
         raise MMAdapterError(
             f"unknown base model spec {spec!r}: expected {DEFAULT_SPEC}, a model folder, a .gguf file, "
             "a Meta-format folder or a hub id like org/name"

@@ -36,7 +36,7 @@ _LAYER_PATTERN = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
 def is_meta_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "params.json").is_file() and any(path.glob("consolidated.*.pth"))
+    return path.is_dir() and (path / "params.json").is_file()
 
 
 def meta_to_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -62,7 +62,10 @@ def read_params(folder: Path) -> dict:
 def _load_shards(folder: Path) -> list[dict[str, torch.Tensor]]:
     from .safe_load import load_torch_file
 
-    return [load_torch_file(path) for path in sorted(folder.glob("consolidated.*.pth"))]
+    paths = sorted(folder.glob("consolidated.*.pth"))
+    if not paths:
+        raise MMAdapterError(f"{folder}: Meta-format folder (params.json) has no consolidated.*.pth weights")
+    return [load_torch_file(path) for path in paths]
 
 
 def _merge(shards: list[dict[str, torch.Tensor]], key: str, dim: int | None, full_width: int) -> torch.Tensor:
@@ -137,10 +140,9 @@ def load_meta_model(folder: Path, dtype: torch.dtype | None = None) -> LlamaForC
 
 
 def load_meta_tokenizer(folder: Path):
-    """The sentencepiece ``tokenizer.model`` as a transformers Llama tokenizer."""
+    """The sentencepiece ``tokenizer.model`` as a transformers Llama tokenizer (BOS added, as Meta's code does)."""
     from transformers import LlamaTokenizer
 
-    path = folder / "tokenizer.model"
-    if not path.is_file():
+    if not (folder / "tokenizer.model").is_file():
         raise MMAdapterError(f"{folder}: Meta-format folder has no tokenizer.model")
-    return LlamaTokenizer(vocab_file=str(path), legacy=False)
+    return LlamaTokenizer.from_pretrained(folder, legacy=False, add_bos_token=True)
