@@ -1,0 +1,264 @@
+"""The ScienceQA evaluation runner: answer problems in batches, append as it goes, resume after a kill.
+
+Two modes (see ``eval/scoring.py``): ``score`` compares the option letters' log-probabilities
+after "The answer is" (one forward per batch; no parsing, always an answer), ``generate`` decodes
+greedily and reads the answer with ``scienceqa.prompts.extract_answer``; a generation it cannot
+read is stored as -1 and counted, never replaced by a guess.
+
+``evaluate`` answers in memory (training-time validation). ``run`` writes the official
+predictions file: every finished batch is appended to ``PRED.partial.jsonl`` (a header line with
+the run's configuration, then one line per pid) and flushed; a rerun with the same configuration
+skips the pids found there; the final JSON is written atomically and the partial file removed.
+Batches are planned over all problems (longest prompt first, ties in input order), so a resumed
+run computes exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.scoring import greedy_generate, option_log_probs, precision
+from mm_adapter.errors import MMAdapterError
+from scienceqa.data import Problem
+from scienceqa.predictions import NO_ANSWER, make_predictions
+from scienceqa.prompts import ANSWER_PREFIX, PromptFormat, build_prompt, extract_answer, option_letters
+
+MODES = ("score", "generate")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to answer. ``use_caption``: image questions get their caption as context (text-only setting)."""
+
+    mode: str = "score"
+    fmt: str = PromptFormat.QCM_A.value
+    use_caption: bool = True
+    batch_size: int = 8
+    bf16: bool = False
+    max_new_tokens: int = 32
+    stop_at_newline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise MMAdapterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        try:
+            object.__setattr__(self, "fmt", PromptFormat.parse(self.fmt).value)
+        except ValueError as error:
+            raise MMAdapterError(str(error)) from None
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise MMAdapterError("batch_size and max_new_tokens must be positive")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the answers (batch size does not, beyond float rounding)."""
+        keys = ["mode", "fmt", "use_caption", "bf16"]
+        keys += ["max_new_tokens", "stop_at_newline"] if self.mode == "generate" else []
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answered problem. ``choice`` is -1 when a generation could not be read.
+    ``probs``: score mode's per-option probabilities (renormalised over the options)."""
+
+    pid: str
+    choice: int
+    output: str
+    probs: list[float] | None = None
+
+
+def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Problem]]:
+    """Deterministic batches: longest prompt first (less padding; memory trouble shows at once)."""
+    length = {p.pid: len(build_prompt(p, config.fmt, config.use_caption).prompt) for p in problems}
+    ordered = sorted(problems, key=lambda p: -length[p.pid])  # stable: ties keep input order
+    return [ordered[i: i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
+
+
+def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
+                 offsets: torch.Tensor | None = None) -> list[Answer]:
+    """Answer one batch (one forward in score mode, one ``generate`` call in generate mode)."""
+    prompts = [build_prompt(p, config.fmt, config.use_caption).prompt for p in problems]
+    n_options = [len(p.choices) for p in problems]
+    with precision(model, config.bf16):
+        if config.mode == "score":
+            log_probs = option_log_probs(model, tokenizer, prompts, n_options, offsets)
+            probs = torch.softmax(log_probs, dim=-1)
+            choices = log_probs.argmax(dim=-1).tolist()
+            return [Answer(p.pid, c, f"{ANSWER_PREFIX} {option_letters(n)[c]}.", probs[i, :n].tolist())
+                    for i, (p, c, n) in enumerate(zip(problems, choices, n_options))]
+        texts = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, offsets, config.stop_at_newline)
+    choices = [extract_answer(t, len(p.choices), p.choices) for t, p in zip(texts, problems)]
+    return [Answer(p.pid, NO_ANSWER if c is None else c, t) for p, c, t in zip(problems, choices, texts)]
+
+
+def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
+                 skip: frozenset[str] | set[str] = frozenset()) -> Iterator[list[Answer]]:
+    """Answers batch by batch, over the planned batches, leaving out the pids in ``skip``."""
+    for batch in batch_plan(problems, config):
+        todo = [p for p in batch if p.pid not in skip]
+        if todo:
+            yield answer_batch(model, tokenizer, todo, config)
+
+
+def evaluate(model, tokenizer, problems: Sequence[Problem], config: EvalConfig = EvalConfig()) -> dict[str, Answer]:
+    """Answer every problem in memory (no files, no bar): pid -> Answer, in input order."""
+    answers = {a.pid: a for batch in iter_answers(model, tokenizer, problems, config) for a in batch}
+    return {p.pid: answers[p.pid] for p in problems}
+
+
+def accuracy(answers: Mapping[str, Answer], problems: Sequence[Problem]) -> float:
+    """Fraction right over the problems answered (-1 counts as wrong); nan when none."""
+    scored = [p for p in problems if p.pid in answers]
+    return sum(answers[p.pid].choice == p.answer for p in scored) / len(scored) if scored else float("nan")
+
+
+# --- the predictions file and its append-only partial sidecar -------------------------------------------
+
+def partial_path(out: Path) -> Path:
+    return out.with_suffix(".partial.jsonl")
+
+
+def _canonical(identity: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(identity), sort_keys=True))
+
+
+def read_partial(path: Path, identity: Mapping[str, Any]) -> dict[str, Answer]:
+    """Answers already in a partial file of the same configuration; a different one is refused."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])["config"] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        header = None
+    if header is None:
+        raise MMAdapterError(f"{path}: not a partial predictions file of this runner; delete it or pass --overwrite")
+    wanted = _canonical(identity)
+    if header != wanted:
+        diff = sorted(k for k in {*header, *wanted} if header.get(k) != wanted.get(k))
+        shown = ", ".join(f"{k}: {header.get(k)!r} there, {wanted.get(k)!r} now" for k in diff)
+        raise MMAdapterError(f"{path}: partial run of another configuration ({shown}); "
+                             "pass --overwrite to discard it or choose another --out")
+    answers = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            answer = Answer(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            if number == len(lines):  # a kill mid-write leaves at most the last line truncated
+                break
+            raise MMAdapterError(f"{path}: line {number} is corrupt; delete the file to start over") from None
+        answers[answer.pid] = answer
+    return answers
+
+
+def _append(handle, answers: Sequence[Answer]) -> None:
+    handle.write("".join(json.dumps(dataclasses.asdict(a)) + "\n" for a in answers))
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def predictions_json(name: str, answers: Mapping[str, Answer], problems: Sequence[Problem],
+                     identity: Mapping[str, Any]) -> dict:
+    """The official shape, in problem order, plus this run's configuration and option probabilities."""
+    ordered = [answers[p.pid] for p in problems]
+    data = make_predictions(name, {a.pid: a.choice for a in ordered}, {a.pid: a.output for a in ordered})
+    data["config"] = _canonical(identity)
+    if all(a.probs is not None for a in ordered):
+        data["probabilities"] = {a.pid: [round(x, 6) for x in a.probs] for a in ordered}
+    return data
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    total: int
+    answered: int
+    resumed: int  # answers read back from the partial file
+    computed: int  # answers computed by this call
+    correct: int
+    no_answer: int
+    seconds: float  # wall time of this call's computation
+    finished: bool
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.answered if self.answered else float("nan")
+
+    @property
+    def questions_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _prepare(out: Path, identity: Mapping[str, Any], overwrite: bool) -> dict[str, Answer]:
+    """Refuse a finished file (unless ``overwrite``); resume a partial one of the same configuration."""
+    partial = partial_path(out)
+    if out.exists() and not overwrite:
+        raise MMAdapterError(f"{out} exists (a finished run); pass --overwrite to replace it")
+    if partial.exists():
+        try:
+            return read_partial(partial, identity)
+        except MMAdapterError:
+            if not overwrite:
+                raise
+            partial.unlink()
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps({"config": _canonical(identity)}, sort_keys=True) + "\n", encoding="utf-8")
+    return {}
+
+
+def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: EvalConfig = EvalConfig(),
+        identity: Mapping[str, Any] | None = None, name: str = "model", overwrite: bool = False,
+        max_batches: int | None = None, progress: bool = True) -> RunSummary:
+    """Answer ``problems`` into the predictions file ``out``, resuming a partial run.
+
+    ``identity``: what else defines the run (base model, adapter...), merged with the config's
+    answer-changing fields; a partial file made under another identity is refused.
+    ``max_batches``: stop after that many computed batches, leaving the partial file (debugging,
+    tests of resuming); the summary then says ``finished=False``.
+    """
+    out = Path(out)
+    identity = {**(identity or {}), **config.identity()}
+    wanted = {p.pid for p in problems}
+    answers = {pid: a for pid, a in _prepare(out, identity, overwrite).items() if pid in wanted}
+    resumed, start = len(answers), time.perf_counter()
+    gold = {p.pid: p.answer for p in problems}
+    correct = sum(a.choice == gold[a.pid] for a in answers.values())
+    no_answer = sum(a.choice == NO_ANSWER for a in answers.values())
+    bar = tqdm(total=len(problems), initial=resumed, unit="q", disable=not progress, dynamic_ncols=True)
+    batches = iter_answers(model, tokenizer, problems, config, skip=set(answers))
+    with partial_path(out).open("a", encoding="utf-8") as handle, bar:
+        for batch in itertools.islice(batches, max_batches):
+            _append(handle, batch)
+            answers.update((a.pid, a) for a in batch)
+            correct += sum(a.choice == gold[a.pid] for a in batch)
+            no_answer += sum(a.choice == NO_ANSWER for a in batch)
+            bar.update(len(batch))
+            bar.set_postfix(acc=f"{correct / len(answers):.1%}", **({"unparsed": no_answer} if no_answer else {}))
+    seconds = time.perf_counter() - start
+    finished = len(answers) == len(problems)
+    if finished:
+        _write_atomic(out, predictions_json(name, answers, problems, identity))
+        partial_path(out).unlink()
+    return RunSummary(out, len(problems), len(answers), resumed, len(answers) - resumed, correct, no_answer,
+                      seconds, finished)

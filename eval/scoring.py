@@ -1,0 +1,146 @@
+"""Answering multiple-choice prompts with a causal LM: option-letter scoring and greedy generation.
+
+Scoring feeds ``prompt + " The answer is"`` and reads the next-token log-probabilities of the
+option letters. The letter token is found by tokenising exactly what training sees,
+``prompt + " The answer is X."``, and taking the token right after the shared prefix, so the
+scored token is the one the adapter was trained to produce (for SmolLM2/Llama tokenizers: " A").
+A tokenizer whose prefix tokens change when the letter follows, or whose letters share their first
+token, is refused with a one-line error (use generate mode there) rather than scored wrongly.
+
+Both work on a list of prompts in one batch; the caller chooses the batch size. ``offsets`` is an
+optional (batch, hidden) tensor added to the adaption prompts (the multimodal path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from mm_adapter import prompt_offset
+from mm_adapter.errors import MMAdapterError
+from scienceqa.prompts import ANSWER_PREFIX, option_letters
+
+SCORED_SUFFIX = " " + ANSWER_PREFIX
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """Token ids of ``prompt + " The answer is"`` and of each option letter that would follow it."""
+
+    input_ids: list[int]
+    letter_ids: list[int]
+
+
+def encode_scored(tokenizer, prompts: Sequence[str], n_options: Sequence[int]) -> list[ScoredPrompt]:
+    """Tokenise the scored text and find the letter tokens as training tokenises the target."""
+    heads = [prompt + SCORED_SUFFIX for prompt in prompts]
+    fulls = [f"{head} {letter}." for head, n in zip(heads, n_options) for letter in option_letters(n)]
+    head_ids = tokenizer(heads).input_ids
+    full_ids = iter(tokenizer(fulls).input_ids)
+    encoded = []
+    for head, ids, n in zip(heads, head_ids, n_options):
+        letters = []
+        for letter, full in zip(option_letters(n), full_ids):
+            if full[: len(ids)] != ids or len(full) <= len(ids):
+                raise MMAdapterError(f"tokenizer merges {SCORED_SUFFIX!r} with the following ' {letter}', so "
+                                     "the letter token is not well defined; use generate mode")
+            letters.append(full[len(ids)])
+        if len(set(letters)) != n:
+            raise MMAdapterError("tokenizer does not give the option letters distinct first tokens after "
+                                 f"{SCORED_SUFFIX!r} ({letters}); use generate mode")
+        encoded.append(ScoredPrompt(ids, letters))
+    return encoded
+
+
+def _offset_context(model, offsets: torch.Tensor | None):
+    return contextlib.nullcontext() if offsets is None else prompt_offset(model, offsets.to(model.device))
+
+
+def precision(model, bf16: bool):
+    """bf16 autocast on the model's device (a no-op when off); the weights keep their dtype."""
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def last_token_logits(model, sequences: Sequence[Sequence[int]], offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 next-token logits (batch, vocab) after each sequence.
+
+    Right padding keeps every real token's positions and attention exactly as unbatched; the
+    decoder runs on the whole batch and ``lm_head`` only on each row's last real position.
+    """
+    device = model.device
+    lengths = torch.tensor([len(s) for s in sequences], device=device)
+    ids = pad_sequence([torch.tensor(s, device=device) for s in sequences], batch_first=True, padding_value=0)
+    mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    with _offset_context(model, offsets):
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(sequences), device=device), lengths - 1]
+    logits = model.lm_head(last).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 style models
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def option_log_probs(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],
+                     offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Full-vocabulary log-probabilities of each option letter after the answer prefix.
+
+    ``prompts`` end at "Answer:" (``build_prompt(...).prompt``). Shape (batch, max n); options a
+    question does not have are -inf.
+    """
+    encoded = encode_scored(tokenizer, prompts, n_options)
+    log_probs = torch.log_softmax(last_token_logits(model, [e.input_ids for e in encoded], offsets), dim=-1)
+    out = torch.full((len(encoded), max(n_options)), float("-inf"))
+    for row, e in enumerate(encoded):
+        out[row, : len(e.letter_ids)] = log_probs[row, e.letter_ids].cpu()
+    return out
+
+
+def option_probabilities(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],
+                         offsets: torch.Tensor | None = None) -> list[list[float]]:
+    """Per question, the probability of each of its options, renormalised over its n letters."""
+    probs = torch.softmax(option_log_probs(model, tokenizer, prompts, n_options, offsets), dim=-1)
+    return [row[:n].tolist() for row, n in zip(probs, n_options)]
+
+
+class _LineEnded(StoppingCriteria):
+    """A row is done once its new text holds a newline after some non-blank text."""
+
+    def __init__(self, tokenizer, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device)
+
+
+def answer_line(text: str) -> str:
+    """The first non-blank line: where a one-line target ends."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
+                    offsets: torch.Tensor | None = None, stop_at_newline: bool = True) -> list[str]:
+    """Greedy continuations (new text only) of a left-padded batch, with the KV cache.
+
+    ``stop_at_newline``: every target is one line (lecture newlines are escaped), so a row stops
+    at the end of its first non-blank line and only that line is returned; without it small
+    models go on to invent the next question and its answer.
+    """
+    sequences = [torch.tensor(ids) for ids in tokenizer(list(prompts)).input_ids]
+    ids = pad_sequence(sequences, batch_first=True, padding_value=0, padding_side="left").to(model.device)
+    lengths = torch.tensor([len(s) for s in sequences], device=model.device)
+    mask = (torch.arange(ids.shape[1], device=model.device) >= ids.shape[1] - lengths[:, None]).long()
+    eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    stop = StoppingCriteriaList([_LineEnded(tokenizer, ids.shape[1])] if stop_at_newline else [])
+    with _offset_context(model, offsets):
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=stop)
+    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [answer_line(text) if stop_at_newline else text for text in texts]
