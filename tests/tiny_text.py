@@ -1,0 +1,58 @@
+"""A tiny word-level tokenizer, learnable Alpaca-style records and a tiny base folder for trainer tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from mm_adapter.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from tiny import tiny_model
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
+THINGS = ["apple", "sky", "grass", "sun", "coal", "snow", "car", "hat", "cup", "door", "kite", "boat"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace/punctuation word-level tokenizer covering the templates and the records below."""
+    words = set()
+    for text in (PROMPT_WITH_INPUT, PROMPT_NO_INPUT, "What colour is the ? It is . Say the word backwards",
+                 " ".join(COLOURS + THINGS), "{ }"):
+        words.update(word for word, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text))
+    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def records(n: int, seed: int = 0) -> list[dict]:
+    """Records whose answer is a fixed function of the question, so a tiny adapter can learn them."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        thing = rng.choice(THINGS)
+        colour = COLOURS[THINGS.index(thing) % len(COLOURS)]
+        if rng.random() < 0.5:
+            out.append({"instruction": f"What colour is the {thing} ?", "input": "", "output": f"It is {colour} ."})
+        else:
+            out.append({"instruction": "What colour is the ?", "input": thing, "output": f"{colour} {colour} ."})
+    return out
+
+
+def write_records(path: Path, items: list, jsonl: bool = False) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in items) if jsonl else json.dumps(items))
+    return path
+
+
+def tiny_base_folder(folder: Path) -> Path:
+    """A tiny Llama (GQA) with the tiny tokenizer, saved so scripts can load it with ``--base folder``."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
