@@ -1,0 +1,385 @@
+"""The one trainer for every fine-tuning in the project (Alpaca, ScienceQA text, ScienceQA with images).
+
+What differs between them is only the data: give :func:`train` tokenised examples (see
+``train_data.py``), a collator turning a list of them into a batch dict, and, when a batch carries
+more than text (e.g. image features), a ``forward_loss(model, batch)`` that returns the summed
+cross-entropy over the labelled positions. The trainer owns everything else: AdamW over the
+parameters that require grad, warmup + half-cycle cosine, accumulation, bf16 autocast, clipping,
+DDP under torchrun, metrics, atomic checkpoints and exact resume.
+
+The loss of an optimizer step is the mean over every labelled token of the step (all micro-batches,
+all ranks), so accumulation and data parallelism give the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .adapter import adapter_config, has_adapter
+from .checkpoint import BaseIdentity, save_adapter
+from .checkpointing import check_identity, checkpoint_dirs, load_checkpoint, restore_checkpoint, save_checkpoint
+from .errors import MMAdapterError
+from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
+
+ForwardLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+Collate = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
+ADAPTER_NAME, METRICS_NAME, PLOT_NAME, CHECKPOINTS = "adapter.safetensors", "metrics.jsonl", "loss.png", "checkpoints"
+KILL_ENV = "MM_ADAPTER_KILL_AT_STEP"  # fault injection for the crash-resume test: SIGKILL self after step N
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run. ``lr=None`` means ``base_lr * effective batch / 256`` (the original's rule)."""
+
+    out_dir: str
+    epochs: int = 5
+    warmup_epochs: float = 2.0
+    batch_size: int = 4  # per device micro-batch
+    accum_steps: int = 1
+    lr: float | None = None
+    base_lr: float = 9e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = None
+    bf16: bool = True  # autocast to bf16 where the device supports it
+    seed: int = 0
+    group_batches: int = 64  # length-grouping window, in micro-batches
+    device: str | None = None  # None: cuda if available, else cpu
+    checkpoint_every: int = 100  # optimizer steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+
+    # Settings that do not change the trajectory, so a resume may change them.
+    NON_IDENTITY = ("out_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress", "accum_steps", "device")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    last_loss: float | None
+    out_dir: Path
+    adapter_path: Path | None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class TrainingDiverged(MMAdapterError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        return DistInfo(dist.get_rank(), dist.get_world_size(), target)
+    return DistInfo(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
+
+
+def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy, with the LM head applied only to rows that carry a label."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+
+
+class _LossModule(nn.Module):
+    """Puts ``forward_loss`` behind ``forward`` so DistributedDataParallel sees (and syncs) the call."""
+
+    def __init__(self, model: nn.Module, forward_loss: ForwardLoss):
+        super().__init__()
+        self.model, self.forward_loss = model, forward_loss
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_loss(self.model, batch)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then half-cycle cosine down to ``min_ratio`` (the original's schedule)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def effective_lr(config: TrainConfig, world_size: int) -> float:
+    effective_batch = config.batch_size * config.accum_steps * world_size
+    return config.lr if config.lr is not None else config.base_lr * effective_batch / 256
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over parameters that require grad; 1-D ones (gates, biases, norms) without weight decay, like timm's."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise MMAdapterError("the model has no parameters that require grad; attach an adapter first")
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(config.betas))
+
+
+def data_fingerprint(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([list(example["input_ids"]), list(example["labels"])]).encode())
+    return digest.hexdigest()[:16]
+
+
+def run_identity(model: nn.Module, examples: Sequence[Example], config: TrainConfig, world_size: int,
+                 extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything that shapes the trajectory; a checkpoint resumes only under an equal identity."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in TrainConfig.NON_IDENTITY}
+    identity = {**json.loads(json.dumps(settings)), "micro_batches_per_step": config.accum_steps * world_size,
+                "data": data_fingerprint(examples),
+                "trainable": {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}}
+    if has_adapter(model):
+        identity["adapter"] = adapter_config(model).to_dict()
+        identity["base"] = dataclasses.asdict(BaseIdentity.of(model))
+    return identity | (extra or {})
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool) -> None:
+    """Refuse an unwritable folder or one holding another run, before anything is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MMAdapterError(f"{out_dir}: output path exists and is not a folder")
+    has_run = bool(checkpoint_dirs(out_dir / CHECKPOINTS)) or (out_dir / ADAPTER_NAME).exists()
+    if resume and not checkpoint_dirs(out_dir / CHECKPOINTS):
+        raise MMAdapterError(f"{out_dir}: no checkpoint to resume from (expected {out_dir / CHECKPOINTS}/step-*)")
+    if not resume and has_run:
+        raise MMAdapterError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another folder")
+    if not is_main:
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise MMAdapterError(f"{out_dir}: output folder is not writable ({error.strerror or error})") from None
+
+
+class MetricsLog:
+    """Per-step metrics as JSONL (rank 0 only) and a loss-curve PNG drawn from it."""
+
+    def __init__(self, out_dir: Path, resume_step: int | None):
+        self.path, self.plot_path = out_dir / METRICS_NAME, out_dir / PLOT_NAME
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
+        elif self.path.exists():  # drop steps the killed run did after its checkpoint
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self.handle = open(self.path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        if not points:
+            return
+        figure, axis = plt.subplots(figsize=(7, 4))
+        steps, losses = zip(*points)
+        axis.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+        window = max(1, len(losses) // 30)
+        if window > 1:
+            smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                      for i in range(len(losses))]
+            axis.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
+        axis.set(xlabel="optimizer step", ylabel="train loss (per labelled token)", title="training loss")
+        axis.legend()
+        figure.tight_layout()
+        tmp = self.plot_path.with_name(".loss.tmp.png")
+        figure.savefig(tmp, dpi=100)
+        plt.close(figure)
+        os.replace(tmp, self.plot_path)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def bf16_supported(device: torch.device) -> bool:
+    return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def _maybe_kill(step: int) -> None:
+    if os.environ.get(KILL_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, collate: Collate, *,
+          forward_loss: ForwardLoss = lm_loss_sum,
+          export: Callable[[nn.Module, Path], Any] | None = save_adapter,
+          identity: dict[str, Any] | None = None,
+          on_step_end: Callable[[int, float, nn.Module], dict[str, Any] | None] | None = None) -> TrainResult:
+    """Train the parameters of ``model`` that require grad on ``examples``; see the module docstring.
+
+    ``export(model, path)`` writes the final result (default: :func:`save_adapter`); ``identity``
+    adds caller facts that must match on resume (e.g. a visual encoder's name); ``on_step_end(step,
+    epoch, model)`` runs on every rank after each optimizer step and may return metrics to log.
+    """
+    info = setup_distributed(config.device)
+    out_dir = Path(config.out_dir)
+    prepare_out_dir(out_dir, config.resume, info.is_main)
+    model.to(info.device)
+    plan = BatchPlan([len(e["input_ids"]) for e in examples], config.batch_size, config.seed, config.epochs,
+                     info.world_size, config.accum_steps, config.group_batches)
+    if plan.total_steps == 0:
+        raise MMAdapterError(f"{len(examples)} examples make no full optimizer step of "
+                             f"{plan.per_step} micro-batches of {config.batch_size}")
+    label_counts = [labelled_positions(e) for e in examples]
+    lr = effective_lr(config, info.world_size)
+    optimizer = build_optimizer(model, config, lr)
+    warmup = min(plan.total_steps, round(config.warmup_epochs * plan.batches_per_epoch / plan.per_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, warmup_steps=warmup, total_steps=plan.total_steps, min_ratio=config.min_lr / lr if lr else 0.0))
+    ident = run_identity(model, examples, config, info.world_size, identity)
+    start = 0
+    if config.resume:
+        checkpoint = load_checkpoint(checkpoint_dirs(out_dir / CHECKPOINTS)[-1])
+        check_identity(checkpoint, ident)
+        restore_checkpoint(checkpoint, model, optimizer, scheduler)
+        start = checkpoint.step
+    else:
+        torch.manual_seed(config.seed + info.rank)
+    use_bf16 = config.bf16 and bf16_supported(info.device)
+    if config.bf16 and not use_bf16 and info.is_main:
+        print(f"bf16 autocast is not supported on {info.device}; training in the model's dtype")
+    module = _LossModule(model, forward_loss)
+    if info.world_size > 1:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    log = MetricsLog(out_dir, start if config.resume else None) if info.is_main else None
+    bar = tqdm(total=plan.total_steps, initial=start, disable=not (info.is_main and config.progress),
+               dynamic_ncols=True, desc="train")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    last_loss, started = None, time.perf_counter()
+    model.train()
+    try:
+        for step in range(start, plan.total_steps):
+            tick = time.perf_counter()
+            step_batches = plan.step_batches(step)
+            n_labels = max(1, sum(label_counts[i] for batch in step_batches for i in batch))
+            mine = step_batches[info.rank * config.accum_steps:(info.rank + 1) * config.accum_steps]
+            totals = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, real tokens
+            for micro, indices in enumerate(mine):
+                batch = _to_device(collate([examples[i] for i in indices]), info.device)
+                last_micro = micro == len(mine) - 1
+                no_sync = module.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
+                with no_sync:
+                    with _autocast(info.device, use_bf16):
+                        loss_sum = module(batch)
+                    # DDP averages gradients over ranks; scale so the result is the mean over all labelled tokens.
+                    (loss_sum * (info.world_size / n_labels)).backward()
+                totals += torch.stack([loss_sum.detach().double(), batch["attention_mask"].sum().double()])
+            if info.world_size > 1:
+                dist.all_reduce(totals)
+            loss = totals[0].item() / n_labels
+            if not math.isfinite(loss):
+                kept = checkpoint_dirs(out_dir / CHECKPOINTS)
+                where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written yet"
+                raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped ({where}); "
+                                       "try a lower learning rate or --grad-clip")
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            step_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done, last_loss = step + 1, loss
+            tokens_per_s = totals[1].item() / max(time.perf_counter() - tick, 1e-9)
+            record = {"step": done, "epoch": round(plan.epoch_of(done), 4), "loss": loss, "lr": step_lr,
+                      "tokens": int(totals[1].item()), "tokens_per_s": round(tokens_per_s, 1),
+                      "elapsed_s": round(time.perf_counter() - started, 2)}
+            if on_step_end is not None:
+                record |= on_step_end(done, plan.epoch_of(done), model) or {}
+            if log is not None:
+                log.write(record)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+                bar.update(1)
+                if done % config.checkpoint_every == 0 or done == plan.total_steps:
+                    save_checkpoint(out_dir / CHECKPOINTS, done, model, optimizer, scheduler, ident,
+                                    extra={"epoch": plan.epoch_of(done), "micro_batches_done": done * plan.per_step},
+                                    keep=config.keep_checkpoints)
+                    log.plot()
+            _maybe_kill(done)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    model.eval()
+    adapter_path = None
+    if info.is_main and export is not None:
+        adapter_path = out_dir / ADAPTER_NAME
+        export(model, adapter_path)
+    return TrainResult(plan.total_steps, last_loss, out_dir, adapter_path)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, examples: Sequence[Example], collate: Collate, batch_size: int = 8,
+                  forward_loss: ForwardLoss = lm_loss_sum, bf16: bool = True) -> float:
+    """Mean loss per labelled token over ``examples`` (length-sorted batches: deterministic, little padding)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    total, count = 0.0, sum(labelled_positions(e) for e in examples)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = _to_device(collate([examples[i] for i in order[start:start + batch_size]]), device)
+        with _autocast(device, bf16 and bf16_supported(device)):
+            total += forward_loss(model, batch).double().item()
+    model.train(was_training)
+    return total / max(1, count)
