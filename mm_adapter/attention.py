@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -38,22 +37,22 @@ def _inner_function(inner: str):
     return ALL_ATTENTION_FUNCTIONS[inner]
 
 
-def prompt_attention(module: torch.nn.Module, query: torch.Tensor, scaling: float | None) -> torch.Tensor | None:
+def prompt_attention(module: torch.nn.Module, query: torch.Tensor, scaling: float) -> torch.Tensor | None:
     """``act(gate) * softmax(Q K_p^T * scale) V_p`` in the (batch, seq, heads, head_dim) layout.
 
-    Returns ``None`` for a layer without an adapter. Every query row attends to every prompt,
-    so no mask is involved; the gate multiplies per head after the separate softmax.
+    Returns ``None`` for a layer without an adapter. Every query row attends to every prompt, so
+    no mask is involved. With only ``adapter_len`` keys, two small matmuls beat a fused attention
+    kernel (whose backward on CPU costs nearly as much as for the whole token block); the gate
+    scales V_p (heads x len x dim) instead of the much larger output.
     """
     adapter = getattr(module, "adapter", None)
     if adapter is None:
         return None
-    key_p, value_p = adapter.prompt_kv(module, query.dtype)  # (B or 1, heads, L, head_dim)
-    batch = query.shape[0]
-    key_p = key_p.expand(batch, -1, -1, -1)
-    value_p = value_p.expand(batch, -1, -1, -1)
-    out = F.scaled_dot_product_attention(query, key_p, value_p, scale=scaling)
-    out = out * adapter.activated_gate().to(out.dtype).view(1, -1, 1, 1)
-    return out.transpose(1, 2)
+    key_p, value_p = adapter.prompt_kv(module, query.dtype)  # (1 or batch, heads, L, head_dim)
+    value_p = value_p * adapter.activated_gate().to(value_p.dtype).view(1, -1, 1, 1)
+    scores = torch.matmul(query, key_p.transpose(-1, -2)) * scaling
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value_p).transpose(1, 2)
 
 
 def make_adapter_attention(inner: str):

@@ -13,6 +13,9 @@ USER_ERRORS = (MMAdapterError, ScienceQAError, FileNotFoundError, PermissionErro
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Call ``main(argv)``; turn user errors into ``error: ...`` and exit 2, never a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars drown the script's own output
     try:
         code = main(argv)
     except USER_ERRORS as error:
