@@ -1,0 +1,67 @@
+"""Adapters made elsewhere, on our stack: the official v1 release, PEFT adaption_prompt, litgpt.
+
+Each importer reads a foreign file (safetensors, or a torch pickle through ``load_torch_file``,
+which never runs code) and returns our :class:`~mm_adapter.checkpoint.AdapterFile` for a given
+base, so ``apply_adapter`` puts it on that base and ``save_adapter`` writes it as ours. Formats,
+key names and semantics: ``docs/interop.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..checkpoint import AdapterFile, apply_adapter, read_adapter, save_adapter
+from ..errors import MMAdapterError
+from .litgpt import import_litgpt
+from .official import import_official
+from .peft import export_peft, import_peft
+
+SOURCES = ("official", "peft", "litgpt", "ours")
+TARGETS = ("ours", "peft")
+
+
+def import_adapter(model: nn.Module, source: str, path: str | Path, **options) -> AdapterFile:
+    """Read ``path`` in format ``source`` as our adapter for ``model`` (not yet applied).
+
+    ``options`` go to the format's importer (official: ``adapter_len``, ``gate_activation``).
+    """
+    if source == "official":
+        return import_official(model, path, **options)
+    if options:
+        raise MMAdapterError(f"options {', '.join(sorted(options))} apply only to --from official")
+    if source == "peft":
+        return import_peft(model, path)
+    if source == "litgpt":
+        return import_litgpt(model, path)
+    if source == "ours":
+        return read_adapter(path)
+    raise MMAdapterError(f"unknown adapter format {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def load_foreign_adapter(model: nn.Module, source: str, path: str | Path, **options) -> AdapterFile:
+    """Import and apply in one call (the counterpart of ``load_adapter`` for foreign files)."""
+    adapter = import_adapter(model, source, path, **options)
+    apply_adapter(model, adapter)
+    return adapter
+
+
+def convert(model: nn.Module, source: str, path: str | Path, target: str, output: str | Path,
+            overwrite: bool = False, **options) -> Path:
+    """Import ``path`` onto ``model`` and write it as ``target`` ("ours": one safetensors file; "peft": a folder)."""
+    if target not in TARGETS:
+        raise MMAdapterError(f"unknown output format {target!r}; expected one of {', '.join(TARGETS)}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise MMAdapterError(f"{output}: already exists (use --overwrite to replace it)")
+    load_foreign_adapter(model, source, path, **options)
+    if target == "peft":
+        return export_peft(model, output, overwrite=overwrite)
+    if output.is_dir():
+        raise MMAdapterError(f"{output}: is a folder; our adapter format is one .safetensors file")
+    return save_adapter(model, output, extra_metadata={"imported_from": f"{source}:{Path(path).name}"})
+
+
+__all__ = ["SOURCES", "TARGETS", "convert", "export_peft", "import_adapter", "import_litgpt", "import_official",
+           "import_peft", "load_foreign_adapter"]

@@ -1,0 +1,130 @@
+"""The one path every foreign format takes into ours: named tensors -> checked layers -> AdapterFile.
+
+A format module only knows its key names and shapes; it hands over, per absolute layer index, one
+prompt (adapter_len x hidden) and one gate (a scalar, broadcast to every head, or one value per
+head), each with the key it came from so every refusal can name it. Everything about the base
+(width, layer count, which layers an adapter may occupy) is checked here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ..adapter import decoder_layers
+from ..checkpoint import AdapterFile, BaseIdentity
+from ..config import AdapterConfig
+from ..errors import MMAdapterError
+from ..safe_load import load_torch_file
+
+
+@dataclass
+class ForeignLayer:
+    """One adapted layer as read from a foreign file, before any check against the base."""
+
+    prompt: torch.Tensor  # (adapter_len, hidden)
+    gate: torch.Tensor  # one value (broadcast to every head) or one per head
+    prompt_key: str
+    gate_key: str
+
+
+def read_tensors(path: str | Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+    """Named tensors of a safetensors file or a torch pickle (tensors only, never code).
+
+    ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MMAdapterError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise MMAdapterError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                                 f"{str(error).splitlines()[0][:120]}") from None
+    data = load_torch_file(path)
+    if wrapper is not None and set(data) == {wrapper} and isinstance(data[wrapper], dict):
+        data = data[wrapper]
+    for key, value in data.items():
+        if not isinstance(value, torch.Tensor):
+            raise MMAdapterError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
+    return data
+
+
+def split_keys(path: Path, tensors: dict[str, torch.Tensor], pattern: re.Pattern,
+               allowed: set[str] = frozenset()) -> dict[int, dict[str, tuple[str, torch.Tensor]]]:
+    """Group keys matching ``pattern`` (groups: layer index, field) by layer; refuse any other key."""
+    layers: dict[int, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key in sorted(tensors):
+        match = pattern.match(key)
+        if match:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = (key, tensors[key])
+        elif key not in allowed:
+            raise MMAdapterError(f"{path}: unexpected key {key!r}: not part of this adapter format")
+    return layers
+
+
+def expect_shape(path: Path, key: str, tensor: torch.Tensor, *shapes: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) not in shapes:
+        wanted = " or ".join(str(list(shape)) for shape in shapes)
+        raise MMAdapterError(f"{path}: {key} has shape {list(tensor.shape)}, expected {wanted}")
+
+
+def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
+                  gate_activation: str = "identity") -> AdapterFile:
+    """Check foreign layers against ``model`` and return them as our :class:`AdapterFile` for it.
+
+    Our adapter occupies the top ``adapter_layers`` layers, so the foreign layers must be exactly
+    those; each must agree with the base's width and head count and with the others' length.
+    """
+    identity = BaseIdentity.of(model)
+    n_layers, hidden, heads = len(decoder_layers(model)), identity.hidden_size, identity.num_heads
+    if not layers:
+        raise MMAdapterError(f"{path}: no adapter layers found")
+    for index, layer in sorted(layers.items()):
+        if index >= n_layers:
+            raise MMAdapterError(f"{path}: {layer.prompt_key} is for layer {index}, but the base has only "
+                                 f"{n_layers} layers")
+    indices = sorted(layers)
+    top = list(range(n_layers - len(indices), n_layers))
+    if indices != top:
+        missing = sorted(set(range(indices[0], n_layers)) - set(indices))
+        raise MMAdapterError(f"{path}: adapted layers must be the top ones of the base's {n_layers}; found "
+                             f"{_ranges(indices)}, missing layer(s) {_ranges(missing)}")
+    adapter_len = layers[indices[0]].prompt.shape[0]
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for index in indices:
+        layer = layers[index]
+        prompt = layer.prompt
+        if prompt.ndim != 2 or prompt.shape[1] != hidden:
+            raise MMAdapterError(f"{path}: {layer.prompt_key} has shape {list(prompt.shape)}, but the base's "
+                                 f"hidden size is {hidden} (expected [adapter_len, {hidden}])")
+        if prompt.shape[0] != adapter_len:
+            raise MMAdapterError(f"{path}: {layer.prompt_key} has {prompt.shape[0]} prompts, but layer "
+                                 f"{indices[0]} has {adapter_len}")
+        gate = layer.gate.reshape(-1)
+        if gate.numel() not in (1, heads):
+            raise MMAdapterError(f"{path}: {layer.gate_key} has {gate.numel()} values, but the base has {heads} "
+                                 "heads (expected 1 or one per head)")
+        out[index] = {"prompt": prompt.detach().to("cpu", torch.float32).contiguous(),
+                      "gate": gate.detach().to("cpu", torch.float32).expand(heads).contiguous()}
+    config = AdapterConfig(adapter_len=adapter_len, adapter_layers=len(indices), gate_activation=gate_activation)
+    return AdapterFile(path=path, config=config, base=identity, layers=out)
+
+
+def _ranges(indices: list[int]) -> str:
+    """[2, 3, 4, 7] -> '2-4, 7' (30 layer numbers stay readable on one line)."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ", ".join(parts) or "none"

@@ -1,0 +1,134 @@
+"""PEFT ``adaption_prompt`` adapters: import, and export of ours where PEFT can express it.
+
+Format (peft 0.21.2, ``peft/tuners/adaption_prompt``; checked by saving one with PEFT itself):
+
+* a folder with ``adapter_config.json`` (``peft_type`` "ADAPTION_PROMPT", ``adapter_len``,
+  ``adapter_layers``, ``target_modules`` "self_attn") and ``adapter_model.safetensors`` (or the
+  pickled ``adapter_model.bin``);
+* per adapted layer ``base_model.model.<path to layers.{i}.self_attn>.adaption_prompt``
+  [1, adapter_len, hidden] and ``....adaption_gate`` [1];
+* the top ``adapter_layers`` layers; the prompt's attention is softmaxed on its own and scaled by
+  the raw scalar gate (no tanh), i.e. our ``gate_activation="identity"`` with one gate for all heads.
+
+Export is possible only where every head of a layer has the same effective gate (``tanh(g)`` for
+"tanh" adapters, ``g`` for "identity"); PEFT's adaption_prompt knows only llama and mistral.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..adapter import adapter_config, adaption_prompts, decoder_layers
+from ..checkpoint import AdapterFile
+from ..errors import MMAdapterError
+from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+PEFT_TYPE = "ADAPTION_PROMPT"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")  # PEFT's TRANSFORMERS_MODEL_CONFIG, less gpt2 (not ours)
+KEY = re.compile(r"^base_model\.model\.(?:.+\.)?layers\.(\d+)\.self_attn\.(adaption_prompt|adaption_gate)$")
+
+
+def import_peft(model: nn.Module, folder: str | Path) -> AdapterFile:
+    """Read a PEFT adaption_prompt folder as our adapter for ``model`` (checked, not yet applied)."""
+    folder = Path(folder)
+    config = _read_config(folder)
+    weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
+    if weights is None:
+        raise MMAdapterError(f"{folder}: no {' or '.join(WEIGHTS_NAMES)}")
+    tensors = read_tensors(weights)
+    layers = {}
+    hidden = model.config.get_text_config().hidden_size
+    for index, fields in sorted(split_keys(weights, tensors, KEY).items()):
+        for name in ("adaption_prompt", "adaption_gate"):
+            if name not in fields:
+                raise MMAdapterError(f"{weights}: missing key for layer {index}: ...layers.{index}.self_attn.{name}")
+        (prompt_key, prompt), (gate_key, gate) = fields["adaption_prompt"], fields["adaption_gate"]
+        expect_shape(weights, prompt_key, prompt, (1, config["adapter_len"], hidden))
+        expect_shape(weights, gate_key, gate, (1,))
+        layers[index] = ForeignLayer(prompt[0], gate, prompt_key, gate_key)
+    if len(layers) != config["adapter_layers"]:
+        raise MMAdapterError(f"{weights}: holds {len(layers)} adapted layers, but {CONFIG_NAME} says "
+                             f"adapter_layers={config['adapter_layers']}")
+    return build_adapter(model, weights, layers, "identity")
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise MMAdapterError(f"{folder}: no {CONFIG_NAME}; not a PEFT adapter folder")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MMAdapterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != PEFT_TYPE:
+        found = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise MMAdapterError(f"{path}: peft_type is {found!r}, expected {PEFT_TYPE!r}")
+    for field in ("adapter_len", "adapter_layers"):
+        if not isinstance(config.get(field), int) or config[field] < 1:
+            raise MMAdapterError(f"{path}: {field} must be a positive integer, got {config.get(field)!r}")
+    if config.get("target_modules", "self_attn") != "self_attn":
+        raise MMAdapterError(f"{path}: target_modules is {config['target_modules']!r}; only 'self_attn' "
+                             "(Llama-style attention) is supported")
+    return config
+
+
+def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our attached adapter as PEFT's state dict, or a one-line refusal where PEFT cannot express it."""
+    model_type = model.config.get_text_config().model_type
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise MMAdapterError(f"PEFT's adaption_prompt supports model types {', '.join(SUPPORTED_MODEL_TYPES)}, "
+                             f"not {model_type!r}")
+    names = {id(module): name for name, module in model.named_modules()}
+    layers = decoder_layers(model)
+    tensors = {}
+    for index, adapter in adaption_prompts(model).items():
+        gate = adapter.activated_gate().detach().to("cpu", torch.float32)
+        spread = (gate.max() - gate.min()).item()
+        if spread != 0:
+            raise MMAdapterError(
+                f"layer {index}: per-head gates differ (effective {adapter.gate_activation} gate from "
+                f"{gate.min().item():.6g} to {gate.max().item():.6g}, spread {spread:.3g}); PEFT has one gate per "
+                "layer, so this adapter cannot be exported without changing its outputs")
+        prefix = f"base_model.model.{names[id(layers[index].self_attn)]}"
+        tensors[f"{prefix}.adaption_prompt"] = adapter.prompt.detach().to("cpu", torch.float32)[None].contiguous()
+        tensors[f"{prefix}.adaption_gate"] = gate[:1].clone()
+    return tensors
+
+
+def export_peft(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write the model's adapter as a PEFT folder that ``PeftModel.from_pretrained`` loads (atomically)."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise MMAdapterError(f"{folder}: already exists (pass overwrite to replace it)")
+    config = adapter_config(model)
+    tensors = peft_tensors(model)
+    peft_config = {
+        "peft_type": PEFT_TYPE, "task_type": "CAUSAL_LM", "adapter_len": config.adapter_len,
+        "adapter_layers": config.adapter_layers, "target_modules": "self_attn", "inference_mode": True,
+        "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
+        "revision": None, "auto_mapping": None,
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(tensors, staging / WEIGHTS_NAMES[0], metadata={"format": "pt"})
+        (staging / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+        os.replace(staging, folder)
+    except OSError as error:
+        raise MMAdapterError(f"{folder}: cannot write PEFT adapter ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
