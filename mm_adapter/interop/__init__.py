@@ -47,14 +47,20 @@ def load_foreign_adapter(model: nn.Module, source: str, path: str | Path, **opti
     return adapter
 
 
+def check_output(output: str | Path, overwrite: bool) -> Path:
+    """Refuse to replace an existing output unless asked (checked before any slow work)."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise MMAdapterError(f"{output}: already exists (use --overwrite to replace it)")
+    return output
+
+
 def convert(model: nn.Module, source: str, path: str | Path, target: str, output: str | Path,
             overwrite: bool = False, **options) -> Path:
     """Import ``path`` onto ``model`` and write it as ``target`` ("ours": one safetensors file; "peft": a folder)."""
     if target not in TARGETS:
         raise MMAdapterError(f"unknown output format {target!r}; expected one of {', '.join(TARGETS)}")
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise MMAdapterError(f"{output}: already exists (use --overwrite to replace it)")
+    output = check_output(output, overwrite)
     load_foreign_adapter(model, source, path, **options)
     if target == "peft":
         return export_peft(model, output, overwrite=overwrite)
@@ -63,5 +69,5 @@ def convert(model: nn.Module, source: str, path: str | Path, target: str, output
     return save_adapter(model, output, extra_metadata={"imported_from": f"{source}:{Path(path).name}"})
 
 
-__all__ = ["SOURCES", "TARGETS", "convert", "export_peft", "import_adapter", "import_litgpt", "import_official",
+__all__ = ["SOURCES", "TARGETS", "check_output", "convert", "export_peft", "import_adapter", "import_litgpt", "import_official",
            "import_peft", "load_foreign_adapter"]
