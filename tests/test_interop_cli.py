@@ -1,0 +1,100 @@
+"""scripts/convert_adapter.py: official -> ours -> PEFT on a base folder, overwrite protection, one-line errors."""
+
+import importlib.util
+import json
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+from tiny_text import REPO, tiny_base_folder
+
+from mm_adapter import load_adapter, load_base
+from mm_adapter.interop import load_foreign_adapter
+
+SCRIPT = REPO / "scripts" / "convert_adapter.py"
+
+
+def convert(*args, capsys):
+    """The script's entry point in this process; returns (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("convert_adapter_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit:
+        module.run(module.main, [str(arg) for arg in args])
+    out = capsys.readouterr()
+    return exit.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tiny_base_folder(tmp_path_factory.mktemp("base"))
+
+
+def official_file(path, heads=4, layers=4, adapter_len=10):
+    state = {"adapter_query.weight": torch.randn(adapter_len * 2, 64, generator=torch.Generator().manual_seed(2))}
+    state.update({f"layers.{i}.attention.gate": torch.full((1, heads, 1, 1), 0.1 * (i + 1)) for i in range(layers)})
+    torch.save(state, path)
+    return path
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=torch.arange(3, 12)[None]).logits
+
+
+def test_official_to_ours_to_peft_and_back(base, tmp_path, capsys):
+    release = official_file(tmp_path / "release.pth")
+    code, out, err = convert("--from", "official", "--to", "ours", "--base", base, release, tmp_path / "a.safetensors",
+                             capsys=capsys)
+    assert (code, err) == (0, "") and "official -> ours" in out
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as handle:
+        assert handle.metadata()["imported_from"] == "official:release.pth"
+    direct, _ = load_base(str(base))
+    load_foreign_adapter(direct, "official", release)
+    converted, _ = load_base(str(base))
+    load_adapter(converted, tmp_path / "a.safetensors")  # our loader, with its base check
+    assert torch.equal(logits(converted), logits(direct))
+
+    code, _, err = convert("--from", "ours", "--to", "peft", "--base", base, tmp_path / "a.safetensors",
+                           tmp_path / "peft", capsys=capsys)
+    assert (code, err) == (0, "")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["adapter_len"] == 10
+    code, _, err = convert("--from", "peft", "--to", "ours", "--base", base, tmp_path / "peft",
+                           tmp_path / "b.safetensors", capsys=capsys)
+    assert (code, err) == (0, "")
+    back, _ = load_base(str(base))
+    load_adapter(back, tmp_path / "b.safetensors")
+    torch.testing.assert_close(logits(back), logits(direct), atol=1e-5, rtol=1e-5)
+
+
+def test_existing_output_is_refused_unless_overwrite(base, tmp_path, capsys):
+    release = official_file(tmp_path / "release.pth")
+    target = tmp_path / "a.safetensors"
+    target.write_text("keep me")
+    code, _, err = convert("--from", "official", "--to", "ours", "--base", base, release, target, capsys=capsys)
+    assert code == 2 and err == f"error: {target}: already exists (use --overwrite to replace it)\n"
+    assert target.read_text() == "keep me"
+    code, _, err = convert("--from", "official", "--to", "ours", "--base", base, "--overwrite", release, target,
+                           capsys=capsys)
+    assert (code, err) == (0, "")
+    with safe_open(str(target), "pt") as handle:
+        assert "layers.3.prompt" in handle.keys()
+
+
+@pytest.mark.parametrize("case,match", [
+    ("heads", r"r.pth: layers.2.attention.gate has shape \[1, 8, 1, 1\], expected \[1, 4, 1, 1\]"),
+    ("spread", r"layer 2: per-head gates differ \(effective identity gate from 0 to 0.3, spread 0.3\)"),
+    ("missing", r"nowhere.pth: no such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(base, tmp_path, capsys, case, match):
+    release = official_file(tmp_path / "r.pth", heads=8 if case == "heads" else 4)
+    if case == "spread":
+        state = torch.load(release)
+        state["layers.2.attention.gate"] = torch.tensor([0.0, 0.1, 0.2, 0.3]).view(1, 4, 1, 1)
+        torch.save(state, release)
+    source = tmp_path / "nowhere.pth" if case == "missing" else release
+    code, _, err = convert("--from", "official", "--to", "peft" if case == "spread" else "ours", "--base", base,
+                           source, tmp_path / "out", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and re.match(f"error: .*{match}", err), err
+    assert not (tmp_path / "out").exists()
