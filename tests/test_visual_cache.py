@@ -1,0 +1,133 @@
+"""Feature cache (no encoder run on later epochs, corrupt entries recomputed) and bad-image one-liners."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mm_adapter import MMAdapterError
+from mm_adapter.feature_cache import FeatureCache, image_features, load_image
+from mm_adapter.visual import TINY_VIT, VisualConfig, build_encoder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_encoder(VisualConfig(clip_model=TINY_VIT, layers=2))
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def png(color, size=(40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def noisy_png(seed=0) -> bytes:
+    array = (np.random.default_rng(seed).random((48, 48, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_second_pass_runs_the_encoder_zero_times(tmp_path, encoder, cache_dir):
+    paths = []
+    for i, color in enumerate(["red", "green", "blue"]):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png(color))
+    images = [paths[0], None, paths[1], png("blue"), paths[0]]  # bytes of the same picture as paths[2]
+    calls = encoder.images_encoded
+    first = image_features(encoder, images)
+    assert encoder.images_encoded - calls == 3  # duplicates (same content hash) encoded once
+    assert first.mask.tolist() == [True, False, True, True, True]
+    assert torch.equal(first.features[1], torch.zeros(encoder.feature_dim))
+    assert torch.equal(first.features[0], first.features[4])
+    cache_files = sorted((cache_dir / "features" / encoder.identity).rglob("*.npy"))
+    assert len(cache_files) == 3
+    calls, batches = encoder.images_encoded, encoder.calls
+    cache = FeatureCache(encoder)
+    second = image_features(encoder, images, cache=cache)
+    assert encoder.images_encoded == calls and encoder.calls == batches  # epoch 2: no encoder run at all
+    assert cache.hits == 4 and cache.misses == 0
+    assert torch.equal(second.features, first.features) and torch.equal(second.mask, first.mask)
+    direct = encoder(torch.stack([encoder.preprocess(Image.open(paths[1]))]))
+    torch.testing.assert_close(first.features[2], direct[0])
+
+
+def test_cache_key_depends_on_the_encoder(encoder, cache_dir):
+    other = build_encoder(VisualConfig(clip_model=TINY_VIT, layers=(2,)))
+    image_features(encoder, [png("red")])
+    before = other.images_encoded
+    out = image_features(other, [png("red")])
+    assert other.images_encoded == before + 1 and out.features.shape == (1, 64)
+
+
+def test_corrupt_or_misshaped_entry_is_recomputed(encoder):
+    data = noisy_png()
+    reference = image_features(encoder, [data], cache=False).features
+    cache = FeatureCache(encoder)
+    image_features(encoder, [data], cache=cache)
+    entry = next(cache.folder.rglob("*.npy"))
+    for damage in (b"garbage", np.lib.format.magic(1, 0) + b"\x00\x00", None):
+        if damage is None:
+            np.save(entry, np.zeros(3, dtype=np.float32))  # wrong shape
+        else:
+            entry.write_bytes(damage)
+        calls = encoder.images_encoded
+        out = image_features(encoder, [data], cache=cache)
+        assert encoder.images_encoded == calls + 1
+        torch.testing.assert_close(out.features, reference)
+        assert np.load(entry).shape == (encoder.feature_dim,)  # rewritten whole
+    assert not [p for p in cache.folder.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.fixture()
+def bad_images(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image\n")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(noisy_png()[:2000])
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png("white", size=(3000, 3000)))
+    return {"not an image": text, "truncated": truncated, "too large": huge,
+            "not found": tmp_path / "missing.png", "folder": tmp_path}
+
+
+@pytest.mark.parametrize("kind", ["not an image", "truncated", "too large", "not found", "folder"])
+def test_bad_image_is_one_line_naming_the_file(encoder, bad_images, monkeypatch, kind):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    path = bad_images[kind]
+    expected = {"not an image": "not an image", "truncated": "truncated", "too large": "too large",
+                "not found": "not found", "folder": "folder"}[kind]
+    with pytest.raises(MMAdapterError) as info:
+        image_features(encoder, [png("red"), path])
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message and "\n" not in message
+    with pytest.raises(MMAdapterError, match=expected):
+        load_image(path)
+
+
+def test_skip_option_masks_bad_images_and_keeps_the_rest(encoder, bad_images, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    images = [png("red"), bad_images["truncated"], None, bad_images["too large"], bad_images["not found"]]
+    out = image_features(encoder, images, on_error="skip")
+    assert out.mask.tolist() == [True, False, False, False, False]
+    assert len(out.skipped) == 3
+    for kind in ("truncated", "not found", "too large"):
+        assert sum(line.startswith(f"{bad_images[kind]}: ") and kind in line for line in out.skipped) == 1
+    assert torch.equal(out.features[1:], torch.zeros(4, encoder.feature_dim))
+    with pytest.raises(MMAdapterError, match="on_error"):
+        image_features(encoder, images, on_error="ignore")
+
+
+def test_bytes_input_is_named_in_errors(encoder):
+    with pytest.raises(MMAdapterError, match="problem 42: not an image"):
+        image_features(encoder, [b"\x89PNG nonsense"], names=["problem 42"])
