@@ -70,8 +70,8 @@ def import_official(model: nn.Module, path: str | Path, adapter_len: int = DEFAU
             raise MMAdapterError(f"{path}: missing key 'layers.{index}.attention.gate' (adapted layer {index})")
         key, gate = gates[index]["gate"]
         expect_shape(path, key, gate, (1, heads, 1, 1), (), (1,))
-        layers[index] = ForeignLayer(blocks[block], gate, f"{PROMPT_KEY} rows {block * adapter_len}-"
-                                     f"{(block + 1) * adapter_len - 1}", key)
+        rows_name = f"{PROMPT_KEY} rows {block * adapter_len}-{(block + 1) * adapter_len - 1}"
+        layers[index] = ForeignLayer(blocks[block], gate, rows_name, key)
     for index, fields in gates.items():
         if index >= n_layers:
             raise MMAdapterError(f"{path}: unexpected key {fields['gate'][0]!r}: the base has only {n_layers} layers")
