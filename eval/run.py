@@ -103,11 +103,19 @@ def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConf
 
 def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
                  skip: frozenset[str] | set[str] = frozenset()) -> Iterator[list[Answer]]:
-    """Answers batch by batch, over the planned batches, leaving out the pids in ``skip``."""
-    for batch in batch_plan(problems, config):
-        todo = [p for p in batch if p.pid not in skip]
-        if todo:
-            yield answer_batch(model, tokenizer, todo, config)
+    """Answers batch by batch, over the planned batches, leaving out the pids in ``skip``.
+
+    The model is in eval mode meanwhile (no dropout when called from a training loop), then restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batch_plan(problems, config):
+            todo = [p for p in batch if p.pid not in skip]
+            if todo:
+                yield answer_batch(model, tokenizer, todo, config)
+    finally:
+        model.train(was_training)
 
 
 def evaluate(model, tokenizer, problems: Sequence[Problem], config: EvalConfig = EvalConfig()) -> dict[str, Answer]:
@@ -210,11 +218,16 @@ class RunSummary:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
 
+def refuse_finished(out: str | Path, overwrite: bool = False) -> None:
+    """A finished predictions file is replaced only when asked (callers check before loading a model)."""
+    if Path(out).exists() and not overwrite:
+        raise MMAdapterError(f"{out} exists (a finished run); pass --overwrite to replace it")
+
+
 def _prepare(out: Path, identity: Mapping[str, Any], overwrite: bool) -> dict[str, Answer]:
     """Refuse a finished file (unless ``overwrite``); resume a partial one of the same configuration."""
     partial = partial_path(out)
-    if out.exists() and not overwrite:
-        raise MMAdapterError(f"{out} exists (a finished run); pass --overwrite to replace it")
+    refuse_finished(out, overwrite)
     if partial.exists():
         try:
             return read_partial(partial, identity)

@@ -21,7 +21,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.run import MODES, EvalConfig, partial_path, run  # noqa: E402
+from eval.run import MODES, EvalConfig, partial_path, refuse_finished, run  # noqa: E402
 from eval.table import _Parser  # noqa: E402  (one-line argument errors, as in every entry point)
 from mm_adapter import BaseIdentity, load_adapter, load_base  # noqa: E402
 from mm_adapter.base import DEFAULT_SPEC  # noqa: E402
@@ -84,13 +84,14 @@ def _sha256(path: Path) -> str:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Never write the predictions over one of the inputs."""
+    """Never write the predictions over one of the inputs, nor over a finished run unless asked."""
     inputs = [args.adapter, args.reference, args.hf and Path(args.hf)]
     if args.data is not None:
         inputs += [args.data / name for name in ("problems.json", "pid_splits.json", "captions.json")]
     for target in (args.out, partial_path(args.out)):
         if any(path is not None and path.exists() and target.resolve() == path.resolve() for path in inputs):
             raise MMAdapterError(f"--out {args.out}: {target} is one of the inputs; refusing to overwrite it")
+    refuse_finished(args.out, args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

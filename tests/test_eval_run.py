@@ -228,3 +228,13 @@ def test_predictions_file_shape(model, tokenizer, tmp_path):
                for v, p in zip(data["probabilities"].values(), PROBLEMS))
     predictions = load_predictions(out)
     assert predictions.name == "tiny zs" and len(predictions) == len(PROBLEMS)
+
+
+def test_evaluate_from_a_training_loop_runs_in_eval_mode_and_restores_it(tokenizer):
+    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), attention_dropout=0.5)
+    reference = evaluate(model, tokenizer, PROBLEMS[:3])
+    model.train()
+    answers = evaluate(model, tokenizer, PROBLEMS[:3])  # dropout would make these differ
+    assert model.training
+    assert all(torch.allclose(torch.tensor(answers[pid].probs), torch.tensor(reference[pid].probs), atol=ATOL)
+               for pid in answers)
