@@ -98,6 +98,8 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: torch.
     state = {"step": step, "identity": identity, "scheduler": scheduler.state_dict(), "optimizer": optim_state,
              "rng": rng_json, "extra": extra or {}}
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".step-*"):  # staging folders of a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=folder))
     try:
         save_file(tensors | optim_tensors | rng_tensors, str(staging / TENSORS))

@@ -194,6 +194,13 @@ def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool) -> None:
         raise MMAdapterError(f"{out_dir}: output folder is not writable ({error.strerror or error})") from None
 
 
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
     """Per-step metrics as JSONL (rank 0 only) and a loss-curve PNG drawn from it."""
 
@@ -201,9 +208,8 @@ class MetricsLog:
         self.path, self.plot_path = out_dir / METRICS_NAME, out_dir / PLOT_NAME
         if resume_step is None:
             self.path.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        elif self.path.exists():  # drop steps the killed run did after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        elif self.path.exists():  # drop steps the killed run did after its checkpoint (and a torn last line)
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

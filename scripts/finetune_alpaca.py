@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed records (and say how many)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (fewer than cores when the machine is shared)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = setup_distributed()
     say = print if info.is_main else (lambda *a, **k: None)
     prepare_out_dir(Path(args.out), args.resume, info.is_main)  # fail before the slow parts

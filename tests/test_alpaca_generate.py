@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 from tiny import tiny_model
-from tiny_text import REPO, tiny_base_folder
+from tiny_text import REPO, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
 from mm_adapter import AdapterConfig, attach_adapter, load_adapter, load_base, save_adapter
 from mm_adapter.alpaca import prompt_text

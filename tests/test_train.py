@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from tiny import tiny_model
-from tiny_text import records, tiny_tokenizer
+from tiny_text import one_thread, records, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
 from mm_adapter import AdapterConfig, attach_adapter, read_adapter
 from mm_adapter.alpaca import AlpacaRecord, encode_alpaca
@@ -24,15 +24,6 @@ from mm_adapter.train import (
     train,
 )
 from mm_adapter.train_data import BatchPlan, PadCollator, epoch_batches, padded_tokens
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one thread per process is ~10x faster for tiny models than two fighting threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -169,3 +160,13 @@ def test_unwritable_output_folder_is_one_clear_error(setup, tmp_path):
         train(model, examples, config(tmp_path, out_dir=str(tmp_path / "file" / "sub")), collate)
     with pytest.raises(MMAdapterError, match="no checkpoint to resume from"):
         train(model, examples, config(tmp_path, resume=True), collate)
+
+
+def test_resume_drops_metrics_after_the_checkpoint_and_a_torn_line(tmp_path):
+    """A run killed mid-write leaves steps past its checkpoint and maybe half a line; resume keeps only <= step."""
+    from mm_adapter.train import MetricsLog
+
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, 5)] + ['{"step": 5, "lo']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    MetricsLog(tmp_path, resume_step=2).close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines[:2]
