@@ -4,8 +4,9 @@ The families copy real ScienceQA question families (their question text, choices
 subjects and skills); the pictures are drawn with PIL at 224x224. Where no real ScienceQA images
 exist (as here, where the image encoder also has random weights), this is the set on which "with
 images" must beat "text only". Families are kept only if a linear probe on random-weight CLIP
-features reads their answer (``scripts/probe_synthetic.py``); position-only relations are not
-(left-vs-right measured 52%, chance). A few text-only problems give the TXT (answer in the hint)
+features reads their answer (``scripts/probe_synthetic.py``); relations between parts are not
+(left-vs-right 52%, which magnet poles face each other 53%: chance). Pictures are jittered (place, size,
+shade) so a probe or model cannot just memorise a handful of identical images. A few text-only problems give the TXT (answer in the hint)
 and NO (neither hint nor image) columns.
 
     python -m scienceqa.synthetic OUT_DIR --n-train 600 --n-val 100 --n-test 200 --seed 0
@@ -206,7 +207,10 @@ def guide_words(rng: random.Random) -> Drawn:
 CANDIDATES: dict[str, Callable[[random.Random], Drawn]] = {
     "solution_color": solution_color, "concentration": concentration, "continent": continent,
     "shape_word": shape_word, "magnets": magnets}
-# Kept image families with their weights; see scripts/probe_synthetic.py for the measurement.
+# Kept image families (weights). Linear probe, random-weight ViT-B-32, 4 depths, 400 jittered pictures each
+# (scripts/probe_synthetic.py; held-out accuracy vs majority baseline): solution_color 6 classes 1.00 vs 0.19,
+# continent 7 classes 1.00 vs 0.18, shape_word 4 classes 0.81 vs 0.28, concentration 3 classes 0.79 vs 0.37;
+# magnets 0.53 vs 0.54 (chance: which poles face each other is a relation global features lose), so not kept.
 IMAGE_FAMILIES = {"solution_color": 1.0, "concentration": 1.0, "continent": 1.0, "shape_word": 1.0}
 TEXT_FAMILIES = {"hint_color": hint_color, "guide_words": guide_words}
 TEXT_SHARE = 0.15  # of all problems: half TXT (hint_color), half NO (guide_words)

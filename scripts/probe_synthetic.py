@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = build_encoder(VisualConfig(clip_model=args.clip_model, layers=args.layers, seed=args.seed))
     print(f"encoder {args.clip_model} (random weights), depths {encoder.depths}, {encoder.feature_dim} features; "
           f"{args.n} images per family, LogisticRegression on 75%, accuracy on 25%")
-    print(f"{'family':<16}{'classes':>8}{'baseline':>10}{'probe':>8}  verdict     kept   seconds")
+    print(f"{'family':<16}{'classes':>8}{'baseline':>10}{'probe':>8}  {'verdict':<14}{'kept':<6}seconds")
     for family in args.families:
         rng, start = random.Random(args.seed), time.time()
         drawn = [CANDIDATES[family](rng) for _ in range(args.n)]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracy, baseline = probe(features, labels, args.seed)
         verdict = "readable" if accuracy >= baseline + args.margin else "NOT readable"
         kept = "yes" if family in IMAGE_FAMILIES else "no"
-        print(f"{family:<16}{len(set(labels)):>8}{baseline:>10.2f}{accuracy:>8.2f}  {verdict:<12}{kept:<7}"
+        print(f"{family:<16}{len(set(labels)):>8}{baseline:>10.2f}{accuracy:>8.2f}  {verdict:<14}{kept:<6}"
               f"{time.time() - start:>6.0f}")
     return 0
 
