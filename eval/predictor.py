@@ -1,0 +1,176 @@
+"""One image-plus-question answer with option probabilities: what the demo CLI and web page call.
+
+The question is put in the ScienceQA prompt the adapter was trained on (``build_prompt``) and
+answered by option-letter scoring (``option_probabilities``). With an adapter that has visual parts,
+the image goes through its frozen encoder and projection and is added to every adaption prompt
+(``prompt_offset``); otherwise the image is only checked and the prediction says it was ignored.
+
+Bad input (a choice list that is too short, an image that is not one, too large, truncated or
+missing) raises one ``MMAdapterError`` line, so callers can show it and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from eval.scoring import option_probabilities
+from mm_adapter import load_base
+from mm_adapter.base import DEFAULT_SPEC
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.feature_cache import ImageInput, image_features, load_image
+from mm_adapter.visual import ClipEncoder, VisualProjection, load_multimodal_adapter
+from scienceqa.data import Problem
+from scienceqa.prompts import PromptFormat, build_prompt, option_letters
+
+MAX_IMAGE_BYTES = 20 * 2**20  # an upload or file larger than this is refused before decoding
+MAX_CHOICES = 26  # option letters A..Z
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The chosen option and the probability of each option (in the given order, summing to 1)."""
+
+    choice_index: int
+    letter: str
+    text: str
+    probabilities: list[float]
+    choices: tuple[str, ...]
+    image_used: bool
+    note: str | None = None  # why an image was not used, or that there was none
+
+    def to_dict(self) -> dict:
+        return {"choice_index": self.choice_index, "letter": self.letter, "text": self.text,
+                "image_used": self.image_used, "note": self.note,
+                "options": [{"letter": letter, "text": text, "probability": p}
+                            for letter, text, p in zip(option_letters(len(self.choices)), self.choices,
+                                                       self.probabilities)]}
+
+
+def check_question(question: str, choices: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The question and choices stripped, or one line saying what is wrong with them."""
+    question = (question or "").strip()
+    cleaned = tuple((c or "").strip() for c in choices)
+    if not question:
+        raise MMAdapterError("the question is empty")
+    if len(cleaned) < 2:
+        raise MMAdapterError(f"need at least 2 choices, got {len(cleaned)}")
+    if len(cleaned) > MAX_CHOICES:
+        raise MMAdapterError(f"at most {MAX_CHOICES} choices (A-Z), got {len(cleaned)}")
+    empty = [i + 1 for i, c in enumerate(cleaned) if not c]
+    if empty:
+        raise MMAdapterError(f"choice {empty[0]} is empty")
+    repeated = sorted({c for c in cleaned if cleaned.count(c) > 1})
+    if repeated:
+        raise MMAdapterError(f"choices must differ: {repeated[0]!r} is given more than once")
+    return question, cleaned
+
+
+def check_image(image: ImageInput, name: str | None = None) -> None:
+    """Refuse an image that is empty, over ``MAX_IMAGE_BYTES``, or that PIL cannot fully decode."""
+    if image is None:
+        return
+    if isinstance(image, (bytes, bytearray)):
+        size, label = len(image), name or "uploaded image"
+    else:
+        label = name or str(image)
+        try:
+            size = os.path.getsize(image)
+        except FileNotFoundError:
+            raise MMAdapterError(f"{image}: image file not found") from None
+        except OSError as error:
+            raise MMAdapterError(f"{image}: cannot read image ({error.strerror or error})") from None
+    if size == 0:
+        raise MMAdapterError(f"{label}: the image is empty (0 bytes)")
+    if size > MAX_IMAGE_BYTES:
+        raise MMAdapterError(f"{label}: image file too large ({size / 2**20:.1f} MiB, limit "
+                             f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)")
+    load_image(image, label)  # one line for not-an-image, truncated, or over PIL's pixel limit
+
+
+@dataclass
+class VisualPath:
+    """The frozen encoder and trained projection of a multimodal adapter."""
+
+    encoder: ClipEncoder
+    projection: VisualProjection
+
+    @torch.no_grad()
+    def offset(self, image: ImageInput, name: str | None) -> torch.Tensor:
+        """(1, hidden) prompt offset for one image (not cached on disk: uploads leave no trace)."""
+        found = image_features(self.encoder, [image], cache=False, names=[name])
+        device = next(self.projection.parameters()).device
+        return self.projection(found.features.to(device), found.mask.to(device))
+
+
+def load_model(base: str, adapter: str | Path | None, device: torch.device | str):
+    """The base (frozen, on ``device``), with the adapter applied and its visual path if it has one.
+
+    The only place the demo loads models, so a change in how adapters are loaded lands here once.
+    """
+    model, tokenizer = load_base(base)
+    model.to(device)
+    visual = None
+    if adapter is not None:
+        found = load_multimodal_adapter(model, adapter, device)
+        visual = VisualPath(*found) if found is not None else None
+    return model, tokenizer, visual
+
+
+@dataclass
+class Predictor:
+    """A loaded model answering one question at a time; ``predict`` is safe to call from threads."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    visual: VisualPath | None = None
+    adapter_name: str | None = None
+    base_name: str = DEFAULT_SPEC
+    fmt: PromptFormat = PromptFormat.QCM_A
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, base: str = DEFAULT_SPEC, adapter: str | Path | None = None, device: torch.device | str = "cpu",
+             fmt: str | PromptFormat = PromptFormat.QCM_A) -> "Predictor":
+        model, tokenizer, visual = load_model(base, adapter, device)
+        return cls(model, tokenizer, visual, Path(adapter).stem if adapter else None, base, PromptFormat.parse(fmt))
+
+    def describe(self) -> str:
+        """One line: what answers the questions (shown by the CLI and the web page)."""
+        text = f"base {self.base_name}"
+        text += f", adapter {self.adapter_name}" if self.adapter_name else ", no adapter"
+        if self.visual is None:
+            return text + " (text only: images are ignored)"
+        encoder = self.visual.encoder
+        weights = "random weights" if encoder.random_weights else f"weights {encoder.config.pretrained}"
+        return text + f", image encoder {encoder.config.clip_model} ({weights})"
+
+    def _ignored_note(self) -> str:
+        if self.adapter_name is None:
+            return "image ignored: no adapter loaded, the base model answers from the text alone"
+        return f"image ignored: adapter {self.adapter_name} has no visual parts (a text-only adapter)"
+
+    def predict(self, image: ImageInput, question: str, choices: Sequence[str], context: str = "",
+                image_name: str | None = None) -> Prediction:
+        """Answer ``question`` about ``image`` (a path, its bytes, or None) with one of ``choices``."""
+        question, choices = check_question(question, choices)
+        check_image(image, image_name)
+        problem = Problem("demo", question, choices, 0, hint=(context or "").strip(),
+                          image=None if image is None else "upload")
+        prompt = build_prompt(problem, self.fmt).prompt
+        use_image = image is not None and self.visual is not None
+        with self._lock:  # prompt_offset sets state on the shared model: one forward at a time
+            offsets = self.visual.offset(image, image_name) if use_image else None
+            (probabilities,) = option_probabilities(self.model, self.tokenizer, [prompt], [len(choices)], offsets)
+        best = max(range(len(choices)), key=probabilities.__getitem__)
+        if image is None:
+            note = "no image given: answered from the text alone"
+        else:
+            note = None if use_image else self._ignored_note()
+        return Prediction(best, option_letters(len(choices))[best], choices[best], probabilities, choices,
+                          use_image, note)

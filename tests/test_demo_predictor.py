@@ -1,0 +1,205 @@
+"""The demo's predictor on a tiny base folder: the image reaches the answer only through a visual adapter,
+bad input is one line, loading refuses unusable encoders, and concurrent calls give sequential results.
+
+``make_demo_files`` is also what the CLI and web tests load (it writes a base folder and adapters).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval.predictor as predictor_module
+from eval.predictor import Predictor, check_image, check_question
+from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, save_adapter
+from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, visual_extras
+from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from tests.tiny import tiny_model
+
+TINY = VisualConfig(clip_model=TINY_VIT, layers=2)
+QUESTION = "Which solution has a higher concentration of green particles?"
+CHOICES = ["Solution A", "Solution B", "neither; their concentrations are the same"]
+
+
+def png(array_or_colour, size=(48, 48)) -> bytes:
+    image = (Image.fromarray(array_or_colour) if isinstance(array_or_colour, np.ndarray)
+             else Image.new("RGB", size, array_or_colour))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def noise_png(seed: int = 0) -> bytes:
+    return png((np.random.default_rng(seed).random((48, 48, 3)) * 255).astype("uint8"))
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """A tiny base folder, adapters for it (visual on mm-tiny-vit, text-only) and two images."""
+
+    base: Path
+    visual: Path
+    text_only: Path
+    red: Path
+    noise: Path
+
+
+def _adapted_model(base: Path):
+    model = tiny_model("llama-gqa", vocab_size=len(make_tokenizer()), bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(base)
+    attach_adapter(model, AdapterConfig(adapter_len=3, adapter_layers=2))
+    with torch.no_grad():
+        for parameters in adapter_parameters(model).values():
+            parameters["gate"].fill_(0.5)  # a trained-looking adapter: prompts reach the output
+    return model
+
+
+def save_visual_adapter(model, path: Path, config: VisualConfig = TINY,
+                        encoder_config: VisualConfig | None = None) -> Path:
+    """An adapter file recording ``config``, whose projection (last layer N(0, 1)) was 'trained' on the
+    encoder of ``encoder_config`` (default: the tiny ViT that ``TINY`` builds)."""
+    encoder = build_encoder(encoder_config or TINY)
+    projection = VisualProjection(encoder.feature_dim, 64, TINY)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(projection.proj[-1].weight)
+    tensors, metadata = visual_extras(config, projection, encoder)
+    return save_adapter(model, path, extra_tensors=tensors, extra_metadata=metadata)
+
+
+def make_demo_files(folder: Path) -> DemoFiles:
+    base = folder / "base"
+    make_tokenizer().save_pretrained(base)
+    model = _adapted_model(base)
+    red, noise = folder / "red.png", folder / "noise.png"
+    red.write_bytes(png("red"))
+    noise.write_bytes(noise_png())
+    return DemoFiles(base, save_visual_adapter(model, folder / "visual.safetensors"),
+                     save_adapter(model, folder / "text.safetensors"), red, noise)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> DemoFiles:
+    return make_demo_files(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def visual(files) -> Predictor:
+    return Predictor.load(str(files.base), files.visual)
+
+
+def test_the_image_goes_through_the_projection_into_the_prompts(visual, files):
+    red = visual.predict(files.red, QUESTION, CHOICES)
+    noise = visual.predict(files.noise.read_bytes(), QUESTION, CHOICES)
+    none = visual.predict(None, QUESTION, CHOICES)
+    for prediction in (red, noise, none):
+        assert math.isclose(sum(prediction.probabilities), 1.0, abs_tol=1e-5)
+        assert prediction.choice_index == int(np.argmax(prediction.probabilities))
+        assert prediction.text == CHOICES[prediction.choice_index] and prediction.letter == "ABC"[prediction.choice_index]
+    assert red.image_used and noise.image_used and red.note is None
+    assert not none.image_used and "no image given" in none.note
+    assert max(abs(a - b) for a, b in zip(red.probabilities, noise.probabilities)) > 1e-3  # the image matters
+    assert max(abs(a - b) for a, b in zip(red.probabilities, none.probabilities)) > 1e-3
+    assert visual.predict(files.red.read_bytes(), QUESTION, CHOICES).probabilities == red.probabilities
+    # with the projection's last layer at zero the offset is 0: the image can no longer change the answer
+    last = visual.visual.projection.proj[-1].weight
+    saved = last.detach().clone()
+    with torch.no_grad():
+        last.zero_()
+    try:
+        blind = visual.predict(files.red, QUESTION, CHOICES).probabilities
+    finally:
+        with torch.no_grad():
+            last.copy_(saved)
+    np.testing.assert_allclose(blind, none.probabilities, atol=1e-6)
+    assert "image encoder mm-tiny-vit (random weights)" in visual.describe()
+
+
+def test_the_context_is_part_of_the_prompt(visual, files):
+    plain = visual.predict(files.red, QUESTION, CHOICES).probabilities
+    hinted = visual.predict(files.red, QUESTION, CHOICES, context="The particles are green.").probabilities
+    assert plain != hinted
+
+
+@pytest.mark.parametrize("adapter", [None, "text_only"])
+def test_without_visual_parts_the_image_is_checked_then_ignored(files, adapter):
+    predictor = Predictor.load(str(files.base), getattr(files, adapter) if adapter else None)
+    with_image = predictor.predict(files.noise, QUESTION, CHOICES)
+    assert not with_image.image_used
+    assert ("no adapter loaded" if adapter is None else "has no visual parts") in with_image.note
+    assert with_image.probabilities == predictor.predict(None, QUESTION, CHOICES).probabilities
+    assert "images are ignored" in predictor.describe()
+    with pytest.raises(MMAdapterError, match="not an image"):
+        predictor.predict(b"hello, not a picture", QUESTION, CHOICES)
+
+
+@pytest.mark.parametrize("question, choices, message", [
+    ("", CHOICES, "question is empty"),
+    ("Why?", ["only one"], "at least 2 choices, got 1"),
+    ("Why?", [], "at least 2 choices, got 0"),
+    ("Why?", ["a", "  "], "choice 2 is empty"),
+    ("Why?", ["a", "a"], "'a' is given more than once"),
+    ("Why?", [str(i) for i in range(27)], "at most 26"),
+])
+def test_bad_questions_are_one_line(question, choices, message):
+    with pytest.raises(MMAdapterError, match=message) as info:
+        check_question(question, choices)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_images_are_one_line(tmp_path, monkeypatch):
+    cases = {b"": "empty", b"GIF89a nonsense": "not an image", noise_png()[:300]: "truncated",
+             tmp_path / "missing.png": "not found", png("white", (64, 64)): "too large"}
+    for image, message in cases.items():
+        if message == "too large":
+            monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is then a decompression bomb
+        with pytest.raises(MMAdapterError, match=message) as info:
+            check_image(image)
+        assert "\n" not in str(info.value)
+    monkeypatch.setattr(predictor_module, "MAX_IMAGE_BYTES", 100)
+    with pytest.raises(MMAdapterError, match=r"image file too large \(0.0 MiB"):
+        check_image(noise_png(), "upload.png")
+
+
+def test_loading_refuses_encoders_the_adapter_cannot_use(files, tmp_path):
+    model = _adapted_model(tmp_path / "base")
+    import open_clip
+
+    other = tmp_path / "b32.pt"  # a checkpoint whose patch embedding belongs to a different encoder
+    torch.save({"state_dict": {"visual.conv1.weight": torch.zeros(768, 3, 32, 32)}}, other)
+    unknown = VisualConfig(clip_model="ViT-Z-99", layers=2)
+    assert open_clip.get_model_config("ViT-Z-99") is None
+    cases = {
+        "unknown CLIP model 'ViT-Z-99'": save_visual_adapter(model, tmp_path / "unknown.safetensors", unknown),
+        "does not fit CLIP model mm-tiny-vit": save_visual_adapter(
+            model, tmp_path / "other.safetensors", VisualConfig(clip_model=TINY_VIT, layers=2, pretrained=str(other))),
+        "trained with image encoder": save_visual_adapter(
+            model, tmp_path / "seed.safetensors", encoder_config=VisualConfig(clip_model=TINY_VIT, layers=2, seed=7)),
+    }
+    for message, adapter in cases.items():
+        with pytest.raises(MMAdapterError, match=message) as info:
+            Predictor.load(str(files.base), adapter)
+        assert "\n" not in str(info.value)
+
+
+def test_concurrent_predictions_match_sequential_ones(visual, files):
+    images = [files.red, files.noise, None, files.red.read_bytes()] * 3
+    expected = [visual.predict(image, QUESTION, CHOICES).probabilities for image in images]
+    results: list = [None] * len(images)
+
+    def work(i: int) -> None:
+        results[i] = visual.predict(images[i], QUESTION, CHOICES).probabilities
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == expected
