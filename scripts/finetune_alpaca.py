@@ -8,10 +8,10 @@
 Presets (any flag given explicitly wins):
   paper        adapter_len 10, adapter_layers 30, 5 epochs (2 warmup), base lr 9e-3 (lr = base x batch / 256),
                weight decay 0.02, max_seq_len 512, batch 4 per device.
-  smollm2-cpu  SmolLM2-135M on a few CPU cores: adapter 10 x 30 (all 30 layers), base weights in bf16,
-               1 epoch over the first 1,000 records, 0.1 warmup epochs, absolute lr 3e-3, max_seq_len 256,
-               batch 4 x 2 accumulation. About 250 steps (~6 minutes on 2 cores); the loss on held-out Alpaca
-               records drops clearly (see scripts/bench_alpaca.py).
+  smollm2-cpu  SmolLM2-135M on a few CPU cores: adapter 10 x 30 (all 30 layers), base weights in bf16 with bf16
+               autocast, 1 epoch over the first 1,000 records, 0.1 warmup epochs, absolute lr 3e-3, max_seq_len 512,
+               batch 4. 250 steps; measured by scripts/bench_alpaca.py (same settings, 2 busy cores, --threads 1):
+               14.5 min, loss on the last 200 records of alpaca_5000.json 2.233 -> 1.982 per response token.
 Outputs in --out: adapter.safetensors, metrics.jsonl, loss.png, checkpoints/. Resume a killed run with --resume.
 """
 
@@ -37,7 +37,7 @@ PRESETS = {
                   weight_decay=0.02, max_seq_len=512, batch_size=4, accum_steps=1, dtype="fp32", bf16=True,
                   max_records=None),
     "smollm2-cpu": dict(adapter_len=10, adapter_layers=30, epochs=1, warmup_epochs=0.1, base_lr=9e-3, lr=3e-3,
-                        weight_decay=0.02, max_seq_len=256, batch_size=4, accum_steps=2, dtype="bf16", bf16=True,
+                        weight_decay=0.02, max_seq_len=512, batch_size=4, accum_steps=1, dtype="bf16", bf16=True,
                         max_records=1000),
 }
 

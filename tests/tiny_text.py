@@ -8,8 +8,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
-
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
