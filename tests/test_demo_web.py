@@ -1,0 +1,204 @@
+"""The demo web server: HTTP checks of every bad upload (one line, the server keeps serving), binary-exact
+uploads, concurrent requests; then the real page in headless Debian Chromium driven by Playwright.
+
+The browser tests skip (with the reason) where /usr/bin/chromium or the playwright package is missing.
+Set DEMO_SCREENSHOT=path.png to keep a screenshot of the page with an answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
+from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+
+import scripts.serve_demo as serve_demo  # noqa: E402  (after tests: the repository root is importable)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> DemoFiles:
+    return make_demo_files(tmp_path_factory.mktemp("web"))
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    args = serve_demo.build_parser().parse_args(["--base", str(files.base), "--adapter", str(files.visual),
+                                                 "--port", "0"])
+    demo = serve_demo.build_server(args)
+    thread = threading.Thread(target=demo.serve_forever, daemon=True)
+    thread.start()
+    yield demo
+    demo.shutdown()
+    demo.server_close()
+
+
+def multipart(fields: dict[str, str | tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body as browsers send it: text fields and (file name, bytes) files."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            head = f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n' \
+                   f"Content-Type: application/octet-stream\r\n\r\n"
+            parts.append(f"--{boundary}\r\n{head}".encode() + value[1] + b"\r\n")
+        else:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "predict", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def ask(url: str, image: tuple[str, bytes] | None, choices: str = "\n".join(CHOICES), **extra) -> tuple[int, dict]:
+    fields = {"question": QUESTION, "choices": choices, "context": "", **extra}
+    if image is not None:
+        fields["image"] = image
+    return post(url, *multipart(fields))
+
+
+def test_page_is_self_contained(server):
+    with urllib.request.urlopen(server.url, timeout=10) as response:
+        page = response.read().decode()
+    assert "mm-adapter" in page and "image encoder mm-tiny-vit" in page and "{{MODEL}}" not in page
+    assert not re.search(r"https?:|['\"(]//", page)  # no address outside this server, not even scheme-relative
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_upload_bytes_arrive_exactly_and_choices_may_be_comma_separated(server):
+    image = noise_png(5)  # binary bytes with CR, LF and NUL in them
+    assert b"\r" in image and b"\0" in image
+    status, data = ask(server.url, ("noise.png", image))
+    assert status == 200 and data["image_used"] and data["note"] is None
+    expected = server.predictor.predict(image, QUESTION, CHOICES)
+    assert [o["probability"] for o in data["options"]] == expected.probabilities
+    assert (data["letter"], data["text"]) == (expected.letter, expected.text)
+    status, data = ask(server.url, None, choices="Solution A, Solution B,")
+    assert status == 200 and [o["text"] for o in data["options"]] == ["Solution A", "Solution B"]
+    assert not data["image_used"] and "no image given" in data["note"]
+
+
+@pytest.mark.parametrize("case, message, code", [
+    ("not an image", "notes.txt: not an image", 400),
+    ("truncated", "broken.png: damaged or truncated image", 400),
+    ("too many pixels", "huge.png: image too large", 400),
+    ("empty file", "empty.png: the image is empty", 400),
+    ("one choice", "need at least 2 choices, got 1", 400),
+    ("missing field", "missing the field(s): choices", 400),
+    ("not multipart", "expected a multipart/form-data upload", 400),
+    ("too many bytes", "upload too large (21.0 MiB", 413),
+])
+def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypatch, case, message, code):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # the server runs in this process; 48x48 images pass
+    red = ("red.png", png("red", (20, 20)))
+    requests = {
+        "not an image": lambda: ask(server.url, ("notes.txt", b"just some notes\n")),
+        "truncated": lambda: ask(server.url, ("broken.png", noise_png()[:400])),
+        "too many pixels": lambda: ask(server.url, ("huge.png", png("white", (100, 100)))),
+        "empty file": lambda: ask(server.url, ("empty.png", b"")),
+        "one choice": lambda: ask(server.url, red, choices="only this one"),
+        "missing field": lambda: post(server.url, *multipart({"question": QUESTION, "image": red})),
+        "not multipart": lambda: post(server.url, b"question=hi", "application/x-www-form-urlencoded"),
+        "too many bytes": lambda: ask(server.url, ("big.png", b"\0" * (21 * 2**20))),
+    }
+    status, data = requests[case]()
+    assert status == code and message in data["error"] and "\n" not in data["error"]
+    status, data = ask(server.url, red)  # the next request is answered as usual
+    assert status == 200 and math.isclose(sum(o["probability"] for o in data["options"]), 1, abs_tol=1e-5)
+
+
+def test_concurrent_requests_get_their_own_answers(server):
+    images = [("a.png", png("red")), ("b.png", noise_png(1)), ("c.png", png("blue"))] * 2
+    expected = [server.predictor.predict(data, QUESTION, CHOICES).probabilities for _, data in images]
+    results: list = [None] * len(images)
+
+    def work(i: int) -> None:
+        results[i] = [o["probability"] for o in ask(server.url, images[i])[1]["options"]]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == expected
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian package chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("the playwright Python package is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def read_answer(page) -> tuple[str, list[tuple[str, float, float]]]:
+    """The answer line and each option row's (text, shown percent, probability) as the page shows them."""
+    page.wait_for_selector("#result", state="visible")
+    rows = page.query_selector_all("#options .option")
+    return page.inner_text("#answer"), [
+        (row.query_selector(".text").inner_text(), float(row.query_selector(".percent").inner_text().rstrip("%")),
+         float(row.get_attribute("data-probability"))) for row in rows]
+
+
+def test_the_page_answers_uploads_and_explains_bad_ones(server, browser, files):
+    requests: list[str] = []
+    page = browser.new_page(viewport={"width": 1000, "height": 640})
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(server.url)
+    page.set_input_files("#image", str(files.red))
+    page.fill("#question", QUESTION)
+    page.fill("#choices", "\n".join(CHOICES))
+    page.click("#submit")
+    answer, rows = read_answer(page)
+    assert [text for text, _, _ in rows] == CHOICES
+    assert math.isclose(sum(p for _, _, p in rows), 1, abs_tol=1e-5)
+    assert abs(sum(shown for _, shown, _ in rows) - 100) < 0.2
+    best = max(range(len(rows)), key=lambda i: rows[i][2])
+    assert answer == f"Answer: ({'ABC'[best]}) {CHOICES[best]}"
+    assert page.query_selector_all("#options .option.chosen")[0].inner_text().startswith(f"({'ABC'[best]})")
+    assert page.is_visible("#preview") and not page.is_visible("#error")
+    if os.environ.get("DEMO_SCREENSHOT"):
+        page.screenshot(path=os.environ["DEMO_SCREENSHOT"], full_page=True)
+
+    page.set_input_files("#image", files={"name": "notes.png", "mimeType": "image/png", "buffer": b"not a picture"})
+    page.click("#submit")
+    page.wait_for_selector("#error", state="visible")
+    assert page.inner_text("#error") == "notes.png: not an image (PIL cannot identify the file format)"
+    assert not page.is_visible("#result")
+
+    page.set_input_files("#image", str(files.noise))
+    page.fill("#choices", "Solution A, Solution B")
+    page.click("#submit")
+    answer, rows = read_answer(page)  # the server survived the bad upload
+    assert [text for text, _, _ in rows] == ["Solution A", "Solution B"] and not page.is_visible("#error")
+    assert math.isclose(sum(p for _, _, p in rows), 1, abs_tol=1e-5)
+    page.close()
+    assert requests and all(url.startswith((server.url, "blob:" + server.url[:-1], "data:")) for url in requests), \
+        requests
