@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,8 @@ from scienceqa.predictions import NO_ANSWER, make_predictions
 from scienceqa.prompts import ANSWER_PREFIX, PromptFormat, build_prompt, extract_answer, option_letters
 
 MODES = ("score", "generate")
+# A batch of problems -> their (batch, hidden) prompt offsets (the multimodal path; zero rows for no image).
+Offsets = Callable[[Sequence[Problem]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,11 @@ def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConf
 
 
 def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
-                 skip: frozenset[str] | set[str] = frozenset()) -> Iterator[list[Answer]]:
+                 skip: frozenset[str] | set[str] = frozenset(), offsets: Offsets | None = None
+                 ) -> Iterator[list[Answer]]:
     """Answers batch by batch, over the planned batches, leaving out the pids in ``skip``.
+
+    ``offsets``: per-batch prompt offsets (e.g. each problem's projected image features).
 
     The model is in eval mode meanwhile (no dropout when called from a training loop), then restored.
     """
@@ -113,14 +118,15 @@ def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConf
         for batch in batch_plan(problems, config):
             todo = [p for p in batch if p.pid not in skip]
             if todo:
-                yield answer_batch(model, tokenizer, todo, config)
+                yield answer_batch(model, tokenizer, todo, config, offsets(todo) if offsets else None)
     finally:
         model.train(was_training)
 
 
-def evaluate(model, tokenizer, problems: Sequence[Problem], config: EvalConfig = EvalConfig()) -> dict[str, Answer]:
+def evaluate(model, tokenizer, problems: Sequence[Problem], config: EvalConfig = EvalConfig(),
+             offsets: Offsets | None = None) -> dict[str, Answer]:
     """Answer every problem in memory (no files, no bar): pid -> Answer, in input order."""
-    answers = {a.pid: a for batch in iter_answers(model, tokenizer, problems, config) for a in batch}
+    answers = {a.pid: a for batch in iter_answers(model, tokenizer, problems, config, offsets=offsets) for a in batch}
     return {p.pid: answers[p.pid] for p in problems}
 
 
@@ -242,13 +248,14 @@ def _prepare(out: Path, identity: Mapping[str, Any], overwrite: bool) -> dict[st
 
 def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: EvalConfig = EvalConfig(),
         identity: Mapping[str, Any] | None = None, name: str = "model", overwrite: bool = False,
-        max_batches: int | None = None, progress: bool = True) -> RunSummary:
+        max_batches: int | None = None, progress: bool = True, offsets: Offsets | None = None) -> RunSummary:
     """Answer ``problems`` into the predictions file ``out``, resuming a partial run.
 
     ``identity``: what else defines the run (base model, adapter...), merged with the config's
     answer-changing fields; a partial file made under another identity is refused.
     ``max_batches``: stop after that many computed batches, leaving the partial file (debugging,
-    tests of resuming); the summary then says ``finished=False``.
+    tests of resuming); the summary then says ``finished=False``. ``offsets``: see :func:`iter_answers`
+    (they must be part of ``identity``, e.g. through the adapter file's hash).
     """
     out = Path(out)
     identity = {**(identity or {}), **config.identity()}
@@ -259,7 +266,7 @@ def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: 
     correct = sum(a.choice == gold[a.pid] for a in answers.values())
     no_answer = sum(a.choice == NO_ANSWER for a in answers.values())
     bar = tqdm(total=len(problems), initial=resumed, unit="q", disable=not progress, dynamic_ncols=True)
-    batches = iter_answers(model, tokenizer, problems, config, skip=set(answers))
+    batches = iter_answers(model, tokenizer, problems, config, skip=set(answers), offsets=offsets)
     with partial_path(out).open("a", encoding="utf-8") as handle, bar:
         for batch in itertools.islice(batches, max_batches):
             _append(handle, batch)

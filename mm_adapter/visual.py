@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter import count_trainable
+from .checkpoint import load_adapter
 from .errors import MMAdapterError
 
 PROJECTIONS = ("mlp", "linear")
@@ -326,3 +327,21 @@ def check_encoder(adapter_file, encoder: ClipEncoder) -> None:
     if expected and expected != encoder.identity:
         raise MMAdapterError(f"{adapter_file.path}: trained with image encoder {expected}, but this encoder "
                              f"({encoder.config.clip_model}, pretrained={encoder.config.pretrained}) is {encoder.identity}")
+
+
+def load_multimodal_adapter(model: nn.Module, path, device: torch.device | str | None = None
+                            ) -> tuple[ClipEncoder, VisualProjection] | None:
+    """Apply the adapter file at ``path`` to ``model``; if it has a visual part, also build its frozen
+    encoder (from the recorded config, checked against the recorded identity) and its projection.
+
+    One call for evaluation and demos. Returns None for a text-only adapter (still applied).
+    """
+    adapter = load_adapter(model, path)
+    device = device or next(model.parameters()).device
+    found = projection_from_adapter(adapter, device=device)
+    if found is None:
+        return None
+    config, projection = found
+    encoder = build_encoder(config, device)
+    check_encoder(adapter, encoder)
+    return encoder, projection.requires_grad_(False).eval()
