@@ -4,6 +4,11 @@
     python scripts/eval_scienceqa.py --adapter runs/sqa.safetensors --data DATA --split test --out runs/test.json \
         --reference DATA/external/published_tables.json
 
+An adapter trained with images (scripts/finetune_scienceqa.py --images) records its visual config:
+its encoder and projection are rebuilt from the file, and each problem's image (official
+images/<split>/<pid>/image.png or the HF image column) is encoded once through the feature cache
+and added to the adaption prompts; problems without an image get nothing added.
+
 Predictions are appended to OUT.partial.jsonl as they are computed; rerunning the same command
 after a kill resumes. The Markdown table goes to stdout, the run summary to stderr.
 """
@@ -22,10 +27,12 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.run import MODES, EvalConfig, partial_path, refuse_finished, run  # noqa: E402
+from eval.sqa_visual import ImageOffsets, compute_features, report_skipped  # noqa: E402
 from eval.table import _Parser  # noqa: E402  (one-line argument errors, as in every entry point)
-from mm_adapter import BaseIdentity, load_adapter, load_base  # noqa: E402
+from mm_adapter import BaseIdentity, load_base  # noqa: E402
 from mm_adapter.base import DEFAULT_SPEC  # noqa: E402
 from mm_adapter.errors import MMAdapterError  # noqa: E402
+from mm_adapter.visual import load_multimodal_adapter  # noqa: E402
 from scienceqa.data import Problem, read_official  # noqa: E402
 from scienceqa.hf import load_hf  # noqa: E402
 from scienceqa.metrics import score  # noqa: E402
@@ -58,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="published tables JSON to show side by side")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples for 95%% intervals (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="with an image adapter: a missing/corrupt image makes its problem a no-image one (counted)")
     return p
 
 
@@ -103,13 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_problems(args)
     model, tokenizer = load_base(args.base)
     model.to(args.device)
-    if args.adapter:
-        load_adapter(model, args.adapter)
+    visual = load_multimodal_adapter(model, args.adapter, args.device) if args.adapter else None
+    offsets = None
+    if visual is not None:
+        encoder, projection = visual
+        features = compute_features(encoder, problems, args.data, args.skip_bad_images)
+        report_skipped(features, args.split)
+        print(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}",
+              file=sys.stderr)
+        offsets = ImageOffsets(projection, features)
     identity = {"base": args.base, "base_fingerprint": BaseIdentity.of(model).fingerprint,
                 "adapter": _sha256(args.adapter) if args.adapter else None}
+    if offsets is not None:  # which images were used (a skipped one changes answers)
+        identity["image_features"] = offsets.features.fingerprint(problems)
     name = args.name or f"{args.base} {args.adapter.stem if args.adapter else 'zero-shot'} ({args.mode})"
     summary = run(model, tokenizer, problems, args.out, config, identity, name, args.overwrite,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, offsets=offsets)
     print(f"{args.split}: {summary.total} problems ({summary.resumed} resumed), accuracy {summary.accuracy:.2%}, "
           f"{summary.no_answer} unparsed, {summary.questions_per_second:.2f} questions/s over {summary.computed} "
           f"computed in {summary.seconds:.1f} s; wall {time.perf_counter() - started:.1f} s -> {args.out}",

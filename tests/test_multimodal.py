@@ -1,0 +1,263 @@
+"""ScienceQA with images, end to end on a tiny Llama and the tiny ViT: the answer is only the picture's colour.
+
+The scripts run in this process (imports are the slow part on two busy cores). With images the
+adapter must learn the colour; text-only on the same data must stay near chance (1/3); the adapter
+file reloads in one call with identical logits; no-image problems never see the projection; a
+resumed run restores the projection and ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tiny import tiny_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from eval.run import EvalConfig, evaluate
+from eval.scoring import option_log_probs
+from eval.sqa_visual import ImageOffsets, compute_features
+from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_base, read_adapter, save_adapter
+from mm_adapter.checkpointing import load_checkpoint
+from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, load_multimodal_adapter, \
+    visual_extras
+from scienceqa.data import Problem, read_official
+from scienceqa.prompts import build_prompt, option_letters
+from scripts._cli import run as run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
+VISUAL = VisualConfig(clip_model=TINY_VIT, layers=2)
+
+
+def picture(colour: str, rng: random.Random) -> Image.Image:
+    """A square of the colour (jittered shade and place) on white: no two pictures are identical."""
+    image = Image.new("RGB", (48, 48), (255, 255, 255))
+    shade = tuple(min(255, max(0, v + rng.randint(-25, 25))) for v in COLOURS[colour])
+    x, y = rng.randint(0, 10), rng.randint(0, 10)
+    image.paste(shade, (x, y, x + 36, y + 36))
+    return image
+
+
+def write_dataset(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """Official layout; each split has every colour equally often, plus a few no-image problems."""
+    rng, problems, splits, pid = random.Random(seed), {}, {}, 0
+    for split, n in sizes.items():
+        splits[split] = []
+        colours = [list(COLOURS)[i % 3] for i in range(n)]
+        rng.shuffle(colours)
+        for i, colour in enumerate(colours):
+            pid += 1
+            with_image = i % 8 != 7
+            problems[str(pid)] = {"question": "Which color is the picture?" if with_image else "Which color is grass?",
+                                  "choices": list(COLOURS), "answer": list(COLOURS).index(colour if with_image
+                                                                                         else "green"),
+                                  "hint": "", "image": "image.png" if with_image else None, "split": split,
+                                  "subject": "natural science", "grade": "grade2", "category": "Colors"}
+            splits[split].append(str(pid))
+            if with_image:
+                (root / "images" / split / str(pid)).mkdir(parents=True)
+                picture(colour, rng).save(root / "images" / split / str(pid) / "image.png")
+    (root / "problems.json").write_text(json.dumps(problems))
+    (root / "pid_splits.json").write_text(json.dumps(splits))
+    return root
+
+
+def word_tokenizer(problems: list[Problem]) -> PreTrainedTokenizerFast:
+    """Word-level: every word of the prompts, the answer sentence and the option letters is one token."""
+    texts = [build_prompt(p, "QCM-A", use_caption=True).text for p in problems]
+    texts += ["The answer is " + " ".join(option_letters(5)) + " . N/A"]
+    words = {w for text in texts for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)}
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *sorted(words)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one thread per process is much faster for tiny models than two fighting threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multimodal")
+    data = write_dataset(folder / "data", {"train": 72, "val": 12, "test": 48})
+    problems = read_official(data)[0]
+    tokenizer = word_tokenizer(problems)
+    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.2)
+    model.save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    return folder, data
+
+
+def script(name: str, *argv: str) -> int:
+    """scripts/<name>.py's entry point in this process; returns its exit code."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit:
+        run_cli(module.main, list(argv))
+    return exit.value.code
+
+
+def finetune(folder: Path, data: Path, out: Path, *extra: str) -> int:
+    return script("finetune_scienceqa", "--base", str(folder / "base"), "--data", str(data), "--out", str(out),
+                  "--adapter-len", "8", "--adapter-layers", "4", "--epochs", "8", "--warmup-epochs", "1",
+                  "--batch-size", "8", "--lr", "5e-2", "--dtype", "fp32", "--no-bf16", "--checkpoint-every", "36",
+                  "--no-progress", "--clip-model", TINY_VIT, "--clip-layers", "2", *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    """One run with images, one text-only, same data and budget."""
+    folder, data = setup
+    assert finetune(folder, data, folder / "img", "--images") == 0
+    assert finetune(folder, data, folder / "txt") == 0
+    return folder
+
+
+def test_images_learned_text_only_at_chance(setup, trained, capsys):
+    folder, data = setup
+    accuracy = {}
+    for run in ("img", "txt"):
+        out = folder / f"{run}-test.json"
+        assert script("eval_scienceqa", "--base", str(folder / "base"), "--adapter", str(folder / run / "best.safetensors"),
+                      "--data", str(data), "--split", "test", "--out", str(out), "--bootstrap", "0",
+                      "--no-progress") == 0
+        table = capsys.readouterr().out
+        header = next(line for line in table.splitlines() if "IMG" in line)
+        row = next(line for line in table.splitlines() if line.startswith("| **"))  # the method's row, not "n"
+        accuracy[run] = float(row.split("|")[[c.strip() for c in header.split("|")].index("IMG")])
+    assert accuracy["img"] >= 85.0, accuracy  # percent; chance is 33.3
+    assert accuracy["txt"] <= 50.0, accuracy
+
+
+def open_gates(model) -> None:
+    """Gates start at 0 (prompts and offsets then do nothing); open them so the test can see a difference."""
+    for module in model.modules():
+        if isinstance(getattr(module, "gate", None), torch.nn.Parameter):
+            module.gate.data.fill_(0.5)
+
+
+def random_projection(encoder) -> VisualProjection:
+    torch.manual_seed(1)
+    return VisualProjection(encoder.feature_dim, 64, VisualConfig(clip_model=TINY_VIT, layers=2, zero_init=False))
+
+
+def test_adapter_file_round_trip_gives_identical_logits(setup, tmp_path):
+    folder, data = setup
+    model, tokenizer = load_base(str(folder / "base"))
+    attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=3))
+    open_gates(model)
+    encoder = build_encoder(VISUAL)
+    projection = random_projection(encoder)
+    problems = read_official(data, "val")[0]
+    prompts = [build_prompt(p, "QCM-A", use_caption=True).prompt for p in problems]
+    n = [3] * len(problems)
+    features = compute_features(encoder, problems, data)
+    before = option_log_probs(model, tokenizer, prompts, n, ImageOffsets(projection, features)(problems))
+    save_adapter(model, tmp_path / "mm.safetensors", *visual_extras(VISUAL, projection, encoder))
+
+    fresh, _ = load_base(str(folder / "base"))
+    loaded_encoder, loaded_projection = load_multimodal_adapter(fresh, tmp_path / "mm.safetensors")  # one call
+    assert not any(p.requires_grad for p in loaded_projection.parameters())
+    loaded = compute_features(loaded_encoder, problems, data)
+    after = option_log_probs(fresh, tokenizer, prompts, n, ImageOffsets(loaded_projection, loaded)(problems))
+    assert torch.equal(before, after)
+    assert not torch.equal(after, option_log_probs(fresh, tokenizer, prompts, n))  # the images do matter
+    save_adapter(model, tmp_path / "text.safetensors")
+    assert load_multimodal_adapter(load_base(str(folder / "base"))[0], tmp_path / "text.safetensors") is None
+
+
+def test_best_file_carries_the_visual_part(setup, trained):
+    """best.safetensors, loaded in one call, reproduces the validation accuracy it was chosen with."""
+    folder, data = setup
+    model, tokenizer = load_base(str(folder / "base"))
+    best = trained / "img" / "best.safetensors"
+    encoder, projection = load_multimodal_adapter(model, best)
+    problems = read_official(data, "val")[0]
+    offsets = ImageOffsets(projection, compute_features(encoder, problems, data))
+    answers = evaluate(model, tokenizer, problems, EvalConfig(), offsets)
+    val = sum(answers[p.pid].choice == p.answer for p in problems) / len(problems)
+    assert f"{val:.4f}" == read_adapter(best).extra_metadata["val_accuracy"]
+
+
+def test_no_image_problems_are_unaffected_by_the_projection(setup):
+    folder, data = setup
+    model, tokenizer = load_base(str(folder / "base"))
+    attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=3))
+    open_gates(model)
+    encoder = build_encoder(VISUAL)
+    problems = read_official(data, "val")[0]
+    offsets = ImageOffsets(random_projection(encoder), compute_features(encoder, problems, data))(problems)
+    without = [i for i, p in enumerate(problems) if not p.has_image]
+    with_image = [i for i, p in enumerate(problems) if p.has_image]
+    assert without and with_image
+    assert torch.equal(offsets[without], torch.zeros(len(without), 64))
+    prompts = [build_prompt(p, "QCM-A", use_caption=True).prompt for p in problems]
+    mixed = option_log_probs(model, tokenizer, prompts, [3] * len(problems), offsets)
+    text_only = option_log_probs(model, tokenizer, prompts, [3] * len(problems))
+    torch.testing.assert_close(mixed[without], text_only[without], atol=1e-5, rtol=0)
+    assert (mixed[with_image] - text_only[with_image]).abs().max() > 1e-3
+
+
+def test_resume_restores_the_projection(setup, trained):
+    """A run cut after its first checkpoint and resumed ends with the same adapter and projection, bit for bit."""
+    folder, data = setup
+    whole = folder / "img"
+    checkpoints = sorted((whole / "checkpoints").iterdir())
+    assert any(k.startswith("param.visual_projection.") for k in load_checkpoint(checkpoints[0]).tensors)
+    cut = folder / "img-cut"
+    shutil.copytree(checkpoints[0], cut / "checkpoints" / checkpoints[0].name)
+    assert finetune(folder, data, cut, "--images", "--resume") == 0
+    expected, got = read_adapter(whole / "adapter.safetensors"), read_adapter(cut / "adapter.safetensors")
+    assert expected.extra_tensors.keys() == got.extra_tensors.keys() and "visual.proj.2.weight" in got.extra_tensors
+    assert any(v.abs().sum() > 0 for k, v in got.extra_tensors.items() if k.startswith("visual.proj.2"))
+    for key in expected.extra_tensors:
+        assert torch.equal(expected.extra_tensors[key], got.extra_tensors[key]), key
+    for index in expected.layers:
+        assert torch.equal(expected.layers[index]["prompt"], got.layers[index]["prompt"])
+    assert got.extra_metadata["visual"] == expected.extra_metadata["visual"]
+
+
+def test_bad_images_are_one_line_or_skipped(setup, tmp_path):
+    folder, data = setup
+    problems = read_official(data, "val")[0]
+    broken = shutil.copytree(data, tmp_path / "data")
+    first, second = [p for p in problems if p.has_image][:2]
+    png = broken / "images" / "val" / first.pid / "image.png"
+    png.write_bytes(png.read_bytes()[:60])  # truncated
+    (broken / "images" / "val" / second.pid / "image.png").unlink()
+    encoder = build_encoder(VISUAL)
+    with pytest.raises(MMAdapterError) as error:
+        compute_features(encoder, problems, broken)
+    assert str(error.value).count("\n") == 0 and "image.png" in str(error.value) and "--skip-bad-images" in str(
+        error.value)
+    features = compute_features(encoder, problems, broken, skip_bad=True)
+    assert len(features.skipped) == 2 and first.pid not in features.by_pid and second.pid not in features.by_pid
+    assert len(features.by_pid) == sum(p.has_image for p in problems) - 2
+    # the Hugging Face layout's image bytes give the same features as the files
+    as_bytes = Problem(first.pid, first.question, first.choices, first.answer, image="image.png",
+                       image_bytes=(data / "images" / "val" / first.pid / "image.png").read_bytes())
+    got = compute_features(encoder, [as_bytes], None)
+    assert torch.equal(got.by_pid[first.pid], compute_features(encoder, [first], data).by_pid[first.pid])
