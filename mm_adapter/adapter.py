@@ -137,6 +137,10 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
         module = layers[index].self_attn
         module.adapter = AdaptionPrompt(text_config.hidden_size, text_config.num_attention_heads, config, runtime,
                                         device=module.k_proj.weight.device)
+        norm = getattr(layers[index], "input_layernorm", None)
+        if config.prompt_init == "norm_scaled" and norm is not None and module.adapter.prompt.device.type != "meta":
+            with torch.no_grad():
+                module.adapter.prompt.mul_(norm.weight.float())
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
 
