@@ -36,7 +36,7 @@ from eval.run import EvalConfig  # noqa: E402
 from eval.sqa_train import ValidationSelector, encode_problems  # noqa: E402
 from eval.sqa_visual import (ImageOffsets, VisualExport, attach_projection, compute_features,  # noqa: E402
                              multimodal_loss, report_skipped, with_features)
-from mm_adapter import AdapterConfig, attach_adapter, count_trainable, load_base, save_adapter  # noqa: E402
+from mm_adapter import attach_adapter, count_trainable, load_base, save_adapter  # noqa: E402
 from mm_adapter.train import prepare_out_dir, setup_distributed, train  # noqa: E402
 from mm_adapter.train_data import BatchPlan, PadCollator  # noqa: E402
 from mm_adapter.visual import PROJECTIONS, VisualConfig, VisualProjection, build_encoder, trainable_summary  # noqa: E402
@@ -44,7 +44,7 @@ from scienceqa.data import read_official  # noqa: E402
 from scienceqa.hf import load_hf  # noqa: E402
 from scienceqa.prompts import PromptFormat  # noqa: E402
 from scripts._cli import run  # noqa: E402
-from scripts._train_args import add_train_arguments, apply_preset, train_config  # noqa: E402
+from scripts._train_args import adapter_config, add_train_arguments, apply_preset, train_config  # noqa: E402
 
 PRESET = dict(adapter_len=10, adapter_layers=30, epochs=4, warmup_epochs=0.5, base_lr=9e-3, lr=5e-3,
               weight_decay=0.02, max_seq_len=512, batch_size=8, accum_steps=1, dtype="bf16", bf16=True)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(kept) < len(train_problems):
         say(f"left out {len(train_problems) - len(kept)} problem(s) longer than max_seq_len={args.max_seq_len}")
     torch.manual_seed(args.seed)
-    attach_adapter(model, AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers))
+    attach_adapter(model, adapter_config(args))
     images = prepare_images(args, model, examples, kept, val_problems, info.device, say) if args.images else None
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
