@@ -52,7 +52,8 @@ class DemoFiles:
     noise: Path
 
 
-def _adapted_model(base: Path):
+def adapted_model(base: Path):
+    """A tiny Llama saved to ``base`` (beside the tokenizer), with an adapter whose gates are open."""
     model = tiny_model("llama-gqa", vocab_size=len(make_tokenizer()), bos_token_id=1, eos_token_id=2)
     model.save_pretrained(base)
     attach_adapter(model, AdapterConfig(adapter_len=3, adapter_layers=2))
@@ -77,7 +78,7 @@ def save_visual_adapter(model, path: Path, config: VisualConfig = TINY,
 def make_demo_files(folder: Path) -> DemoFiles:
     base = folder / "base"
     make_tokenizer().save_pretrained(base)
-    model = _adapted_model(base)
+    model = adapted_model(base)
     red, noise = folder / "red.png", folder / "noise.png"
     red.write_bytes(png("red"))
     noise.write_bytes(noise_png())
@@ -102,7 +103,8 @@ def test_the_image_goes_through_the_projection_into_the_prompts(visual, files):
     for prediction in (red, noise, none):
         assert math.isclose(sum(prediction.probabilities), 1.0, abs_tol=1e-5)
         assert prediction.choice_index == int(np.argmax(prediction.probabilities))
-        assert prediction.text == CHOICES[prediction.choice_index] and prediction.letter == "ABC"[prediction.choice_index]
+        index = prediction.choice_index
+        assert (prediction.letter, prediction.text) == ("ABC"[index], CHOICES[index])
     assert red.image_used and noise.image_used and red.note is None
     assert not none.image_used and "no image given" in none.note
     assert max(abs(a - b) for a, b in zip(red.probabilities, noise.probabilities)) > 1e-3  # the image matters
@@ -169,7 +171,7 @@ def test_bad_images_are_one_line(tmp_path, monkeypatch):
 
 
 def test_loading_refuses_encoders_the_adapter_cannot_use(files, tmp_path):
-    model = _adapted_model(tmp_path / "base")
+    model = adapted_model(tmp_path / "base")
     import open_clip
 
     other = tmp_path / "b32.pt"  # a checkpoint whose patch embedding belongs to a different encoder
