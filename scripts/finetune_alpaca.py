@@ -25,11 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import run  # noqa: E402
+from _train_args import adapter_config, add_train_arguments, apply_preset, train_config  # noqa: E402
 
-from mm_adapter import AdapterConfig, attach_adapter, count_trainable, load_base  # noqa: E402
+from mm_adapter import attach_adapter, count_trainable, load_base  # noqa: E402
 from mm_adapter.alpaca import encode_alpaca, read_alpaca  # noqa: E402
 from mm_adapter.errors import MMAdapterError  # noqa: E402
-from mm_adapter.train import TrainConfig, prepare_out_dir, setup_distributed, train  # noqa: E402
+from mm_adapter.train import prepare_out_dir, setup_distributed, train  # noqa: E402
 from mm_adapter.train_data import PadCollator  # noqa: E402
 
 PRESETS = {
@@ -45,34 +46,12 @@ PRESETS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="Alpaca JSON list or JSONL of {instruction, input, output}")
-    parser.add_argument("--out", required=True, help="output folder (adapter, metrics, checkpoints)")
-    parser.add_argument("--base", default="smollm2-135m", help="base model spec (see mm_adapter.load_base)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    parser.add_argument("--adapter-len", type=int)
-    parser.add_argument("--adapter-layers", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--warmup-epochs", type=float)
-    parser.add_argument("--base-lr", type=float, help="lr = base_lr x effective batch / 256 (unless --lr)")
-    parser.add_argument("--lr", type=float, help="absolute learning rate (overrides --base-lr)")
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--max-seq-len", type=int)
-    parser.add_argument("--batch-size", type=int, help="micro-batch per device")
-    parser.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="dtype of the frozen base weights")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
     parser.add_argument("--max-records", type=int, help="use only the first N records")
-    parser.add_argument("--grad-clip", type=float)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed records (and say how many)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (fewer than cores when the machine is shared)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_train_arguments(parser)
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return apply_preset(args, PRESETS[args.preset])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if not examples:
         raise MMAdapterError(f"{data.path}: no record fits max_seq_len={args.max_seq_len}")
     torch.manual_seed(args.seed)  # same adapter initialisation on every rank
-    attach_adapter(model, AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers))
+    attach_adapter(model, adapter_config(args))
     say(f"{len(examples)} examples, {count_trainable(model):,} trainable parameters, world size {info.world_size}")
-    config = TrainConfig(out_dir=args.out, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-                         batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr, base_lr=args.base_lr,
-                         weight_decay=args.weight_decay, grad_clip=args.grad_clip, bf16=args.bf16, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress)
+    config = train_config(args)
     result = train(model, examples, config, PadCollator(tokenizer.pad_token_id),
                    identity={"base_dtype": args.dtype})
     if result.adapter_path:
