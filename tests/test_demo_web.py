@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import scripts.serve_demo as serve_demo
+from scripts._cli import run
 from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-
-import scripts.serve_demo as serve_demo  # noqa: E402  (after tests: the repository root is importable)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -126,6 +126,19 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypa
     assert status == code and message in data["error"] and "\n" not in data["error"]
     status, data = ask(server.url, red)  # the next request is answered as usual
     assert status == 200 and math.isclose(sum(o["probability"] for o in data["options"]), 1, abs_tol=1e-5)
+
+
+def test_start_up_problems_are_one_line_and_exit_2(server, files, capfd):
+    port = str(server.server_address[1])
+    cases = {"not a readable safetensors file": ["--adapter", str(files.red)],
+             f"cannot listen on 127.0.0.1:{port} (Address already in use)": ["--adapter", str(files.visual),
+                                                                               "--port", port]}
+    for message, argv in cases.items():
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run(serve_demo.main, ["--base", str(files.base), *argv])
+        err = capfd.readouterr().err.splitlines()
+        assert exit_info.value.code == 2 and err[-1].startswith("error: ") and message in err[-1], err
 
 
 def test_concurrent_requests_get_their_own_answers(server):
