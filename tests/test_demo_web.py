@@ -1,7 +1,8 @@
 """The demo web server: HTTP checks of every bad upload (one line, the server keeps serving), binary-exact
 uploads, concurrent requests; then the real page in headless Debian Chromium driven by Playwright.
 
-The browser tests skip (with the reason) where /usr/bin/chromium or the playwright package is missing.
+The browser tests skip (with the reason) where /usr/bin/chromium (or $DEMO_CHROMIUM) or the playwright
+package is missing.
 Set DEMO_SCREENSHOT=path.png to keep a screenshot of the page with an answer.
 """
 
@@ -26,7 +27,7 @@ from scripts._cli import run
 from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
