@@ -61,6 +61,10 @@ class VisualConfig:
     layers: an int n (n evenly spaced depths ending at the last block) or explicit 1-based depths.
     projection: "mlp" (bottleneck ``hidden_dim``) or "linear".
     norm: a learnable LayerNorm on the concatenated features before the projection.
+    standardize: subtract the training set's per-feature mean and divide by its std first (buffers set
+        by ``VisualProjection.set_feature_stats``, saved with the projection). Needed with random-weight
+        encoders: there the image-dependent part is ~3% of the features' variance (ViT-B-32 on the
+        synthetic set), buried under a vector common to all images, and the projection did not learn.
     """
 
     clip_model: str = "ViT-L-14"
@@ -71,6 +75,7 @@ class VisualConfig:
     norm: bool = True
     zero_init: bool = True
     seed: int = 0
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -256,6 +261,10 @@ class VisualProjection(nn.Module):
         super().__init__()
         self.in_dim, self.hidden_size = in_dim, hidden_size
         kw = {"device": device, "dtype": torch.float32}
+        self.standardize = config.standardize
+        if config.standardize:  # buffers: saved in state_dict (adapter files), not trained
+            self.register_buffer("feature_mean", torch.zeros(in_dim, **kw))
+            self.register_buffer("feature_std", torch.ones(in_dim, **kw))
         self.norm = nn.LayerNorm(in_dim, **kw) if config.norm else nn.Identity()
         if config.projection == "mlp":
             self.proj = nn.Sequential(nn.Linear(in_dim, config.hidden_dim, **kw), nn.GELU(),
@@ -271,15 +280,30 @@ class VisualProjection(nn.Module):
                     device: torch.device | str | None = None) -> "VisualProjection":
         return cls(feature_dim(config), hidden_size, config, device=device)
 
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Per-feature mean and std of the training images' features (rows of real images only)."""
+        if not self.standardize:
+            raise MMAdapterError("this projection was configured without standardize")
+        features = features.float().to(self.feature_mean.device)
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0, unbiased=False).clamp_min(1e-4) if len(features) > 1
+                               else torch.ones_like(self.feature_std))
+
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            features = (features - self.feature_mean) / self.feature_std
+        return self.proj(self.norm(features))
+
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, in_dim) features and a (batch,) bool mask -> (batch, hidden); unmasked rows are exactly 0."""
         features = features.float()
         if mask is None:
-            return self.proj(self.norm(features))
+            return self._project(features)
         keep = mask.to(features.device).bool()[:, None]
         zero = torch.zeros((), dtype=features.dtype, device=features.device)
         # zero the inputs too: garbage (NaN) in a row without an image must not reach the gradients
-        out = self.proj(self.norm(torch.where(keep, features, zero)))
+        out = self._project(torch.where(keep, features, zero))
         return torch.where(keep, out, zero)
 
 

@@ -85,6 +85,8 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip-seed", type=int, default=0, help="seed of random encoder weights")
     group.add_argument("--visual-projection", choices=PROJECTIONS, default="mlp")
     group.add_argument("--visual-hidden", type=int, default=64, help="bottleneck width of the mlp projection")
+    group.add_argument("--visual-standardize", action=argparse.BooleanOptionalAction, default=True,
+                       help="standardise features with the training images' mean/std (needed for random encoders)")
     group.add_argument("--skip-bad-images", action="store_true",
                        help="a missing/corrupt image makes its problem a no-image problem (counted) instead of an error")
     group.add_argument("--feature-batch-size", type=int, default=32, help="images per encoder forward")
@@ -104,11 +106,13 @@ def prepare_images(args: argparse.Namespace, model, examples: list, train_proble
                    device, say) -> ImageRun:
     """Encoder, features of train and val problems (once, through the cache), projection on the model."""
     config = VisualConfig(clip_model=args.clip_model, pretrained=args.clip_pretrained, layers=args.clip_layers,
-                          projection=args.visual_projection, hidden_dim=args.visual_hidden, seed=args.clip_seed)
+                          projection=args.visual_projection, hidden_dim=args.visual_hidden, seed=args.clip_seed,
+                          standardize=args.visual_standardize)
     encoder = build_encoder(config, device)
     root = args.data if args.data else None
     features = compute_features(encoder, train_problems, root, args.skip_bad_images, args.feature_batch_size)
     report_skipped(features, args.train_split)
+    train_rows, train_mask = features.rows(train_problems)
     val_features = compute_features(encoder, val_problems, root, args.skip_bad_images, args.feature_batch_size)
     report_skipped(val_features, args.val_split)
     features.by_pid |= val_features.by_pid
@@ -116,6 +120,8 @@ def prepare_images(args: argparse.Namespace, model, examples: list, train_proble
         f"{encoder.depths} ({encoder.feature_dim} features)")
     hidden = model.config.get_text_config().hidden_size
     projection = VisualProjection(encoder.feature_dim, hidden, config, device=device)
+    if config.standardize and train_mask.any():
+        projection.set_feature_stats(train_rows[train_mask])
     say(trainable_summary(model, projection))
     attach_projection(model, projection)
     identity = {"visual": config.to_dict(), "encoder": encoder.identity,
