@@ -94,8 +94,13 @@ def with_features(examples: Sequence[Example], problems: Sequence[Problem],
     return [{**example, "image_features": rows[i], "image_mask": mask[i]} for i, example in enumerate(examples)]
 
 
-def attach_projection(model: nn.Module, projection: VisualProjection) -> VisualProjection:
-    """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume)."""
+def attach_projection(model: nn.Module, projection: VisualProjection, lr_scale: float = 1.0) -> VisualProjection:
+    """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume).
+
+    ``lr_scale``: its parameters train at the trainer's lr times this (see ``train.build_optimizer``).
+    """
+    for parameter in projection.parameters():
+        parameter.lr_scale = lr_scale
     setattr(model, PROJECTION_ATTR, projection.requires_grad_(True))
     return projection
 

@@ -145,12 +145,22 @@ def effective_lr(config: TrainConfig, world_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
-    """AdamW over parameters that require grad; 1-D ones (gates, biases, norms) without weight decay, like timm's."""
+    """AdamW over parameters that require grad; 1-D ones (gates, biases, norms) without weight decay, like timm's.
+
+    A parameter with an ``lr_scale`` attribute gets ``lr * lr_scale`` (the visual projection: its
+    first layer reads thousands of features, so the prompts' lr moves its outputs far too much).
+    Groups of scale 1 come first, in the order they always had (group 0's lr is the one logged).
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise MMAdapterError("the model has no parameters that require grad; attach an adapter first")
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    scales = sorted({getattr(p, "lr_scale", 1.0) for p in trainable}, key=lambda s: (s != 1.0, s))
+    groups = []
+    for scale in scales:
+        mine = [p for p in trainable if getattr(p, "lr_scale", 1.0) == scale]
+        extra = {} if scale == 1.0 else {"lr": lr * scale}
+        groups += [{"params": [p for p in mine if p.ndim >= 2], "weight_decay": config.weight_decay, **extra},
+                   {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, **extra}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(config.betas))
 
 

@@ -87,6 +87,8 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--visual-hidden", type=int, default=64, help="bottleneck width of the mlp projection")
     group.add_argument("--visual-standardize", action=argparse.BooleanOptionalAction, default=True,
                        help="standardise features with the training images' mean/std (needed for random encoders)")
+    group.add_argument("--visual-lr-scale", type=float, default=0.01,
+                       help="projection lr = lr x this (at the prompts' lr its 1000s-wide first layer blows up)")
     group.add_argument("--skip-bad-images", action="store_true",
                        help="a missing/corrupt image makes its problem a no-image problem (counted) instead of an error")
     group.add_argument("--feature-batch-size", type=int, default=32, help="images per encoder forward")
@@ -123,8 +125,8 @@ def prepare_images(args: argparse.Namespace, model, examples: list, train_proble
     if config.standardize and train_mask.any():
         projection.set_feature_stats(train_rows[train_mask])
     say(trainable_summary(model, projection))
-    attach_projection(model, projection)
-    identity = {"visual": config.to_dict(), "encoder": encoder.identity,
+    attach_projection(model, projection, args.visual_lr_scale)
+    identity = {"visual": config.to_dict(), "encoder": encoder.identity, "visual_lr_scale": args.visual_lr_scale,
                 "image_features": features.fingerprint(train_problems)}
     return ImageRun(with_features(examples, train_problems, features), ImageOffsets(projection, features),
                     VisualExport(config, projection, encoder), identity)
