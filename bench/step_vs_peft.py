@@ -49,7 +49,10 @@ def main(argv=None) -> None:
     parser.add_argument("--adapter-len", type=int, default=10)
     parser.add_argument("--adapter-layers", type=int, default=30)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base, _ = load_base(args.base)
     ids = torch.randint(0, base.config.vocab_size, (args.batch, args.seq))
