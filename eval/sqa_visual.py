@@ -97,10 +97,18 @@ def with_features(examples: Sequence[Example], problems: Sequence[Problem],
 def attach_projection(model: nn.Module, projection: VisualProjection, lr_scale: float = 1.0) -> VisualProjection:
     """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume).
 
-    ``lr_scale``: its parameters train at the trainer's lr times this (see ``train.build_optimizer``).
+    Learning rates (``train.build_optimizer`` reads ``lr_scale``): Adam's early steps move a unit's
+    pre-activation by about lr x fan_in x |input|, so the widest layer (thousands of features) gets
+    ``lr x lr_scale`` and each Linear ``lr x lr_scale x widest fan_in / its fan_in`` (capped at lr):
+    every layer's output then moves at a similar pace. Norm parameters go with the widest layer.
     """
+    linears = [m for m in projection.modules() if isinstance(m, nn.Linear)]
+    widest = max(m.in_features for m in linears)
     for parameter in projection.parameters():
         parameter.lr_scale = lr_scale
+    for layer in linears:
+        for parameter in layer.parameters():
+            parameter.lr_scale = min(1.0, lr_scale * widest / layer.in_features)
     setattr(model, PROJECTION_ATTR, projection.requires_grad_(True))
     return projection
 

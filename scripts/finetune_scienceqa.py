@@ -88,7 +88,8 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--visual-standardize", action=argparse.BooleanOptionalAction, default=True,
                        help="standardise features with the training images' mean/std (needed for random encoders)")
     group.add_argument("--visual-lr-scale", type=float, default=0.01,
-                       help="projection lr = lr x this (at the prompts' lr its 1000s-wide first layer blows up)")
+                       help="lr of the projection's widest layer = lr x this (narrower ones: scaled by fan-in, see "
+                            "eval.sqa_visual.attach_projection); at the prompts' lr its first layer's units die")
     group.add_argument("--skip-bad-images", action="store_true",
                        help="a missing/corrupt image makes its problem a no-image problem (counted) instead of an error")
     group.add_argument("--feature-batch-size", type=int, default=32, help="images per encoder forward")
