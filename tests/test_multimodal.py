@@ -83,9 +83,11 @@ def word_tokenizer(problems: list[Problem]) -> PreTrainedTokenizerFast:
                                    unk_token="<unk>")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Two shared cores: one thread per process is much faster for tiny models than two fighting threads."""
+    """One thread for the whole module, module-scoped fixtures included: the resume test compares a run
+    trained by the module fixture with one trained inside the test, bit for bit, and float sums differ
+    between thread counts. (Two shared cores: one thread is also faster for tiny models.)"""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
