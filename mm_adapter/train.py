@@ -38,10 +38,11 @@ from .checkpoint import BaseIdentity, save_adapter
 from .checkpointing import check_identity, checkpoint_dirs, load_checkpoint, restore_checkpoint, save_checkpoint
 from .errors import MMAdapterError
 from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
+from .train_log import MetricsLog
 
 ForwardLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 Collate = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
-ADAPTER_NAME, METRICS_NAME, PLOT_NAME, CHECKPOINTS = "adapter.safetensors", "metrics.jsonl", "loss.png", "checkpoints"
+ADAPTER_NAME, CHECKPOINTS = "adapter.safetensors", "checkpoints"
 KILL_ENV = "MM_ADAPTER_KILL_AT_STEP"  # fault injection for the crash-resume test: SIGKILL self after step N
 
 
@@ -202,61 +203,6 @@ def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool) -> None:
         probe.unlink()
     except OSError as error:
         raise MMAdapterError(f"{out_dir}: output folder is not writable ({error.strerror or error})") from None
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
-class MetricsLog:
-    """Per-step metrics as JSONL (rank 0 only) and a loss-curve PNG drawn from it."""
-
-    def __init__(self, out_dir: Path, resume_step: int | None):
-        self.path, self.plot_path = out_dir / METRICS_NAME, out_dir / PLOT_NAME
-        if resume_step is None:
-            self.path.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        elif self.path.exists():  # drop steps the killed run did after its checkpoint (and a torn last line)
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-        self.handle = open(self.path, "a")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        points = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        if not points:
-            return
-        figure, axis = plt.subplots(figsize=(7, 4))
-        steps, losses = zip(*points)
-        axis.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
-        window = max(1, len(losses) // 30)
-        if window > 1:
-            smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                      for i in range(len(losses))]
-            axis.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
-        axis.set(xlabel="optimizer step", ylabel="train loss (per labelled token)", title="training loss")
-        axis.legend()
-        figure.tight_layout()
-        tmp = self.plot_path.with_name(".loss.tmp.png")
-        figure.savefig(tmp, dpi=100)
-        plt.close(figure)
-        os.replace(tmp, self.plot_path)
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
