@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import torch
 
 from mm_adapter.config import AdapterConfig
-from mm_adapter.train import TrainConfig
+from mm_adapter.train import TrainConfig, prepare_out_dir, setup_distributed
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,3 +55,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def adapter_config(args: argparse.Namespace) -> AdapterConfig:
     return AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers,
                          prompt_init=args.prompt_init or "normal")
+
+
+def start_run(args: argparse.Namespace):
+    """Threads, the process group and the output folder, before any slow work; returns (info, say).
+
+    ``say`` prints on rank 0 only, so a torchrun job reports once.
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = setup_distributed()
+    say = print if info.is_main else (lambda *a, **k: None)
+    prepare_out_dir(Path(args.out), args.resume, info.is_main)  # fail before the slow parts
+    return info, say

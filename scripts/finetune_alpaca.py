@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import run  # noqa: E402
-from _train_args import adapter_config, add_train_arguments, apply_preset, train_config  # noqa: E402
+from _train_args import adapter_config, add_train_arguments, apply_preset, start_run, train_config  # noqa: E402
 
 from mm_adapter import attach_adapter, count_trainable, load_base  # noqa: E402
 from mm_adapter.alpaca import encode_alpaca, read_alpaca  # noqa: E402
 from mm_adapter.errors import MMAdapterError  # noqa: E402
-from mm_adapter.train import prepare_out_dir, setup_distributed, train  # noqa: E402
+from mm_adapter.train import train  # noqa: E402
 from mm_adapter.train_data import PadCollator  # noqa: E402
 
 PRESETS = {
@@ -56,11 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = setup_distributed()
-    say = print if info.is_main else (lambda *a, **k: None)
-    prepare_out_dir(Path(args.out), args.resume, info.is_main)  # fail before the slow parts
+    info, say = start_run(args)
     data = read_alpaca(args.data, skip_bad=args.skip_bad)
     if data.skipped:
         say(f"skipped {data.skipped} bad record(s) in {data.path}")

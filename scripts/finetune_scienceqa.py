@@ -37,14 +37,14 @@ from eval.sqa_train import ValidationSelector, encode_problems  # noqa: E402
 from eval.sqa_visual import (ImageOffsets, VisualExport, attach_projection, compute_features,  # noqa: E402
                              multimodal_loss, report_skipped, with_features)
 from mm_adapter import attach_adapter, count_trainable, load_base, save_adapter  # noqa: E402
-from mm_adapter.train import prepare_out_dir, setup_distributed, train  # noqa: E402
+from mm_adapter.train import train  # noqa: E402
 from mm_adapter.train_data import BatchPlan, PadCollator  # noqa: E402
 from mm_adapter.visual import PROJECTIONS, VisualConfig, VisualProjection, build_encoder, trainable_summary  # noqa: E402
 from scienceqa.data import read_official  # noqa: E402
 from scienceqa.hf import load_hf  # noqa: E402
 from scienceqa.prompts import PromptFormat  # noqa: E402
 from scripts._cli import run  # noqa: E402
-from scripts._train_args import adapter_config, add_train_arguments, apply_preset, train_config  # noqa: E402
+from scripts._train_args import adapter_config, add_train_arguments, apply_preset, start_run, train_config  # noqa: E402
 
 PRESET = dict(adapter_len=10, adapter_layers=30, epochs=4, warmup_epochs=0.5, base_lr=9e-3, lr=5e-3,
               weight_decay=0.02, max_seq_len=512, batch_size=8, accum_steps=1, dtype="bf16", bf16=True)
@@ -141,11 +141,7 @@ def load_split(args: argparse.Namespace, split: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = setup_distributed()
-    say = print if info.is_main else (lambda *a, **k: None)
-    prepare_out_dir(Path(args.out), args.resume, info.is_main)
+    info, say = start_run(args)
     train_problems, val_problems = load_split(args, args.train_split), load_split(args, args.val_split)
     val_problems = val_problems[:args.val_limit] if args.val_limit else val_problems
     model, tokenizer = load_base(args.base, dtype=args.dtype)
