@@ -6,9 +6,10 @@ bad input is one line, loading refuses unusable encoders, and concurrent calls g
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import io
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,14 +195,6 @@ def test_loading_refuses_encoders_the_adapter_cannot_use(files, tmp_path):
 def test_concurrent_predictions_match_sequential_ones(visual, files):
     images = [files.red, files.noise, None, files.red.read_bytes()] * 3
     expected = [visual.predict(image, QUESTION, CHOICES).probabilities for image in images]
-    results: list = [None] * len(images)
-
-    def work(i: int) -> None:
-        results[i] = visual.predict(images[i], QUESTION, CHOICES).probabilities
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=len(images)) as pool:
+        results = list(pool.map(lambda image: visual.predict(image, QUESTION, CHOICES).probabilities, images))
     assert results == expected

@@ -8,6 +8,8 @@ Set DEMO_SCREENSHOT=path.png to keep a screenshot of the page with an answer.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import importlib.util
 import json
 import math
@@ -145,16 +147,8 @@ def test_start_up_problems_are_one_line_and_exit_2(server, files, capfd):
 def test_concurrent_requests_get_their_own_answers(server):
     images = [("a.png", png("red")), ("b.png", noise_png(1)), ("c.png", png("blue"))] * 2
     expected = [server.predictor.predict(data, QUESTION, CHOICES).probabilities for _, data in images]
-    results: list = [None] * len(images)
-
-    def work(i: int) -> None:
-        results[i] = [o["probability"] for o in ask(server.url, images[i])[1]["options"]]
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=len(images)) as pool:
+        results = list(pool.map(lambda image: [o["probability"] for o in ask(server.url, image)[1]["options"]], images))
     assert results == expected
 
 
