@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .adapter import adapter_config, adaption_prompts, attach_adapter, decoder_layers, detach_adapter, has_adapter
 from .config import AdapterConfig
 from .errors import MMAdapterError
+from .safe_load import read_safetensors
 
 FORMAT = "mm-adapter/1"
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(prompt|gate)$")
@@ -152,12 +152,7 @@ def read_adapter(path: str | Path) -> AdapterFile:
     path = Path(path)
     if not path.is_file():
         raise MMAdapterError(f"{path}: no such adapter file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise MMAdapterError(f"{path}: not a readable safetensors file ({str(error).splitlines()[0][:120]})") from None
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise MMAdapterError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
     config = AdapterConfig.from_dict(_read_json(metadata, "config", path), source=str(path))

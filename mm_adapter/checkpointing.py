@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .errors import MMAdapterError
+from .safe_load import read_safetensors
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 TENSORS, STATE = "tensors.safetensors", "state.json"
@@ -118,10 +118,9 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: torch.
 def load_checkpoint(path: Path) -> Checkpoint:
     try:
         state = json.loads((path / STATE).read_text())
-        with safe_open(str(path / TENSORS), framework="pt") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (OSError, json.JSONDecodeError, SafetensorError) as error:
+    except (OSError, json.JSONDecodeError) as error:
         raise MMAdapterError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0][:120]})") from None
+    tensors = read_safetensors(path / TENSORS)[0]
     return Checkpoint(path, int(state["step"]), tensors, state)
 
 

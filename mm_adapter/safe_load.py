@@ -12,8 +12,19 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import MMAdapterError
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a truncated or corrupt file is one line."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise MMAdapterError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                             f"{str(error).splitlines()[0][:120]}") from None
 
 
 def load_torch_file(path: str | Path) -> dict:

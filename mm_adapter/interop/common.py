@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..adapter import decoder_layers
 from ..checkpoint import AdapterFile, BaseIdentity
 from ..config import AdapterConfig
 from ..errors import MMAdapterError
-from ..safe_load import load_torch_file
+from ..safe_load import load_torch_file, read_safetensors
 
 
 @dataclass
@@ -42,12 +41,7 @@ def read_tensors(path: str | Path, wrapper: str | None = None) -> dict[str, torc
     if not path.is_file():
         raise MMAdapterError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                return {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as error:
-            raise MMAdapterError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
-                                 f"{str(error).splitlines()[0][:120]}") from None
+        return read_safetensors(path)[0]
     data = load_torch_file(path)
     if wrapper is not None and set(data) == {wrapper} and isinstance(data[wrapper], dict):
         data = data[wrapper]
