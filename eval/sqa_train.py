@@ -68,6 +68,15 @@ class ValidationSelector:
     best: float = -1.0
     best_step: int = 0
 
+    def __post_init__(self) -> None:
+        """A resumed run continues from the best score its earlier part logged, so best.safetensors only improves."""
+        log = Path(self.out_dir) / "validation.jsonl"
+        if log.is_file():
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            if rows:
+                top = max(rows, key=lambda row: row["val_acc"])
+                self.best, self.best_step = top["val_acc"], top["step"]
+
     def __call__(self, step: int, epoch: float, model) -> dict | None:
         if step % self.every and step != self.total_steps:
             return None
