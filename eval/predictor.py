@@ -1,7 +1,7 @@
 """One image-plus-question answer with option probabilities: what the demo CLI and web page call.
 
 The question is put in the ScienceQA prompt the adapter was trained on (``build_prompt``) and
-answered by option-letter scoring (``option_probabilities``). With an adapter that has visual parts,
+answered by score mode as the format states answers (``choice_scores``: option letters, or option texts for QCM-T). With an adapter that has visual parts,
 the image goes through its frozen encoder and projection and is added to every adaption prompt
 (``prompt_offset``); otherwise the image is only checked and the prediction says it was ignored.
 
@@ -12,6 +12,7 @@ missing) raises one ``MMAdapterError`` line, so callers can show it and carry on
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from eval.scoring import option_probabilities
+from eval.scoring import choice_scores
+from eval.sqa_train import resolve_format
 from mm_adapter import load_base
 from mm_adapter.base import DEFAULT_SPEC
 from mm_adapter.errors import MMAdapterError
@@ -136,7 +138,9 @@ class Predictor:
 
     @classmethod
     def load(cls, base: str = DEFAULT_SPEC, adapter: str | Path | None = None, device: torch.device | str = "cpu",
-             fmt: str | PromptFormat = PromptFormat.QCM_A) -> "Predictor":
+             fmt: str | PromptFormat | None = None) -> "Predictor":
+        """``fmt``: the prompt format; by default the one the adapter file records (else QCM-A)."""
+        fmt = resolve_format(fmt, adapter, warn=lambda line: print(line, file=sys.stderr))
         model, tokenizer, visual = load_model(base, adapter, device)
         return cls(model, tokenizer, visual, Path(adapter).stem if adapter else None, base, PromptFormat.parse(fmt))
 
@@ -166,7 +170,8 @@ class Predictor:
         use_image = image is not None and self.visual is not None
         with self._lock:  # prompt_offset sets state on the shared model: one forward at a time
             offsets = self.visual.offset(image, image_name) if use_image else None
-            (probabilities,) = option_probabilities(self.model, self.tokenizer, [prompt], [len(choices)], offsets)
+            scores = choice_scores(self.model, self.tokenizer, [prompt], [choices], self.fmt, offsets)
+        probabilities = torch.softmax(scores[0], dim=-1).tolist()
         best = max(range(len(choices)), key=probabilities.__getitem__)
         if image is None:
             note = "no image given: answered from the text alone"

@@ -1,7 +1,8 @@
 """The ScienceQA evaluation runner: answer problems in batches, append as it goes, resume after a kill.
 
 Two modes (see ``eval/scoring.py``): ``score`` compares the option letters' log-probabilities
-after "The answer is" (one forward per batch; no parsing, always an answer), ``generate`` decodes
+after "The answer is" (one forward per batch; no parsing, always an answer) or, for the text format
+QCM-T, the options' cloze scores (one forward over every option of the batch), ``generate`` decodes
 greedily and reads the answer with ``scienceqa.prompts.extract_answer``; a generation it cannot
 read is stored as -1 and counted, never replaced by a guess.
 
@@ -28,11 +29,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from eval.scoring import greedy_generate, option_log_probs, precision
+from eval.scoring import choice_scores, greedy_generate, precision
 from mm_adapter.errors import MMAdapterError
 from scienceqa.data import Problem
 from scienceqa.predictions import NO_ANSWER, make_predictions
-from scienceqa.prompts import ANSWER_PREFIX, PromptFormat, build_prompt, extract_answer, option_letters
+from scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
 
 MODES = ("score", "generate")
 # A batch of problems -> their (batch, hidden) prompt offsets (the multimodal path; zero rows for no image).
@@ -90,16 +91,16 @@ def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConf
                  offsets: torch.Tensor | None = None) -> list[Answer]:
     """Answer one batch (one forward in score mode, one ``generate`` call in generate mode)."""
     prompts = [build_prompt(p, config.fmt, config.use_caption).prompt for p in problems]
-    n_options = [len(p.choices) for p in problems]
     with precision(model, config.bf16):
         if config.mode == "score":
-            log_probs = option_log_probs(model, tokenizer, prompts, n_options, offsets)
-            probs = torch.softmax(log_probs, dim=-1)
-            choices = log_probs.argmax(dim=-1).tolist()
-            return [Answer(p.pid, c, f"{ANSWER_PREFIX} {option_letters(n)[c]}.", probs[i, :n].tolist())
-                    for i, (p, c, n) in enumerate(zip(problems, choices, n_options))]
+            scores = choice_scores(model, tokenizer, prompts, [p.choices for p in problems], config.fmt, offsets)
+            probs = torch.softmax(scores, dim=-1)
+            choices = scores.argmax(dim=-1).tolist()
+            return [Answer(p.pid, c, stated_answer(p.choices, c, config.fmt), probs[i, :len(p.choices)].tolist())
+                    for i, (p, c) in enumerate(zip(problems, choices))]
         texts = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, offsets, config.stop_at_newline)
-    choices = [extract_answer(t, len(p.choices), p.choices) for t, p in zip(texts, problems)]
+    by_text = PromptFormat.parse(config.fmt).answers_by_text
+    choices = [extract_answer(t, len(p.choices), p.choices, by_text) for t, p in zip(texts, problems)]
     return [Answer(p.pid, NO_ANSWER if c is None else c, t) for p, c, t in zip(problems, choices, texts)]
 
 

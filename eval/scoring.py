@@ -23,7 +23,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from mm_adapter import prompt_offset
 from mm_adapter.errors import MMAdapterError
-from scienceqa.prompts import ANSWER_PREFIX, option_letters
+from scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
 
 SCORED_SUFFIX = " " + ANSWER_PREFIX
 
@@ -75,14 +75,23 @@ def last_token_logits(model, sequences: Sequence[Sequence[int]], offsets: torch.
     """
     device = model.device
     lengths = torch.tensor([len(s) for s in sequences], device=device)
-    ids = pad_sequence([torch.tensor(s, device=device) for s in sequences], batch_first=True, padding_value=0)
-    mask = (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    ids, mask = _right_padded(sequences, device)
     with _offset_context(model, offsets):
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(len(sequences), device=device), lengths - 1]
-    logits = model.lm_head(last).float()
+    return head_logits(model, hidden[torch.arange(len(sequences), device=device), lengths - 1])
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the LM head on the given hidden states only (not the whole sequence)."""
+    logits = model.lm_head(hidden).float()
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 style models
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _right_padded(sequences: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in sequences], device=device)
+    ids = pad_sequence([torch.tensor(s, device=device) for s in sequences], batch_first=True, padding_value=0)
+    return ids, (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
 
 
 def option_log_probs(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],
@@ -98,6 +107,58 @@ def option_log_probs(model, tokenizer, prompts: Sequence[str], n_options: Sequen
     for row, e in enumerate(encoded):
         out[row, : len(e.letter_ids)] = log_probs[row, e.letter_ids].cpu()
     return out
+
+
+@torch.no_grad()
+def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                          offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Cloze scores of a text format (QCM-T): per option, the mean log-probability of the tokens of
+    " <option text>." after ``prompt + " The answer is"``. Shape (batch, max n); missing options -inf.
+
+    Each option is tokenised with its prompt as ONE string, as training tokenises the target; the
+    scored tokens are those ending after the answer prefix (a token straddling it counts). The mean,
+    not the sum, so a long option is not beaten by a short one for its length alone. All options of
+    the batch run as one right-padded forward; the LM head runs only at the scored positions.
+    """
+    texts, owners, bounds = [], [], []
+    for row, (prompt, options) in enumerate(zip(prompts, choices)):
+        for index in range(len(options)):
+            texts.append(prompt + " " + stated_answer(options, index, PromptFormat.QCM_T))
+            owners.append(row)
+            bounds.append(len(prompt + SCORED_SUFFIX))
+    encoded = tokenizer(texts, return_offsets_mapping=True)
+    device = model.device
+    rows, positions, targets = [], [], []
+    for sequence, (ids, spans, bound) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], bounds)):
+        first = next(i for i, (_, end) in enumerate(spans) if end > bound)
+        rows += [sequence] * (len(ids) - first)
+        positions += range(first - 1, len(ids) - 1)
+        targets += ids[first:]
+    ids, mask = _right_padded(encoded["input_ids"], device)
+    owner = torch.tensor(owners, device=device)
+    repeated = None if offsets is None else offsets.to(device)[owner]
+    with _offset_context(model, repeated):
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    rows_t = torch.tensor(rows, device=device)
+    log_probs = torch.log_softmax(head_logits(model, hidden[rows_t, torch.tensor(positions, device=device)]), dim=-1)
+    picked = log_probs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+    totals = torch.zeros(len(texts), device=device).index_add_(0, rows_t, picked)
+    means = (totals / torch.bincount(rows_t, minlength=len(texts))).cpu()
+    out = torch.full((len(prompts), max(len(c) for c in choices)), float("-inf"))
+    column = 0
+    for sequence, row in enumerate(owners):
+        column = column + 1 if sequence and owners[sequence - 1] == row else 0
+        out[row, column] = means[sequence]
+    return out
+
+
+def choice_scores(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                  fmt: "str | PromptFormat" = PromptFormat.QCM_A, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """What score mode compares, as the format states the answer: letter log-probabilities, or for a
+    text format the options' cloze scores. (batch, max n), -inf past a question's options; argmax answers."""
+    if PromptFormat.parse(fmt).answers_by_text:
+        return option_text_log_probs(model, tokenizer, prompts, choices, offsets)
+    return option_log_probs(model, tokenizer, prompts, [len(c) for c in choices], offsets)
 
 
 def option_probabilities(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],

@@ -13,11 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.run import EvalConfig, Offsets, accuracy, evaluate
-from mm_adapter.checkpoint import save_adapter
+from mm_adapter.checkpoint import read_adapter, save_adapter
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.train_data import IGNORE_INDEX, Example
 from scienceqa.data import Problem
-from scienceqa.prompts import build_prompt
+from scienceqa.prompts import PromptFormat, build_prompt
+
+PROMPT_FORMAT_KEY = "prompt_format"  # adapter-file metadata: the format the adapter was trained on
+
+
+def format_metadata(fmt: str | PromptFormat) -> dict[str, str]:
+    return {PROMPT_FORMAT_KEY: PromptFormat.parse(fmt).value}
+
+
+def resolve_format(requested: str | None, adapter: str | Path | None, warn: Callable[[str], None] = print) -> str:
+    """The prompt format to answer in: the one asked for, else the one the adapter file records, else QCM-A.
+    Asking for another format than the adapter was trained on is allowed (a study) but said."""
+    recorded = read_adapter(adapter).extra_metadata.get(PROMPT_FORMAT_KEY) if adapter else None
+    chosen = PromptFormat.parse(requested or recorded or PromptFormat.QCM_A).value
+    if recorded and chosen != recorded:
+        warn(f"note: {Path(adapter).name} was trained on {recorded}; answering in {chosen} as asked")
+    return chosen
 
 
 def encode_problem(tokenizer, problem: Problem, fmt: str = "QCM-A", use_caption: bool = True,

@@ -3,6 +3,11 @@
 A format "INPUT-OUTPUT" names the order of the prompt parts (Q question, C context, M options)
 and of the target (A answer, L lecture, E explanation/solution). The wording follows the official
 `base_prompt.py`; the prompt ends at "Answer:" so the target can be trained/scored on its own.
+
+QCM-T is ours: the QCM prompt, but the target states the answer by its option *text*
+("The answer is rough."), a cloze. A small model cannot bind an option to its letter (SmolLM2-135M
+scores letters below chance zero-shot and barely learns them from 1.5K problems); the option text
+is what its pretraining knows how to rank, and score mode then compares the options' texts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ class PromptFormat(str, Enum):
     CQM_A = "CQM-A"
     QCM_LEA = "QCM-LEA"  # lecture, explanation, then the answer (chain of thought)
     QCM_ALE = "QCM-ALE"  # the answer, then "BECAUSE: lecture explanation"
+    QCM_T = "QCM-T"  # the answer stated by its option text (cloze)
+
+    @property
+    def answers_by_text(self) -> bool:
+        return self is PromptFormat.QCM_T
 
     @classmethod
     def parse(cls, name: "str | PromptFormat") -> "PromptFormat":
@@ -65,6 +75,14 @@ def options_text(choices: Sequence[str]) -> str:
     return " ".join(f"({letter}) {choice}" for letter, choice in zip(option_letters(len(choices)), choices))
 
 
+def stated_answer(choices: Sequence[str], index: int, fmt: "str | PromptFormat" = PromptFormat.QCM_A) -> str:
+    """"The answer is B." or, for a text format, "The answer is <choice text>."."""
+    if not PromptFormat.parse(fmt).answers_by_text:
+        return f"{ANSWER_PREFIX} {option_letters(len(choices))[index]}."
+    named = _one_line(choices[index].strip())
+    return f"{ANSWER_PREFIX} {named}" + ("" if named.endswith((".", "!", "?")) else ".")
+
+
 def _join(*parts: str) -> str:
     """Join non-empty parts with single spaces (official: empty lecture/solution leave no gap)."""
     return " ".join(p.strip() for p in parts if p and p.strip())
@@ -85,7 +103,7 @@ def build_prompt(
         prompt = f"Context: {context}\nQuestion: {question}\nOptions: {options}\nAnswer:"
     else:
         prompt = f"Question: {question}\nContext: {context}\nOptions: {options}\nAnswer:"
-    answer = f"{ANSWER_PREFIX} {option_letters(len(problem.choices))[problem.answer]}."
+    answer = stated_answer(problem.choices, problem.answer, fmt)
     lecture, solution = problem.lecture, problem.solution
     if escape_newlines:
         lecture, solution = lecture.replace("\n", "\\n"), solution.replace("\n", "\\n")
@@ -112,12 +130,41 @@ def _single(letters: list[str], n_choices: int) -> int | None:
     return index if index < n_choices else None
 
 
-def extract_answer(text: str, n_choices: int, choices: Sequence[str] | None = None) -> int | None:
+def _one_line(text: str) -> str:
+    """A choice stated as an answer keeps to one line (letter closings span two), as lectures do."""
+    return text.replace("\n", "\\n")
+
+
+def _bare(text: str) -> str:
+    return _one_line(text.strip().removesuffix(".").strip())
+
+
+def _matching_choice(text: str, choices: Sequence[str]) -> int | None:
+    """The one choice whose text equals ``text`` (surrounding blanks and one final period ignored);
+    failing that, the one equal up to case. Capitalisation questions ("Dear Pablo," vs "dear Pablo,")
+    need the exact match first."""
+    for key in (str, str.lower):
+        matches = [i for i, c in enumerate(choices) if key(_bare(c)) == key(_bare(text))]
+        if matches:
+            return matches[0] if len(matches) == 1 else None
+    return None
+
+
+def extract_answer(text: str, n_choices: int, choices: Sequence[str] | None = None,
+                   by_text: bool = False) -> int | None:
     """The choice index a generation states, or None when it cannot be read unambiguously.
 
     In order: "The answer is X" (official), a lone "(X)", a leading "X." / "X)" / "X", then the
     exact text of one choice (when `choices` is given). Conflicting letters give None: never guess.
+    ``by_text`` (a text format, e.g. QCM-T): only "The answer is <choice text>" or the bare text of one
+    choice counts; letters are not looked for (the choice "A pencil" would otherwise read as "A").
     """
+    if by_text:
+        if not choices:
+            raise ValueError("by_text needs the choices")
+        line = text.strip().split("\n", 1)[0]
+        stated = re.match(r"(?i:" + ANSWER_PREFIX + r")\s*:?\s*(.*)$", line.strip())
+        return _matching_choice(stated.group(1) if stated else line, choices)
     stated = _STATED.findall(text)
     if stated:
         return _single(stated, n_choices)
@@ -125,9 +172,4 @@ def extract_answer(text: str, n_choices: int, choices: Sequence[str] | None = No
         letters = pattern.findall(text)
         if letters:
             return _single(letters, n_choices)
-    if choices:
-        cleaned = text.strip().rstrip(".").strip().lower()
-        matches = [i for i, c in enumerate(choices) if c.strip().rstrip(".").lower() == cleaned]
-        if len(matches) == 1:
-            return matches[0]
-    return None
+    return _matching_choice(text, choices) if choices else None

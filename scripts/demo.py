@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from eval.predictor import Prediction, Predictor, check_image, check_question  # noqa: E402
 from eval.table import _Parser  # noqa: E402  (one-line argument errors, as in every entry point)
 from mm_adapter.base import DEFAULT_SPEC  # noqa: E402
-from scienceqa.prompts import PromptFormat, option_letters  # noqa: E402
+from scienceqa.prompts import option_letters  # noqa: E402
 from scripts._cli import run  # noqa: E402
 
 BAR_WIDTH = 40
@@ -35,7 +35,7 @@ def build_parser() -> _Parser:
     p.add_argument("--context", default="", help="optional hint text shown with the question")
     p.add_argument("--base", default=DEFAULT_SPEC, help="base model spec (see mm_adapter.load_base)")
     p.add_argument("--adapter", type=Path, help="adapter file (.safetensors); a multimodal one uses the image")
-    p.add_argument("--format", default=PromptFormat.QCM_A.value, help="prompt format the adapter was trained with")
+    p.add_argument("--format", help="prompt format (default: the one the adapter file records, else QCM-A; QCM-T answers by option text)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 

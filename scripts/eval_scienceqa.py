@@ -37,8 +37,8 @@ from scienceqa.data import Problem, read_official  # noqa: E402
 from scienceqa.hf import load_hf  # noqa: E402
 from scienceqa.metrics import score  # noqa: E402
 from scienceqa.predictions import load_predictions  # noqa: E402
-from scienceqa.prompts import PromptFormat  # noqa: E402
 from scienceqa.report import markdown, read_reference  # noqa: E402
+from eval.sqa_train import resolve_format  # noqa: E402
 from scripts._cli import run as run_cli  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--hf", help="Hugging Face layout: parquet file/folder or hub name (derek-thomas/ScienceQA)")
     p.add_argument("--split", default="val", help="split to evaluate (test, val, train, minival, ...)")
     p.add_argument("--mode", choices=MODES, default="score")
-    p.add_argument("--format", default=PromptFormat.QCM_A.value, help="prompt format: QCM-A, CQM-A, QCM-LEA, QCM-ALE")
+    p.add_argument("--format", help="prompt format (default: the one the adapter file records, else QCM-A; QCM-T answers by option text)")
     p.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                    help="image questions get their caption as context (the benchmark's text-only setting)")
     p.add_argument("--limit", type=int, help="only the first N problems of the split")
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     _check_out(args)
-    config = EvalConfig(mode=args.mode, fmt=args.format, use_caption=args.captions, batch_size=args.batch_size,
+    fmt = resolve_format(args.format, args.adapter, warn=lambda line: print(line, file=sys.stderr))
+    config = EvalConfig(mode=args.mode, fmt=fmt, use_caption=args.captions, batch_size=args.batch_size,
                         bf16=args.bf16, max_new_tokens=args.max_new_tokens)
     problems = load_problems(args)
     model, tokenizer = load_base(args.base)

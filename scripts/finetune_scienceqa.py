@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.run import EvalConfig  # noqa: E402
-from eval.sqa_train import ValidationSelector, encode_problems  # noqa: E402
+from eval.sqa_train import ValidationSelector, encode_problems, format_metadata  # noqa: E402
 from eval.sqa_visual import (ImageOffsets, VisualExport, attach_projection, compute_features,  # noqa: E402
                              multimodal_loss, report_skipped, with_features)
 from mm_adapter import attach_adapter, count_trainable, load_base, save_adapter  # noqa: E402
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-split", default="val")
     parser.add_argument("--val-limit", type=int, help="score only the first N val problems (faster selection)")
     parser.add_argument("--val-every", type=int, help="optimizer steps between validations (default: each epoch)")
-    parser.add_argument("--format", default=PromptFormat.QCM_A.value, help="QCM-A, CQM-A, QCM-LEA, QCM-ALE")
+    parser.add_argument("--format", default=PromptFormat.QCM_A.value, help="QCM-A, CQM-A, QCM-LEA, QCM-ALE, or QCM-T (answer by option text)")
     parser.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                         help="image questions get their caption as context")
     add_train_arguments(parser)
@@ -154,18 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
     config = train_config(args)
+
+    def file_extras() -> tuple[dict, dict]:
+        """What every adapter file of this run carries besides prompts and gates (the visual parts, the format)."""
+        tensors, metadata = images.export.extras() if images else ({}, {})
+        return tensors, metadata | format_metadata(args.format)
+
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.batch_size, config.seed, config.epochs,
                      info.world_size, config.accum_steps, config.group_batches)
     every = args.val_every or max(1, plan.total_steps // config.epochs)
     selector = ValidationSelector(tokenizer, val_problems, Path(args.out), every, plan.total_steps,
                                   EvalConfig(fmt=args.format, use_caption=args.captions, bf16=bool(args.bf16),
                                              batch_size=16), is_main=info.is_main,
-                                  offsets=images and images.offsets, extras=images and images.export.extras)
+                                  offsets=images and images.offsets, extras=file_extras)
     identity = {"base_dtype": args.dtype, "task": "scienceqa", "format": args.format, "captions": args.captions}
-    multimodal = {} if images is None else dict(  # text-only: the trainer's defaults, unchanged
-        forward_loss=multimodal_loss, export=lambda m, path: save_adapter(m, path, *images.export.extras()))
+    multimodal = {} if images is None else dict(forward_loss=multimodal_loss)  # text-only: the trainer's loss
     result = train(model, images.examples if images else examples, config, PadCollator(tokenizer.pad_token_id),
-                   on_step_end=selector, identity=identity | (images.identity if images else {}), **multimodal)
+                   on_step_end=selector, identity=identity | (images.identity if images else {}),
+                   export=lambda m, path: save_adapter(m, path, *file_extras()), **multimodal)
     say(f"done: {result.steps} steps; best val accuracy {selector.best:.4f} at step {selector.best_step} "
         f"-> {Path(args.out) / 'best.safetensors'}")
     if torch.distributed.is_initialized():

@@ -181,7 +181,7 @@ def build_parser() -> _Parser:
     p = _Parser(prog="scripts/serve_demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default=DEFAULT_SPEC, help="base model spec (see mm_adapter.load_base)")
     p.add_argument("--adapter", type=Path, help="adapter file (.safetensors); a multimodal one uses the image")
-    p.add_argument("--format", default="QCM-A", help="prompt format the adapter was trained with")
+    p.add_argument("--format", help="prompt format (default: the one the adapter file records, else QCM-A; QCM-T answers by option text)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")

@@ -202,6 +202,8 @@ def test_best_file_carries_the_visual_part(setup, trained):
     answers = evaluate(model, tokenizer, problems, EvalConfig(), offsets)
     val = sum(answers[p.pid].choice == p.answer for p in problems) / len(problems)
     assert f"{val:.4f}" == read_adapter(best).extra_metadata["val_accuracy"]
+    for name in ("best", "adapter"):  # both files say which prompt format they answer in
+        assert read_adapter(trained / "img" / f"{name}.safetensors").extra_metadata["prompt_format"] == "QCM-A"
     stats = read_adapter(best).extra_tensors  # the training images' feature statistics travel with it
     assert stats["visual.feature_std"].shape == (encoder.feature_dim,) and stats["visual.feature_mean"].abs().sum() > 0
 

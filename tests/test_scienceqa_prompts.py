@@ -103,4 +103,4 @@ def test_every_target_extracts_back_to_its_answer(shared_data):
         for p in tests:
             target = build_prompt(p, fmt, use_caption=True).target
             assert target.count(ANSWER_PREFIX) >= 1
-            assert extract_answer(target, len(p.choices), p.choices) == p.answer, (fmt, p.pid)
+            assert extract_answer(target, len(p.choices), p.choices, fmt.answers_by_text) == p.answer, (fmt, p.pid)
