@@ -109,6 +109,38 @@ def option_log_probs(model, tokenizer, prompts: Sequence[str], n_options: Sequen
     return out
 
 
+@dataclass(frozen=True)
+class _ClozeText:
+    """One option's tokens: the first ``shared`` are common to all options of its question (computed
+    once), the ones from ``first`` on are its answer text (scored)."""
+
+    ids: list[int]
+    owner: int
+    shared: int
+    first: int
+
+
+def _cloze_texts(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[_ClozeText]:
+    texts, owners, bounds = [], [], []
+    for row, (prompt, options) in enumerate(zip(prompts, choices)):
+        for index in range(len(options)):
+            texts.append(prompt + " " + stated_answer(options, index, PromptFormat.QCM_T))
+            owners.append(row)
+            bounds.append(len(prompt + SCORED_SUFFIX))
+    encoded = tokenizer(texts, return_offsets_mapping=True)
+    firsts = [next(i for i, (_, end) in enumerate(spans) if end > bound)
+              for spans, bound in zip(encoded["offset_mapping"], bounds)]
+    shared = {}
+    for row in range(len(prompts)):  # longest common token prefix of the row's options, up to the scored part
+        members = [(ids, first) for ids, first, owner in zip(encoded["input_ids"], firsts, owners) if owner == row]
+        length = min(first for _, first in members)
+        while length > 1 and any(ids[:length] != members[0][0][:length] for ids, _ in members):
+            length -= 1
+        shared[row] = length
+    return [_ClozeText(ids, owner, shared[owner], first)
+            for ids, owner, first in zip(encoded["input_ids"], owners, firsts)]
+
+
 @torch.no_grad()
 def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],
                           offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,39 +149,49 @@ def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Seq
 
     Each option is tokenised with its prompt as ONE string, as training tokenises the target; the
     scored tokens are those ending after the answer prefix (a token straddling it counts). The mean,
-    not the sum, so a long option is not beaten by a short one for its length alone. All options of
-    the batch run as one right-padded forward; the LM head runs only at the scored positions.
+    not the sum, so a long option is not beaten by a short one for its length alone.
+
+    Two forwards: the tokens the options of a question share (the prompt) once per question,
+    left-padded, into a KV cache; the cache rows repeated per option; then every option's own tokens
+    on top, right-padded. The LM head runs only at the scored positions.
     """
-    texts, owners, bounds = [], [], []
-    for row, (prompt, options) in enumerate(zip(prompts, choices)):
-        for index in range(len(options)):
-            texts.append(prompt + " " + stated_answer(options, index, PromptFormat.QCM_T))
-            owners.append(row)
-            bounds.append(len(prompt + SCORED_SUFFIX))
-    encoded = tokenizer(texts, return_offsets_mapping=True)
     device = model.device
-    rows, positions, targets = [], [], []
-    for sequence, (ids, spans, bound) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], bounds)):
-        first = next(i for i, (_, end) in enumerate(spans) if end > bound)
-        rows += [sequence] * (len(ids) - first)
-        positions += range(first - 1, len(ids) - 1)
-        targets += ids[first:]
-    ids, mask = _right_padded(encoded["input_ids"], device)
-    owner = torch.tensor(owners, device=device)
-    repeated = None if offsets is None else offsets.to(device)[owner]
-    with _offset_context(model, repeated):
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    options = _cloze_texts(tokenizer, prompts, choices)
+    heads = {o.owner: o.ids[:o.shared] for o in options}
+    head_ids = pad_sequence([torch.tensor(heads[row], device=device) for row in range(len(prompts))],
+                            batch_first=True, padding_value=0, padding_side="left")
+    head_lengths = torch.tensor([len(heads[row]) for row in range(len(prompts))], device=device)
+    head_mask = (torch.arange(head_ids.shape[1], device=device) >= head_ids.shape[1] - head_lengths[:, None]).long()
+    owner = torch.tensor([o.owner for o in options], device=device)
+    with _offset_context(model, offsets):
+        out = model.get_decoder()(input_ids=head_ids, attention_mask=head_mask,
+                                  position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = out.cache
+    cache.batch_select_indices(owner)
+    tails, tail_mask = _right_padded([o.ids[o.shared:] for o in options], device)
+    positions = torch.tensor([o.shared for o in options], device=device)[:, None] + torch.arange(tails.shape[1],
+                                                                                              device=device)
+    with _offset_context(model, None if offsets is None else offsets.to(device)[owner]):
+        tail_hidden = model.get_decoder()(input_ids=tails, attention_mask=torch.cat([head_mask[owner], tail_mask], 1),
+                                          position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+    # column c of ``hidden`` holds the state after token (shared - 1 + c) of each option
+    hidden = torch.cat([out.last_hidden_state[owner, -1:], tail_hidden], dim=1)
+    rows, columns, targets = [], [], []
+    for sequence, o in enumerate(options):
+        rows += [sequence] * (len(o.ids) - o.first)
+        columns += range(o.first - o.shared, len(o.ids) - o.shared)
+        targets += o.ids[o.first:]
     rows_t = torch.tensor(rows, device=device)
-    log_probs = torch.log_softmax(head_logits(model, hidden[rows_t, torch.tensor(positions, device=device)]), dim=-1)
+    log_probs = torch.log_softmax(head_logits(model, hidden[rows_t, torch.tensor(columns, device=device)]), dim=-1)
     picked = log_probs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
-    totals = torch.zeros(len(texts), device=device).index_add_(0, rows_t, picked)
-    means = (totals / torch.bincount(rows_t, minlength=len(texts))).cpu()
-    out = torch.full((len(prompts), max(len(c) for c in choices)), float("-inf"))
+    totals = torch.zeros(len(options), device=device).index_add_(0, rows_t, picked)
+    means = (totals / torch.bincount(rows_t, minlength=len(options))).cpu()
+    result = torch.full((len(prompts), max(len(c) for c in choices)), float("-inf"))
     column = 0
-    for sequence, row in enumerate(owners):
-        column = column + 1 if sequence and owners[sequence - 1] == row else 0
-        out[row, column] = means[sequence]
-    return out
+    for sequence, o in enumerate(options):
+        column = column + 1 if sequence and options[sequence - 1].owner == o.owner else 0
+        result[o.owner, column] = means[sequence]
+    return result
 
 
 def choice_scores(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],

@@ -52,6 +52,7 @@ class AdaptionPrompt(nn.Module):
             nn.init.normal_(self.prompt, mean=0.0, std=config.prompt_init_std)
         object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cached_offset: torch.Tensor | None = None  # the prompt offset _cached_kv was computed with
         self.kv_computations = 0  # observable, so tests can prove the once-per-generate claim
 
     def activated_gate(self) -> torch.Tensor:
@@ -62,12 +63,14 @@ class AdaptionPrompt(nn.Module):
 
         Shapes: (1 or batch, num_heads, adapter_len, head_dim).
         """
-        if self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype:
+        offset = self.runtime.prompt_offset
+        if (self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype
+                and self._cached_offset is offset):  # another offset (e.g. rows repeated per option): recompute
             return self._cached_kv
         # fp32 prompts on a bf16 base: cast to the projection's dtype (autocast, if on, casts further).
         prompts = self.prompt.to(module.k_proj.weight.dtype).unsqueeze(0)
-        if self.runtime.prompt_offset is not None:
-            prompts = prompts + self.runtime.prompt_offset.to(prompts.dtype).unsqueeze(1)
+        if offset is not None:
+            prompts = prompts + offset.to(prompts.dtype).unsqueeze(1)
         key = _split_heads(module.k_proj(prompts), module.head_dim)
         k_norm = getattr(module, "k_norm", None)  # families that normalise keys (e.g. Qwen3) do it before rotary
         if k_norm is not None:
@@ -78,6 +81,7 @@ class AdaptionPrompt(nn.Module):
         value = value.transpose(1, 2).repeat_interleave(groups, dim=1).to(dtype)
         self.kv_computations += 1
         self._cached_kv = None if torch.is_grad_enabled() else (key, value)
+        self._cached_offset = offset
         return key, value
 
 
