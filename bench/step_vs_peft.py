@@ -1,77 +1,93 @@
-"""One training step (forward, backward, AdamW) of our adapter vs PEFT's AdaptionPrompt on SmolLM2-135M.
+"""One training step (forward, backward, AdamW) of our adapter vs PEFT's AdaptionPrompt vs the frozen base.
 
-Same base, same batch (4 x 256 random tokens, full-sequence LM loss), same adapter_len/layers,
-timed in one process: fp32 base, and bf16 base weights (PEFT crashes under bf16 autocast with fp32
-adapter weights, so both run on a bf16 base without autocast for a like-for-like comparison).
-Run: .venv/bin/python -m bench.step_vs_peft [--batch 4 --seq 256 --repeats 5]
+Same base (SmolLM2-135M), same batches, same adapter_len/layers, timed in one process, the variants
+taking turns on every batch (see ``bench/steps.py`` for exactly what each variant runs):
+``--shapes sqa`` real ScienceQA train prompts (labels on the answer only), ``alpaca`` real Alpaca
+records (labels on the response), ``random`` random tokens with a label everywhere (``--seq``).
+Batches are the trainer's first length-grouped, dynamically padded micro-batches.
+Reported per step: the median over ``--repeats`` passes (after one warm-up pass) of the total over
+``--batches`` batches, divided by their number. ``--memory`` adds each variant's peak RSS, measured
+in a fresh process that runs only that variant (``bench/common.py``).
+Run: .venv/bin/python -m bench.step_vs_peft --threads 1 [--shapes sqa alpaca --dtypes bf16 fp32 --memory]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 
-from bench.common import emit, median_seconds
-from mm_adapter import AdapterConfig, attach_adapter, count_trainable, load_base
+from bench.batches import SHAPES, describe, load_batches
+from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians,
+                          memory_in_subprocess, report_memory, set_threads, verdict)
+from bench.steps import VARIANTS, build_step, dtype_of
+from mm_adapter import load_base
 
-COLUMNS = ["dtype", "ours_s", "peft_s", "ratio_ours_over_peft", "ours_trainable", "peft_trainable"]
-
-
-def make_step(model, batch):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.02)
-
-    def step():
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+COLUMNS = ["shape", "dtype", "batch", "width", "labelled", "ours_s", "peft_s", "frozen_s", "frozen_routed_s",
+           "ours_over_peft", "ours_over_frozen", "peft_target", "frozen_target"]
+MEMORY_COLUMNS = ["shape", "dtype", "variant", "peak_rss_mb", "case_over_start_mb"]
+PEFT_TARGETS = {("sqa", "bf16"): 0.5, ("alpaca", "bf16"): 0.77}  # issue 6; other cases are reported only
+FROZEN_TARGET = 1.3
 
 
-def peft_model(base, adapter_len, adapter_layers):
-    from peft import AdaptionPromptConfig, get_peft_model
-
-    config = AdaptionPromptConfig(adapter_len=adapter_len, adapter_layers=adapter_layers, task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
-
-
-def main(argv=None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="smollm2-135m")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=["sqa", "alpaca"])
+    parser.add_argument("--dtypes", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
+    parser.add_argument("--batch", type=int, default=4, help="examples per micro-batch (the paper's 4)")
+    parser.add_argument("--batches", type=int, default=4, help="distinct batches per timed pass")
+    parser.add_argument("--seq", type=int, default=256, help="sequence length of --shapes random")
     parser.add_argument("--adapter-len", type=int, default=10)
     parser.add_argument("--adapter-layers", type=int, default=30)
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    base, _ = load_base(args.base)
-    ids = torch.randint(0, base.config.vocab_size, (args.batch, args.seq))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    print(f"torch threads: {torch.get_num_threads()}; batch {args.batch} x {args.seq}; "
-          f"adapter {args.adapter_len} x {args.adapter_layers}")
-    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
-    for dtype_name in args.dtypes:
-        dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-        ours = attach_adapter(copy.deepcopy(base).to(dtype), AdapterConfig(args.adapter_len, args.adapter_layers))
-        ours.train()
-        theirs = peft_model(copy.deepcopy(base).to(dtype), args.adapter_len, args.adapter_layers)
-        theirs.train()
-        ours_s = median_seconds(make_step(ours, batch), args.repeats)
-        peft_s = median_seconds(make_step(theirs, batch), args.repeats)
-        emit({"dtype": dtype_name, "ours_s": ours_s, "peft_s": peft_s, "ratio_ours_over_peft": ours_s / peft_s,
-              "ours_trainable": count_trainable(ours),
-              "peft_trainable": sum(p.numel() for p in theirs.parameters() if p.requires_grad)}, COLUMNS)
-        del ours, theirs
+    add_common_args(parser, VARIANTS)
+    return parser.parse_args(argv)
+
+
+def child_argv(args: argparse.Namespace, shape: str, dtype: str) -> list[str]:
+    return common_child_argv(args) + [
+        "--shapes", shape, "--dtypes", dtype, "--batch", str(args.batch), "--batches", str(args.batches),
+        "--seq", str(args.seq), "--adapter-len", str(args.adapter_len), "--adapter-layers", str(args.adapter_layers)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    base, tokenizer = load_base(args.base)
+    if args.memory_of:  # child: one variant, one shape, one dtype, nothing else in this process
+        batches = load_batches(args.shapes[0], tokenizer, base.config.vocab_size, args.batch, args.batches, args.seq)
+        _, step = build_step(args.memory_of, base, dtype_of(args.dtypes[0]), args.adapter_len, args.adapter_layers,
+                             copy_base=False)
+        report_memory(lambda: [step(b) for _ in range(2) for b in batches])
+        return
+    print(f"torch threads: {torch.get_num_threads()}; micro-batch {args.batch}; adapter "
+          f"{args.adapter_len} x {args.adapter_layers}; {args.batches} batches x {args.repeats} passes")
+    header(COLUMNS)
+    memory_rows = []
+    for shape in args.shapes:
+        batches = load_batches(shape, tokenizer, base.config.vocab_size, args.batch, args.batches, args.seq)
+        facts = describe(batches)
+        for dtype in args.dtypes:
+            steps = {v: build_step(v, base, dtype_of(dtype), args.adapter_len, args.adapter_layers)[1]
+                     for v in VARIANTS}
+            s = interleaved_medians(steps, batches, args.repeats)
+            del steps
+            peft_target = PEFT_TARGETS.get((shape, dtype))
+            emit({"shape": shape, "dtype": dtype, "batch": args.batch, "width": round(facts["width"], 1),
+                  "labelled": round(facts["labelled"], 1), "ours_s": s["ours"], "peft_s": s["peft"],
+                  "frozen_s": s["frozen"], "frozen_routed_s": s["frozen-routed"],
+                  "ours_over_peft": s["ours"] / s["peft"], "ours_over_frozen": s["ours"] / s["frozen"],
+                  "peft_target": verdict(s["ours"] / s["peft"], peft_target) if peft_target else "-",
+                  "frozen_target": verdict(s["ours"] / s["frozen"], FROZEN_TARGET),
+                  "threads": torch.get_num_threads()}, COLUMNS)
+            if args.memory:
+                memory_rows += [{"shape": shape, "dtype": dtype, "variant": v,
+                                 **memory_in_subprocess("bench.step_vs_peft", child_argv(args, shape, dtype), v)}
+                                for v in VARIANTS]
+    if memory_rows:
+        print()
+        header(MEMORY_COLUMNS)
+        for row in memory_rows:
+            emit(row, MEMORY_COLUMNS)
 
 
 if __name__ == "__main__":
