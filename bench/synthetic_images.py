@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: a temporary one, removed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=["images", "text"], help="run one of the two")
+    parser.add_argument("--format", default="QCM-T", help="prompt format of both runs (QCM-A: answer by letter)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     data = dataset({"train": args.n_train, "val": args.n_val, "test": args.n_test}, args.seed)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-synthetic-"))
     common = ["--val-limit", str(args.val_limit), "--no-progress", "--threads", str(args.threads),
-              "--seed", str(args.seed)]
+              "--seed", str(args.seed), "--format", args.format]
     image_flags = ["--images", "--clip-model", args.clip_model, "--clip-layers", args.clip_layers]
     runs = {"images": image_flags, "text": []}
     rows, problems = [], {p.pid: p for p in read_official(data, "test")[0]}
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             scores = score(load_predictions(result.pop("predictions")), problems, n_boot=0)
             rows.append(scores)
             print(json.dumps({**to_dict(scores), **result, "budget": budget.__dict__,
-                              "encoder": args.clip_model if name == "images" else None,
+                              "encoder": args.clip_model if name == "images" else None, "format": args.format,
                               "data": {"train": args.n_train, "val": args.n_val, "test": args.n_test}}))
     finally:
         if args.out is None:

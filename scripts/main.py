@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run's outputs")
     parser.add_argument("--base", default="smollm2-135m")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip encoder (random weights here)")
-    parser.add_argument("--n-train", type=int, default=400)
+    parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-val", type=int, default=60)
     parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-2)
+    parser.add_argument("--adapter-layers", type=int, default=8,
+                        help="top layers adapted (8 of SmolLM2's 30: the backward stops below them)")
+    parser.add_argument("--format", default="QCM-T",
+                        help="prompt format (QCM-T: answer by option text, which a 135M model learns; QCM-A: letters)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[2/4] training a multimodal adapter on {args.base} -> {train_dir}", flush=True)
     code = finetune_scienceqa.main([*data_flags, "--out", str(train_dir), "--base", args.base, "--images",
                                     "--clip-model", args.clip_model, "--epochs", str(args.epochs),
-                                    "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)])
+                                    "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
+                                    "--adapter-layers", str(args.adapter_layers), "--format", args.format])
     if code:
         return code
     adapter = train_dir / "best.safetensors"
