@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,27 +85,28 @@ def set_threads(threads: int | None) -> None:
 MEMORY_FLAG = "--memory-of"
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def report_memory(run: Callable[[], object], device: torch.device | None = None) -> None:
     """In a ``--memory-of`` child: run the case and print its memory as one JSON line.
 
-    CPU: peak resident set (``ru_maxrss``) of this process, which ran nothing but this case, and
-    that peak minus the resident set just before the case ran (model loaded, batches built).
-    CUDA: ``torch.cuda.max_memory_allocated`` over the case.
+    CPU (Linux): the resident-set high-water mark is reset just before the case (``/proc/self/clear_refs``),
+    so loading data and weights cannot hide the case's own peak; reported are the peak RSS during the
+    case (weights, Python and torch included) and that peak minus the RSS just before it (what the case
+    adds: activations, gradients, optimizer state, logits). CUDA: ``torch.cuda.max_memory_allocated``.
     """
-    before = current_rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run()
-    out = {"peak_rss_mb": round(peak_rss_mb(), 1), "case_over_start_mb": round(peak_rss_mb() - before, 1)}
+    peak = _status_mb("VmHWM")
+    out = {"peak_rss_mb": round(peak, 1), "case_over_start_mb": round(peak - before, 1)}
     if device is not None and device.type == "cuda":
         out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     print("MEMORY " + json.dumps(out), flush=True)

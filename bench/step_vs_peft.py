@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=256, help="sequence length of --shapes random")
     parser.add_argument("--adapter-len", type=int, default=10)
     parser.add_argument("--adapter-layers", type=int, default=30)
+    parser.add_argument("--memory-only", action="store_true", help="only the memory table (implies --memory)")
     add_common_args(parser, VARIANTS)
     return parser.parse_args(argv)
 
@@ -49,6 +50,12 @@ def child_argv(args: argparse.Namespace, shape: str, dtype: str) -> list[str]:
         "--seq", str(args.seq), "--adapter-len", str(args.adapter_len), "--adapter-layers", str(args.adapter_layers)]
 
 
+def memory_table(args: argparse.Namespace, shape: str, dtype: str) -> list[dict]:
+    """Each variant's memory, each measured in a fresh process that runs only it."""
+    return [{"shape": shape, "dtype": dtype, "variant": v,
+             **memory_in_subprocess("bench.step_vs_peft", child_argv(args, shape, dtype), v)} for v in VARIANTS]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
@@ -57,16 +64,21 @@ def main(argv: list[str] | None = None) -> None:
         batches = load_batches(args.shapes[0], tokenizer, base.config.vocab_size, args.batch, args.batches, args.seq)
         _, step = build_step(args.memory_of, base, dtype_of(args.dtypes[0]), args.adapter_len, args.adapter_layers,
                              copy_base=False)
-        report_memory(lambda: [step(b) for _ in range(2) for b in batches])
+        report_memory(lambda: [step(b) for b in batches])
         return
     print(f"torch threads: {torch.get_num_threads()}; micro-batch {args.batch}; adapter "
           f"{args.adapter_len} x {args.adapter_layers}; {args.batches} batches x {args.repeats} passes")
-    header(COLUMNS)
+    if not args.memory_only:
+        header(COLUMNS)
     memory_rows = []
     for shape in args.shapes:
         batches = load_batches(shape, tokenizer, base.config.vocab_size, args.batch, args.batches, args.seq)
         facts = describe(batches)
         for dtype in args.dtypes:
+            if args.memory or args.memory_only:
+                memory_rows += memory_table(args, shape, dtype)
+            if args.memory_only:
+                continue
             steps = {v: build_step(v, base, dtype_of(dtype), args.adapter_len, args.adapter_layers)[1]
                      for v in VARIANTS}
             s = interleaved_medians(steps, batches, args.repeats)
@@ -79,10 +91,6 @@ def main(argv: list[str] | None = None) -> None:
                   "peft_target": verdict(s["ours"] / s["peft"], peft_target) if peft_target else "-",
                   "frozen_target": verdict(s["ours"] / s["frozen"], FROZEN_TARGET),
                   "threads": torch.get_num_threads()}, COLUMNS)
-            if args.memory:
-                memory_rows += [{"shape": shape, "dtype": dtype, "variant": v,
-                                 **memory_in_subprocess("bench.step_vs_peft", child_argv(args, shape, dtype), v)}
-                                for v in VARIANTS]
     if memory_rows:
         print()
         header(MEMORY_COLUMNS)

@@ -53,6 +53,7 @@ class AdaptionPrompt(nn.Module):
         object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_offset: torch.Tensor | None = None  # the prompt offset _cached_kv was computed with
+        self._cached_gated: tuple[torch.Tensor, torch.Tensor] | None = None  # (key, gate-scaled value)
         self.kv_computations = 0  # observable, so tests can prove the once-per-generate claim
 
     def activated_gate(self) -> torch.Tensor:
@@ -82,6 +83,16 @@ class AdaptionPrompt(nn.Module):
         self.kv_computations += 1
         self._cached_kv = None if torch.is_grad_enabled() else (key, value)
         self._cached_offset = offset
+        return key, value
+
+    def gated_kv(self, module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt keys and gate-scaled values (inference), kept as long as :meth:`prompt_kv` reuses its keys."""
+        key, value = self.prompt_kv(module, dtype)
+        cached = self._cached_gated
+        if cached is not None and cached[0] is key:
+            return cached
+        value = value * self.activated_gate().to(dtype).view(1, -1, 1, 1)
+        self._cached_gated = None if torch.is_grad_enabled() else (key, value)
         return key, value
 
 
