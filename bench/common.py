@@ -25,20 +25,26 @@ def median_seconds(step: Callable[[], object], repeats: int = 5, warmup: int = 2
     return statistics.median(times)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def interleaved_medians(steps: dict[str, Callable[[object], object]], inputs: Sequence[object],
-                        repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+                        repeats: int = 5, warmup: int = 1, clock: str = "wall") -> dict[str, float]:
     """Median over ``repeats`` passes of each step's total time over ``inputs``, divided by ``len(inputs)``.
 
     The steps take turns on every input, so background load on a shared machine hits them alike.
+    ``clock="cpu"`` measures this process's CPU time instead of wall time: with one torch thread it
+    is what the step would take on an idle core, and other jobs descheduling us do not count.
     """
+    now = CLOCKS[clock]
     totals: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(warmup + repeats):
         elapsed = dict.fromkeys(steps, 0.0)
         for item in inputs:
             for name, step in steps.items():
-                start = time.perf_counter()
+                start = now()
                 step(item)
-                elapsed[name] += time.perf_counter() - start
+                elapsed[name] += now() - start
         if index >= warmup:
             for name in steps:
                 totals[name].append(elapsed[name])
@@ -66,6 +72,8 @@ def add_common_args(parser: argparse.ArgumentParser, cases: Sequence[str], repea
     parser.add_argument("--base", default="smollm2-135m")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions (median), after a warm-up")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (with --threads 1 on a busy machine)")
     parser.add_argument("--memory", action="store_true", help="also measure each case's peak memory in its own process")
     parser.add_argument(MEMORY_FLAG, dest="memory_of", choices=cases, help=argparse.SUPPRESS)
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {v: decoder(build(v, base, dtype, args.adapter_len, args.adapter_layers), tokenizer, args.new_tokens)
             for v in VARIANTS}
     outputs = {v: run(ids) for v, run in runs.items()}
-    seconds = interleaved_medians(runs, [ids], args.repeats)
+    seconds = interleaved_medians(runs, [ids], args.repeats, clock=args.clock)
     tok_s = {v: args.new_tokens / s for v, s in seconds.items()}
     print(f"torch threads: {torch.get_num_threads()}; adapter {args.adapter_len} x {args.adapter_layers}")
     header(COLUMNS)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
           "ours_over_base": tok_s["ours"] / tok_s["base"], "peft_over_base": tok_s["peft"] / tok_s["base"],
           "same_tokens": all(torch.equal(outputs["base"], o) for o in outputs.values()),
           "target": verdict(tok_s["ours"] / tok_s["base"], TARGET, at_most=False),
-          "threads": torch.get_num_threads()}, COLUMNS)
+          "threads": torch.get_num_threads(), "clock": args.clock}, COLUMNS)
     if args.memory:
         argv_child = common_child_argv(args) + [
             "--dtype", args.dtype, "--new-tokens", str(args.new_tokens), "--adapter-len", str(args.adapter_len),

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     answers = {m: evaluate(model, tokenizer, problems, c) for m, c in configs.items()}
     runs = {m: (lambda _, c=c: evaluate(model, tokenizer, problems, c)) for m, c in configs.items()}
-    seconds = interleaved_medians(runs, [None], args.repeats)
+    seconds = interleaved_medians(runs, [None], args.repeats, clock=args.clock)
     parsed = [p for p in problems if answers["generate"][p.pid].choice != NO_ANSWER]
     agree = sum(answers["score"][p.pid].choice == answers["generate"][p.pid].choice for p in parsed)
     rate = {m: len(problems) / s for m, s in seconds.items()}
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
           "agreement": f"{agree}/{len(parsed)}", "score_acc": accuracy(answers["score"], problems),
           "generate_acc": accuracy(answers["generate"], problems),
           "target": verdict(rate["score"] / rate["generate"], TARGET, at_most=False),
-          "threads": torch.get_num_threads()}, COLUMNS)
+          "threads": torch.get_num_threads(), "clock": args.clock}, COLUMNS)
     if args.memory:
         child = common_child_argv(args) + ["--data", args.data, "--questions", str(args.questions), "--batch-size",
                                            str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]

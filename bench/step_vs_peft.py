@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             steps = {v: build_step(v, base, dtype_of(dtype), args.adapter_len, args.adapter_layers)[1]
                      for v in VARIANTS}
-            s = interleaved_medians(steps, batches, args.repeats)
+            s = interleaved_medians(steps, batches, args.repeats, clock=args.clock)
             del steps
             peft_target = PEFT_TARGETS.get((shape, dtype))
             emit({"shape": shape, "dtype": dtype, "batch": args.batch, "width": round(facts["width"], 1),
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                   "ours_over_peft": s["ours"] / s["peft"], "ours_over_frozen": s["ours"] / s["frozen"],
                   "peft_target": verdict(s["ours"] / s["peft"], peft_target) if peft_target else "-",
                   "frozen_target": verdict(s["ours"] / s["frozen"], FROZEN_TARGET),
-                  "threads": torch.get_num_threads()}, COLUMNS)
+                  "threads": torch.get_num_threads(), "clock": args.clock}, COLUMNS)
     if memory_rows:
         print()
         header(MEMORY_COLUMNS)
