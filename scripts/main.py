@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run's outputs")
     parser.add_argument("--base", default="smollm2-135m")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip encoder (random weights here)")
+    parser.add_argument("--clip-layers", default="4", help="N evenly spaced encoder depths, or a 1-based list")
     parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-val", type=int, default=60)
     parser.add_argument("--n-test", type=int, default=200)
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     train_dir = out / "adapter"
     print(f"[2/4] training a multimodal adapter on {args.base} -> {train_dir}", flush=True)
     code = finetune_scienceqa.main([*data_flags, "--out", str(train_dir), "--base", args.base, "--images",
-                                    "--clip-model", args.clip_model, "--epochs", str(args.epochs),
+                                    "--clip-model", args.clip_model, "--clip-layers", args.clip_layers,
+                                    "--epochs", str(args.epochs),
                                     "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
                                     "--adapter-layers", str(args.adapter_layers), "--format", args.format])
     if code:
