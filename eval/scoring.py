@@ -74,11 +74,10 @@ def last_token_logits(model, sequences: Sequence[Sequence[int]], offsets: torch.
     decoder runs on the whole batch and ``lm_head`` only on each row's last real position.
     """
     device = model.device
-    lengths = torch.tensor([len(s) for s in sequences], device=device)
-    ids, mask = _right_padded(sequences, device)
+    ids, mask = padded(sequences, device)
     with _offset_context(model, offsets):
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    return head_logits(model, hidden[torch.arange(len(sequences), device=device), lengths - 1])
+    return head_logits(model, hidden[torch.arange(len(sequences), device=device), mask.sum(1) - 1])
 
 
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -88,10 +87,14 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _right_padded(sequences: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(sequences: Sequence[Sequence[int]], device, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded with 0 on ``side`` into one (batch, width) tensor, and the attention mask."""
     lengths = torch.tensor([len(s) for s in sequences], device=device)
-    ids = pad_sequence([torch.tensor(s, device=device) for s in sequences], batch_first=True, padding_value=0)
-    return ids, (torch.arange(ids.shape[1], device=device) < lengths[:, None]).long()
+    ids = pad_sequence([torch.as_tensor(s, device=device) for s in sequences], batch_first=True, padding_value=0,
+                       padding_side=side)
+    width = ids.shape[1]
+    real = torch.arange(width, device=device) < lengths[:, None]
+    return ids, (real if side == "right" else real.flip(-1)).long()
 
 
 def option_log_probs(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],
@@ -115,17 +118,19 @@ class _ClozeText:
     once), the ones from ``first`` on are its answer text (scored)."""
 
     ids: list[int]
-    owner: int
+    owner: int  # the question's row
+    index: int  # the option's index in its question
     shared: int
     first: int
 
 
 def _cloze_texts(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[_ClozeText]:
-    texts, owners, bounds = [], [], []
+    texts, owners, indices, bounds = [], [], [], []
     for row, (prompt, options) in enumerate(zip(prompts, choices)):
         for index in range(len(options)):
             texts.append(prompt + " " + stated_answer(options, index, PromptFormat.QCM_T))
             owners.append(row)
+            indices.append(index)
             bounds.append(len(prompt + SCORED_SUFFIX))
     encoded = tokenizer(texts, return_offsets_mapping=True)
     firsts = [next(i for i, (_, end) in enumerate(spans) if end > bound)
@@ -137,8 +142,8 @@ def _cloze_texts(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[s
         while length > 1 and any(ids[:length] != members[0][0][:length] for ids, _ in members):
             length -= 1
         shared[row] = length
-    return [_ClozeText(ids, owner, shared[owner], first)
-            for ids, owner, first in zip(encoded["input_ids"], owners, firsts)]
+    return [_ClozeText(ids, owner, index, shared[owner], first)
+            for ids, owner, index, first in zip(encoded["input_ids"], owners, indices, firsts)]
 
 
 @torch.no_grad()
@@ -158,17 +163,14 @@ def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Seq
     device = model.device
     options = _cloze_texts(tokenizer, prompts, choices)
     heads = {o.owner: o.ids[:o.shared] for o in options}
-    head_ids = pad_sequence([torch.tensor(heads[row], device=device) for row in range(len(prompts))],
-                            batch_first=True, padding_value=0, padding_side="left")
-    head_lengths = torch.tensor([len(heads[row]) for row in range(len(prompts))], device=device)
-    head_mask = (torch.arange(head_ids.shape[1], device=device) >= head_ids.shape[1] - head_lengths[:, None]).long()
+    head_ids, head_mask = padded([heads[row] for row in range(len(prompts))], device, side="left")
     owner = torch.tensor([o.owner for o in options], device=device)
     with _offset_context(model, offsets):
         out = model.get_decoder()(input_ids=head_ids, attention_mask=head_mask,
                                   position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     cache = out.cache
     cache.batch_select_indices(owner)
-    tails, tail_mask = _right_padded([o.ids[o.shared:] for o in options], device)
+    tails, tail_mask = padded([o.ids[o.shared:] for o in options], device)
     positions = torch.tensor([o.shared for o in options], device=device)[:, None] + torch.arange(tails.shape[1],
                                                                                               device=device)
     with _offset_context(model, None if offsets is None else offsets.to(device)[owner]):
@@ -187,10 +189,8 @@ def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Seq
     totals = torch.zeros(len(options), device=device).index_add_(0, rows_t, picked)
     means = (totals / torch.bincount(rows_t, minlength=len(options))).cpu()
     result = torch.full((len(prompts), max(len(c) for c in choices)), float("-inf"))
-    column = 0
-    for sequence, o in enumerate(options):
-        column = column + 1 if sequence and options[sequence - 1].owner == o.owner else 0
-        result[o.owner, column] = means[sequence]
+    for o, mean in zip(options, means):
+        result[o.owner, o.index] = mean
     return result
 
 
@@ -235,10 +235,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     at the end of its first non-blank line and only that line is returned; without it small
     models go on to invent the next question and its answer.
     """
-    sequences = [torch.tensor(ids) for ids in tokenizer(list(prompts)).input_ids]
-    ids = pad_sequence(sequences, batch_first=True, padding_value=0, padding_side="left").to(model.device)
-    lengths = torch.tensor([len(s) for s in sequences], device=model.device)
-    mask = (torch.arange(ids.shape[1], device=model.device) >= ids.shape[1] - lengths[:, None]).long()
+    ids, mask = padded(tokenizer(list(prompts)).input_ids, model.device, side="left")
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
                               pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
