@@ -22,6 +22,7 @@ from torch import nn
 from . import attention
 from .config import AdapterConfig
 from .errors import MMAdapterError
+from .family import Family, check_layer, resolve_family, text_config
 
 ADAPTER_MARK = ".adapter."
 
@@ -33,6 +34,7 @@ class AdapterRuntime:
     config: AdapterConfig
     layer_indices: list[int]
     inner_attention: str
+    family: Family  # resolved once at attach: key norm, head layout, softcap (see family.py)
     reuse_prompt_kv: bool = False
     # Optional (batch, hidden) vector added to every prompt of every adapted layer (the visual path).
     prompt_offset: torch.Tensor | None = None
@@ -42,11 +44,11 @@ class AdapterRuntime:
 class AdaptionPrompt(nn.Module):
     """Learnable prompts (adapter_len x hidden) and one zero-initialised gate per head for one layer."""
 
-    def __init__(self, hidden_size: int, num_heads: int, config: AdapterConfig, runtime: AdapterRuntime,
+    def __init__(self, hidden_size: int, config: AdapterConfig, runtime: AdapterRuntime,
                  device: torch.device | str | None = None):
         super().__init__()
         self.prompt = nn.Parameter(torch.empty(config.adapter_len, hidden_size, device=device, dtype=torch.float32))
-        self.gate = nn.Parameter(torch.zeros(num_heads, device=device, dtype=torch.float32))
+        self.gate = nn.Parameter(torch.zeros(runtime.family.heads.num_heads, device=device, dtype=torch.float32))
         self.gate_activation = config.gate_activation
         if self.prompt.device.type != "meta":
             nn.init.normal_(self.prompt, mean=0.0, std=config.prompt_init_std)
@@ -57,12 +59,14 @@ class AdaptionPrompt(nn.Module):
         self.kv_computations = 0  # observable, so tests can prove the once-per-generate claim
 
     def activated_gate(self) -> torch.Tensor:
-        return torch.tanh(self.gate) if self.gate_activation == "tanh" else self.gate
+        return attention.activate_gate(self.gate, self.gate_activation)
 
     def prompt_kv(self, module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt keys/values through the layer's frozen projections, no rotary, heads repeated as for GQA.
 
-        Shapes: (1 or batch, num_heads, adapter_len, head_dim).
+        Keys go through the family's key norm where it has one (Qwen3 normalises keys per head
+        before rotary; prompts have no rotary, so the norm is all they get). Shapes: (1 or batch,
+        num_heads, adapter_len, head_dim).
         """
         offset = self.runtime.prompt_offset
         if (self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype
@@ -72,32 +76,29 @@ class AdaptionPrompt(nn.Module):
         prompts = self.prompt.to(module.k_proj.weight.dtype).unsqueeze(0)
         if offset is not None:
             prompts = prompts + offset.to(prompts.dtype).unsqueeze(1)
-        key = _split_heads(module.k_proj(prompts), module.head_dim)
-        k_norm = getattr(module, "k_norm", None)  # families that normalise keys (e.g. Qwen3) do it before rotary
-        if k_norm is not None:
-            key = k_norm(key)
-        value = _split_heads(module.v_proj(prompts), module.head_dim)
-        groups = getattr(module, "num_key_value_groups", 1)
-        key = key.transpose(1, 2).repeat_interleave(groups, dim=1).to(dtype)
-        value = value.transpose(1, 2).repeat_interleave(groups, dim=1).to(dtype)
+        family = self.runtime.family
+        heads = family.heads
+        key = module.k_proj(prompts).unflatten(-1, (heads.num_kv_heads, heads.head_dim))
+        if family.key_norm is not None:
+            key = getattr(module, family.key_norm)(key)  # present: checked at attach (family.check_layer)
+        value = module.v_proj(prompts).unflatten(-1, (heads.num_kv_heads, heads.head_dim))
+        key = key.transpose(1, 2).repeat_interleave(heads.kv_groups, dim=1).to(dtype)
+        value = value.transpose(1, 2).repeat_interleave(heads.kv_groups, dim=1).to(dtype)
         self.kv_computations += 1
         self._cached_kv = None if torch.is_grad_enabled() else (key, value)
         self._cached_offset = offset
         return key, value
 
     def gated_kv(self, module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt keys and gate-scaled values (inference), kept as long as :meth:`prompt_kv` reuses its keys."""
+        """Prompt keys and gate-scaled values for both paths; without grad, kept as long as :meth:`prompt_kv`
+        reuses its keys (under grad nothing is kept: the next optimizer step changes them)."""
         key, value = self.prompt_kv(module, dtype)
         cached = self._cached_gated
         if cached is not None and cached[0] is key:
             return cached
-        value = value * self.activated_gate().to(dtype).view(1, -1, 1, 1)
+        value = attention.gate_values(value, self.gate, self.gate_activation)
         self._cached_gated = None if torch.is_grad_enabled() else (key, value)
         return key, value
-
-
-def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return x.view(*x.shape[:-1], -1, head_dim)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -140,22 +141,25 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
             f"adapter_layers={config.adapter_layers} but the model has only {len(layers)} decoder layers"
         )
     inner = attention.inner_name(model.config._attn_implementation or "sdpa")
-    registered = attention.register(inner)
+    family = resolve_family(model.config, inner)
+    first = len(layers) - config.adapter_layers
+    for index in range(first, len(layers)):
+        check_layer(family, index, layers[index])
+    registered = attention.register(inner, family.spec)
     model.set_attn_implementation(registered)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
 
-    first = len(layers) - config.adapter_layers
-    runtime = AdapterRuntime(config=config, layer_indices=list(range(first, len(layers))), inner_attention=inner)
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    runtime = AdapterRuntime(config=config, layer_indices=list(range(first, len(layers))), inner_attention=inner,
+                             family=family)
+    hidden_size = text_config(model.config).hidden_size
     for index in runtime.layer_indices:
         module = layers[index].self_attn
-        module.adapter = AdaptionPrompt(text_config.hidden_size, text_config.num_attention_heads, config, runtime,
-                                        device=module.k_proj.weight.device)
-        norm = getattr(layers[index], "input_layernorm", None)
-        if config.prompt_init == "norm_scaled" and norm is not None and module.adapter.prompt.device.type != "meta":
-            with torch.no_grad():
-                module.adapter.prompt.mul_(norm.weight.float())
+        module.adapter = AdaptionPrompt(hidden_size, config, runtime, device=module.k_proj.weight.device)
+        if config.prompt_init == "norm_scaled" and module.adapter.prompt.device.type != "meta":
+            norm = getattr(layers[index], family.spec.input_norm)  # present: checked above
+            with torch.no_grad():  # the norm multiplies by (offset + weight); Gemma stores weight - 1
+                module.adapter.prompt.mul_(family.spec.norm_weight_offset + norm.weight.float())
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
 

@@ -5,6 +5,8 @@ transformers releases), we register one function in transformers' attention regi
 model that routes attention through ``ALL_ATTENTION_FUNCTIONS`` calls it with the attention
 module and the rotary-embedded queries; we run the model's own attention for the token block and
 add, per head, ``act(gate) * softmax(Q K_p^T * scale) V_p`` for the layer's prompt keys/values.
+Where model families differ (key norm, GQA, eager function, logit softcap) the math reads the
+:class:`~mm_adapter.family.Family` resolved at attach time (``family.py``).
 
 A registered attention name also needs a registered mask function, otherwise
 ``create_causal_mask`` returns ``None`` and the causal/padding mask silently disappears; we
@@ -20,42 +22,73 @@ import torch.nn.functional as F
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .family import FAMILIES, FamilySpec, eager_function
+
 PREFIX = "mm_adapter_"
 SUPPORTED_INNER = ("sdpa", "eager")
 
 
-def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' reference eager attention (Llama's), looked up rather than copied."""
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    scaling = module.head_dim**-0.5 if scaling is None else scaling
-    return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+def activate_gate(gate: torch.Tensor, activation: str) -> torch.Tensor:
+    """The effective per-head gate: ``tanh(gate)`` (official training code) or the raw gate (PEFT)."""
+    return torch.tanh(gate) if activation == "tanh" else gate
 
 
-def _inner_function(inner: str):
+def gate_values(value_p: torch.Tensor, gate: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act(gate_h) * V_p`` per head: the one place the gate enters, for training and inference alike.
+
+    Scaling V_p (heads x adapter_len x head_dim) instead of the attention output (heads x seq x
+    head_dim) is the same product, since the prompt softmax is linear in V_p, and much smaller.
+    A zero gate gives zero values, so the prompt branch adds exactly zero.
+    """
+    return value_p * activate_gate(gate, activation).to(value_p.dtype).view(1, -1, 1, 1)
+
+
+def _eager_wrapper(spec: FamilySpec):
+    """The family's own eager attention (looked up, not copied), with Llama's required ``scaling`` defaulted."""
+    eager = eager_function(spec)
+
+    def eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        scaling = module.head_dim**-0.5 if scaling is None else scaling
+        return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return eager_attention
+
+
+def _inner_function(inner: str, spec: FamilySpec):
     if inner == "eager":
-        return _eager_attention
+        return _eager_wrapper(spec)
     return ALL_ATTENTION_FUNCTIONS[inner]
 
 
 def prompt_attention(module: torch.nn.Module, query: torch.Tensor, scaling: float) -> torch.Tensor | None:
-    """``act(gate) * softmax(Q K_p^T * scale) V_p`` in the (batch, seq, heads, head_dim) layout.
+    """``softmax(cap(Q K_p^T * scale)) (act(gate) V_p)`` in the (batch, seq, heads, head_dim) layout.
 
     Returns ``None`` for a layer without an adapter. Every query row attends to every prompt, so
-    no mask is involved. With only ``adapter_len`` keys, two small matmuls beat a fused attention
-    kernel (whose backward on CPU costs nearly as much as for the whole token block); the gate
-    scales V_p (heads x len x dim) instead of the much larger output. The scores are laid out
-    (..., adapter_len, seq) and normalised over dim -2: PyTorch's CPU softmax over a last dim of
-    ~10 elements is ~10x slower than over an inner dim (0.68 ms vs 0.06 ms for 4 x 9 x 77 x 10).
+    no mask is involved (nor a sliding window: prompts are not tokens). ``cap`` is the family's
+    logit softcap (Gemma2), identity where it has none. Training uses :func:`_attend_chain`;
+    inference one fused SDPA call (:func:`_attend_fused`) unless logits are softcapped, which SDPA
+    cannot do. Both read the same gate-scaled values from ``adapter.gated_kv``.
     """
     adapter = getattr(module, "adapter", None)
     if adapter is None:
         return None
-    if not torch.is_grad_enabled():
-        return _prompt_attention_inference(adapter, module, query, scaling)
-    key_p, value_p = adapter.prompt_kv(module, query.dtype)  # (1 or batch, heads, L, head_dim)
-    value_p = value_p * adapter.activated_gate().to(value_p.dtype).view(1, -1, 1, 1)
+    key_p, value_p = adapter.gated_kv(module, query.dtype)  # (1 or batch, heads, L, head_dim)
+    softcap = adapter.runtime.family.softcap
+    if softcap is None and not torch.is_grad_enabled():
+        return _attend_fused(query, key_p, value_p, scaling)
+    return _attend_chain(query, key_p, value_p, scaling, softcap)
+
+
+def _attend_chain(query: torch.Tensor, key_p: torch.Tensor, value_p: torch.Tensor, scaling: float,
+                  softcap: float | None) -> torch.Tensor:
+    """Two small matmuls: with only ``adapter_len`` keys they beat a fused attention kernel (whose
+    backward on CPU costs nearly as much as for the whole token block). The scores are laid out
+    (..., adapter_len, seq) and normalised over dim -2: PyTorch's CPU softmax over a last dim of
+    ~10 elements is ~10x slower than over an inner dim (0.68 ms vs 0.06 ms for 4 x 9 x 77 x 10).
+    """
     scores = torch.matmul(key_p, query.transpose(-1, -2)) * scaling  # (batch, heads, L, seq)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     weights = torch.softmax(scores, dim=-2, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights.transpose(-1, -2), value_p).transpose(1, 2)
 
@@ -81,20 +114,19 @@ def _token_attention_fp32(inner_fn, module, query, key, value, attention_mask, *
     return out.to(query.dtype), weights
 
 
-def _prompt_attention_inference(adapter, module: torch.nn.Module, query: torch.Tensor, scaling: float) -> torch.Tensor:
+def _attend_fused(query: torch.Tensor, key_p: torch.Tensor, value_p: torch.Tensor, scaling: float) -> torch.Tensor:
     """Without a backward, one fused SDPA call on cached, gate-scaled K/V is the cheapest: per decoded
     token and layer 0.05 ms against 0.37 ms for the matmul/softmax/matmul chain (1 thread, bf16,
-    SmolLM2 shapes). A zero gate still adds exactly zero (zero values)."""
-    key_p, value_p = adapter.gated_kv(module, query.dtype)
+    SmolLM2 shapes)."""
     batch = query.shape[0]
     out = F.scaled_dot_product_attention(query, key_p.expand(batch, -1, -1, -1), value_p.expand(batch, -1, -1, -1),
                                          scale=scaling)
     return out.transpose(1, 2)
 
 
-def make_adapter_attention(inner: str):
-    """Build the registered function that wraps the attention implementation ``inner``."""
-    inner_fn = _inner_function(inner)
+def make_adapter_attention(inner: str, spec: FamilySpec | None = None):
+    """Build the registered function that wraps the attention implementation ``inner`` (of ``spec``'s family)."""
+    inner_fn = _inner_function(inner, spec or FAMILIES["llama"])
 
     def adapter_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs: Any):
         if inner == "sdpa" and train_token_block_in_fp32(query, key, value):
@@ -112,8 +144,17 @@ def make_adapter_attention(inner: str):
     return adapter_attention
 
 
-def register(inner: str) -> str:
-    """Register the adapter attention around ``inner`` (idempotent) and return its registry name."""
+def registered_name(inner: str, spec: FamilySpec | None = None) -> str:
+    """``mm_adapter_sdpa`` (SDPA is family-independent) or ``mm_adapter_eager_<model_type>``."""
+    return PREFIX + inner if inner == "sdpa" else f"{PREFIX}{inner}_{(spec or FAMILIES['llama']).model_type}"
+
+
+def register(inner: str, spec: FamilySpec | None = None) -> str:
+    """Register the adapter attention around ``inner`` (idempotent) and return its registry name.
+
+    Eager attention is registered once per family, wrapping that family's own eager function
+    (``spec``; Llama's when omitted); every layer, adapted or not, runs through it.
+    """
     if inner.startswith(PREFIX):
         return inner
     if inner not in SUPPORTED_INNER:
@@ -121,13 +162,15 @@ def register(inner: str) -> str:
             f"attention implementation {inner!r} is not supported by the adapter; load the model with "
             f"attn_implementation one of {', '.join(SUPPORTED_INNER)}"
         )
-    name = PREFIX + inner
+    name = registered_name(inner, spec)
     if name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
-        ALL_ATTENTION_FUNCTIONS.register(name, make_adapter_attention(inner))
+        ALL_ATTENTION_FUNCTIONS.register(name, make_adapter_attention(inner, spec))
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
     return name
 
 
 def inner_name(registered: str) -> str:
     """The wrapped implementation of a registered name (identity for plain names)."""
-    return registered.removeprefix(PREFIX)
+    if not registered.startswith(PREFIX):
+        return registered
+    return registered.removeprefix(PREFIX).split("_", 1)[0]
