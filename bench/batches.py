@@ -22,8 +22,8 @@ SHAPES = ("sqa", "alpaca", "random")
 
 def scienceqa_examples(tokenizer, split: str = "train", root: Path = SCIENCEQA_DIR) -> list[dict]:
     """QCM->A examples of a ScienceQA split (captions as context), labels on the answer only."""
-    from eval.sqa_train import encode_problems
-    from scienceqa.data import read_official
+    from mm_adapter.jobs.scienceqa_data import encode_problems
+    from mm_adapter.scienceqa.data import read_official
 
     problems, _ = read_official(root, split)
     examples, _ = encode_problems(tokenizer, problems)

@@ -20,12 +20,12 @@ import torch
 from bench.batches import SCIENCEQA_DIR
 from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians,
                           memory_in_subprocess, report_memory, set_threads, verdict)
-from eval.run import EvalConfig, accuracy, evaluate
 from mm_adapter import AdapterConfig, attach_adapter, load_adapter, load_base
-from scienceqa.data import read_official
-from scienceqa.predictions import NO_ANSWER
+from mm_adapter.eval.config import MODES, EvalConfig
+from mm_adapter.eval.run import accuracy, evaluate
+from mm_adapter.scienceqa.data import read_official
+from mm_adapter.scienceqa.predictions import NO_ANSWER
 
-MODES = ("score", "generate")
 COLUMNS = ["questions", "stop_at_newline", "score_q_s", "generate_q_s", "speedup", "parsed", "agreement", "score_acc", "generate_acc",
            "target"]
 TARGET = 20.0

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_adapter import AdapterConfig, attach_adapter, attention
-from mm_adapter.train import TrainConfig, build_optimizer, lm_loss_sum
+from mm_adapter.train import build_optimizer, lm_loss_sum
+from mm_adapter.train_config import TrainConfig
 from mm_adapter.train_data import IGNORE_INDEX
 
 VARIANTS = ("ours", "peft", "frozen", "frozen-routed")
@@ -72,7 +73,7 @@ def build_step(variant: str, base: nn.Module, dtype: torch.dtype, adapter_len: i
     if variant == "ours":
         attach_adapter(model, AdapterConfig(adapter_len, adapter_layers))
         model.train()
-        optimizer = build_optimizer(model, TrainConfig(out_dir=""), 1e-3)
+        optimizer = build_optimizer(model, TrainConfig(), 1e-3)
 
         def step(batch: Batch) -> torch.Tensor:
             with autocast(model, dtype):

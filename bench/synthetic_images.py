@@ -2,19 +2,19 @@
 
 Generates the synthetic ScienceQA-format set (``scienceqa.synthetic``; kept in the cache folder and
 reused), then trains two adapters on SmolLM2-135M with the same data, settings and budget through
-``scripts/finetune_scienceqa.py`` — (a) ``--images`` (frozen random-weight CLIP encoder, features
-once through the disk cache, trainable projection into the prompts) and (b) text only — and
-evaluates each one's best.safetensors on test with ``scripts/eval_scienceqa.py``. Prints one JSON
-line per run and the ScienceQA table (IMG is the column that matters: chance there is ~31%).
+the ``train scienceqa`` job — (a) with images (frozen random-weight CLIP encoder, features once
+through the disk cache, trainable projection into the prompts) and (b) text only — and evaluates
+each one's best.safetensors on test with the ``eval scienceqa`` job. Prints one JSON line per run
+and the ScienceQA table (IMG is the column that matters: chance there is ~31%).
 
-    OMP_NUM_THREADS=1 python bench/synthetic_images.py --threads 1
+    OMP_NUM_THREADS=1 python -m bench.synthetic_images --threads 1
 
 Encoder: random-weight ViT-B-32 (4 depths). Linear probe, 200 pictures per family
-(scripts/probe_synthetic.py, held-out accuracy vs majority): concentration 0.70 vs 0.38 (mm-tiny-vit:
+(bench/probe_synthetic.py, held-out accuracy vs majority): concentration 0.70 vs 0.38 (mm-tiny-vit:
 0.40, unreadable), continent 1.00 (tiny 1.00), solution_color 1.00 (1.00), shape_word 0.62 (0.84).
 Its features cost ~8 images/s on one busy core, once (the disk cache serves every later epoch and
 rerun), against minutes of LM training per run, so the better probe wins; --clip-model mm-tiny-vit
-is the fast alternative. The projection trains at lr x 0.01 (finetune_scienceqa --visual-lr-scale).
+is the fast alternative. The projection trains at lr x 0.01 (train scienceqa --visual-lr-scale).
 
 The figures are for this set and budget, not for real ScienceQA; see the closing note of issue 4.
 """
@@ -32,21 +32,25 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mm_adapter.base import cache_root  # noqa: E402
-from scienceqa.data import read_official  # noqa: E402
-from scienceqa.metrics import score  # noqa: E402
-from scienceqa.predictions import load_predictions  # noqa: E402
-from scienceqa.report import markdown, to_dict  # noqa: E402
-from scienceqa.synthetic import generate  # noqa: E402
-from scripts import eval_scienceqa, finetune_scienceqa  # noqa: E402
+from mm_adapter.atomic import atomic_dir
+from mm_adapter.base import cache_root
+from mm_adapter.config import AdapterConfig, VisualConfig, parse_depths
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.jobs.options import ModelOptions, ScienceQASource
+from mm_adapter.jobs.train_scienceqa import train_scienceqa
+from mm_adapter.scienceqa.data import read_official
+from mm_adapter.scienceqa.metrics import score
+from mm_adapter.scienceqa.predictions import load_predictions
+from mm_adapter.scienceqa.report import markdown, to_dict
+from mm_adapter.scienceqa.synthetic import generate
+from mm_adapter.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
 class Budget:
-    """One training budget for both runs (flags of scripts/finetune_scienceqa.py)."""
+    """One training budget for both runs."""
 
     epochs: int = 4
     lr: float = 3e-2
@@ -55,36 +59,36 @@ class Budget:
     adapter_layers: int = 8
     warmup_epochs: float = 0.5
 
-    def flags(self) -> list[str]:
-        return ["--epochs", str(self.epochs), "--lr", str(self.lr), "--batch-size", str(self.batch_size),
-                "--adapter-len", str(self.adapter_len), "--adapter-layers", str(self.adapter_layers),
-                "--warmup-epochs", str(self.warmup_epochs)]
-
 
 def dataset(sizes: dict[str, int], seed: int) -> Path:
     """The generated set in the cache folder (generated once per sizes and seed)."""
     folder = cache_root() / "bench" / f"synthetic-{seed}-{'-'.join(str(n) for n in sizes.values())}"
     if not (folder / "pid_splits.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=folder.parent))  # complete or absent
-        generate(staging, sizes, seed, overwrite=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        with atomic_dir(folder, overwrite=True) as staging:  # complete or absent
+            generate(staging, sizes, seed, overwrite=True)
     return folder
 
 
-def run_one(name: str, data: Path, out: Path, budget: Budget, common: list[str], extra: list[str]) -> dict:
-    """Train with the fine-tuning script, evaluate best.safetensors on test with the eval script."""
+def run_one(name: str, data: Path, out: Path, budget: Budget, args: argparse.Namespace, images: bool) -> dict:
+    """Train with the train-scienceqa job, evaluate best.safetensors on test with the eval job."""
+    model = ModelOptions(dtype="bf16", threads=args.threads)
     started = time.perf_counter()
-    finetune_scienceqa.main(["--data", str(data), "--out", str(out / name), *budget.flags(), *common, *extra])
+    trained = train_scienceqa(TrainScienceQAConfig(
+        out=str(out / name), source=ScienceQASource(data=str(data)), val_limit=args.val_limit, format=args.format,
+        images=images, model=model, adapter=AdapterConfig(adapter_len=budget.adapter_len,
+                                                          adapter_layers=budget.adapter_layers),
+        train=TrainConfig(epochs=budget.epochs, lr=budget.lr, batch_size=budget.batch_size,
+                          warmup_epochs=budget.warmup_epochs, seed=args.seed, progress=False),
+        visual=VisualConfig(clip_model=args.clip_model, clip_layers=parse_depths(args.clip_layers),
+                            visual_standardize=True)))
     train_s = time.perf_counter() - started
-    predictions = out / f"{name}-test.json"
     started = time.perf_counter()
-    eval_scienceqa.main(["--data", str(data), "--split", "test", "--adapter", str(out / name / "best.safetensors"),
-                         "--out", str(predictions), "--name", name, "--bootstrap", "0", "--no-progress",
-                         "--bf16", "--batch-size", "16"])
+    evaluated = eval_scienceqa(EvalScienceQAConfig(
+        split="test", out=str(out / f"{name}-test"), source=ScienceQASource(data=str(data)),
+        adapter=str(trained.best_path), name=name, bootstrap=0, progress=False,
+        model=ModelOptions(threads=args.threads), eval=EvalConfig(bf16=True, batch_size=16)))
     return {"name": name, "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - started, 1),
-            "predictions": predictions}
+            "predictions": evaluated.predictions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,22 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="QCM-T", help="prompt format of both runs (QCM-A: answer by letter)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight-loading bars would drown the figures
     budget = Budget(epochs=args.epochs, lr=args.lr, adapter_layers=args.adapter_layers)
     data = dataset({"train": args.n_train, "val": args.n_val, "test": args.n_test}, args.seed)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-synthetic-"))
-    common = ["--val-limit", str(args.val_limit), "--no-progress", "--threads", str(args.threads),
-              "--seed", str(args.seed), "--format", args.format]
-    image_flags = ["--images", "--clip-model", args.clip_model, "--clip-layers", args.clip_layers]
-    runs = {"images": image_flags, "text": []}
+    runs = {"images": True, "text": False}
     rows, problems = [], {p.pid: p for p in read_official(data, "test")[0]}
     try:
-        for name, extra in runs.items():
+        for name, images in runs.items():
             if args.only and name != args.only:
                 continue
-            result = run_one(name, data, out, budget, common, extra)
+            result = run_one(name, data, out, budget, args, images)
             scores = score(load_predictions(result.pop("predictions")), problems, n_boot=0)
             rows.append(scores)
             print(json.dumps({**to_dict(scores), **result, "budget": budget.__dict__,

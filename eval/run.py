@@ -20,53 +20,30 @@ import dataclasses
 import itertools
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
+from mm_adapter.eval.scoring import choice_scores, greedy_generate, precision
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.scienceqa.predictions import NO_ANSWER, make_predictions
+from mm_adapter.scienceqa.prompts import (
+    PromptFormat,
+    build_prompt,
+    extract_answer,
+    stated_answer,
+)
 
-from eval.scoring import choice_scores, greedy_generate, precision
+from mm_adapter.atomic import atomic_write_json, atomic_write_text
+from mm_adapter.checkpoint import read_adapter
 from mm_adapter.errors import MMAdapterError
-from scienceqa.data import Problem
-from scienceqa.predictions import NO_ANSWER, make_predictions
-from scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
+from mm_adapter.progress import progress as progress_bar
 
-MODES = ("score", "generate")
 # A batch of problems -> their (batch, hidden) prompt offsets (the multimodal path; zero rows for no image).
 Offsets = Callable[[Sequence[Problem]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How to answer. ``use_caption``: image questions get their caption as context (text-only setting)."""
-
-    mode: str = "score"
-    fmt: str = PromptFormat.QCM_A.value
-    use_caption: bool = True
-    batch_size: int = 8
-    bf16: bool = False
-    max_new_tokens: int = 32
-    stop_at_newline: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise MMAdapterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        try:
-            object.__setattr__(self, "fmt", PromptFormat.parse(self.fmt).value)
-        except ValueError as error:
-            raise MMAdapterError(str(error)) from None
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise MMAdapterError("batch_size and max_new_tokens must be positive")
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that change the answers (batch size does not, beyond float rounding)."""
-        keys = ["mode", "fmt", "use_caption", "bf16"]
-        keys += ["max_new_tokens", "stop_at_newline"] if self.mode == "generate" else []
-        return {key: getattr(self, key) for key in keys}
 
 
 @dataclass(frozen=True)
@@ -80,9 +57,20 @@ class Answer:
     probs: list[float] | None = None
 
 
+def resolve_format(requested: str | None, adapter: str | Path | None,
+                   warn: Callable[[str], None] = print) -> str:
+    """The prompt format to answer in: the one asked for, else the one the adapter file records, else QCM-A.
+    Asking for another format than the adapter was trained on is allowed (a study) but said."""
+    recorded = read_adapter(adapter).prompt_format if adapter else None
+    chosen = PromptFormat.parse(requested or recorded or DEFAULT_FORMAT).value
+    if recorded and chosen != recorded:
+        warn(f"note: {Path(adapter).name} was trained on {recorded}; answering in {chosen} as asked")
+    return chosen
+
+
 def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Problem]]:
     """Deterministic batches: longest prompt first (less padding; memory trouble shows at once)."""
-    length = {p.pid: len(build_prompt(p, config.fmt, config.use_caption).prompt) for p in problems}
+    length = {p.pid: len(build_prompt(p, config.prompt_format, config.captions).prompt) for p in problems}
     ordered = sorted(problems, key=lambda p: -length[p.pid])  # stable: ties keep input order
     return [ordered[i: i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
 
@@ -90,16 +78,16 @@ def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Pro
 def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
                  offsets: torch.Tensor | None = None) -> list[Answer]:
     """Answer one batch (one forward in score mode, one ``generate`` call in generate mode)."""
-    prompts = [build_prompt(p, config.fmt, config.use_caption).prompt for p in problems]
+    prompts = [build_prompt(p, config.prompt_format, config.captions).prompt for p in problems]
     with precision(model, config.bf16):
         if config.mode == "score":
-            scores = choice_scores(model, tokenizer, prompts, [p.choices for p in problems], config.fmt, offsets)
+            scores = choice_scores(model, tokenizer, prompts, [p.choices for p in problems], config.prompt_format, offsets)
             probs = torch.softmax(scores, dim=-1)
             choices = scores.argmax(dim=-1).tolist()
-            return [Answer(p.pid, c, stated_answer(p.choices, c, config.fmt), probs[i, :len(p.choices)].tolist())
+            return [Answer(p.pid, c, stated_answer(p.choices, c, config.prompt_format), probs[i, :len(p.choices)].tolist())
                     for i, (p, c) in enumerate(zip(problems, choices))]
         texts = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, offsets, config.stop_at_newline)
-    by_text = PromptFormat.parse(config.fmt).answers_by_text
+    by_text = PromptFormat.parse(config.prompt_format).answers_by_text
     choices = [extract_answer(t, len(p.choices), p.choices, by_text) for t, p in zip(texts, problems)]
     return [Answer(p.pid, NO_ANSWER if c is None else c, t) for p, c, t in zip(problems, choices, texts)]
 
@@ -180,19 +168,6 @@ def _append(handle, answers: Sequence[Answer]) -> None:
     os.fsync(handle.fileno())
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def predictions_json(name: str, answers: Mapping[str, Answer], problems: Sequence[Problem],
                      identity: Mapping[str, Any]) -> dict:
     """The official shape, in problem order, plus this run's configuration and option probabilities."""
@@ -243,7 +218,7 @@ def _prepare(out: Path, identity: Mapping[str, Any], overwrite: bool) -> dict[st
                 raise
             partial.unlink()
     partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text(json.dumps({"config": _canonical(identity)}, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(partial, json.dumps({"config": _canonical(identity)}, sort_keys=True) + "\n")
     return {}
 
 
@@ -266,7 +241,7 @@ def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: 
     gold = {p.pid: p.answer for p in problems}
     correct = sum(a.choice == gold[a.pid] for a in answers.values())
     no_answer = sum(a.choice == NO_ANSWER for a in answers.values())
-    bar = tqdm(total=len(problems), initial=resumed, unit="q", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(problems), "eval", enabled=progress, initial=resumed, unit="q")
     batches = iter_answers(model, tokenizer, problems, config, skip=set(answers), offsets=offsets)
     with partial_path(out).open("a", encoding="utf-8") as handle, bar:
         for batch in itertools.islice(batches, max_batches):
@@ -274,12 +249,12 @@ def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: 
             answers.update((a.pid, a) for a in batch)
             correct += sum(a.choice == gold[a.pid] for a in batch)
             no_answer += sum(a.choice == NO_ANSWER for a in batch)
-            bar.update(len(batch))
             bar.set_postfix(acc=f"{correct / len(answers):.1%}", **({"unparsed": no_answer} if no_answer else {}))
+            bar.update(len(batch))
     seconds = time.perf_counter() - start
     finished = len(answers) == len(problems)
     if finished:
-        _write_atomic(out, predictions_json(name, answers, problems, identity))
+        atomic_write_json(out, predictions_json(name, answers, problems, identity), indent=1)
         partial_path(out).unlink()
     return RunSummary(out, len(problems), len(answers), resumed, len(answers) - resumed, correct, no_answer,
                       seconds, finished)

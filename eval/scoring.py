@@ -23,7 +23,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from mm_adapter import prompt_offset
 from mm_adapter.errors import MMAdapterError
-from scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
+from mm_adapter.scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
 
 SCORED_SUFFIX = " " + ANSWER_PREFIX
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_dir
 from .errors import MMAdapterError
 from .meta_format import is_meta_folder, load_meta_model, load_meta_tokenizer
 
@@ -75,17 +74,13 @@ def smollm2_folder() -> Path:
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer = _load_gguf(gguf, torch.float32)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, folder)  # atomic: a concurrent process either sees nothing or a complete folder
+        with atomic_dir(folder) as staging:  # a concurrent process sees nothing or a complete folder
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
     except OSError:
-        if not (folder / "config.json").is_file():
+        if not (folder / "config.json").is_file():  # else another process converted it meanwhile
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

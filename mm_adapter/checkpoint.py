@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,12 +17,21 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .adapter import adapter_config, adaption_prompts, attach_adapter, decoder_layers, detach_adapter, has_adapter
+from .adapter import (
+    adapter_config,
+    adaption_prompts,
+    attach_adapter,
+    decoder_layers,
+    detach_adapter,
+    has_adapter,
+)
+from .atomic import atomic_path
 from .config import AdapterConfig
 from .errors import MMAdapterError
 from .safe_load import read_safetensors
 
 FORMAT = "mm-adapter/1"
+PROMPT_FORMAT_KEY = "prompt_format"  # optional metadata: the prompt format the adapter was trained on
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(prompt|gate)$")
 _FINGERPRINT_SAMPLES = 4096
 
@@ -100,17 +107,10 @@ class AdapterFile:
     def name(self) -> str:
         return self.path.stem
 
-
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    @property
+    def prompt_format(self) -> str | None:
+        """The prompt format the adapter was trained on, when its file records one."""
+        return self.extra_metadata.get(PROMPT_FORMAT_KEY)
 
 
 def save_adapter(model: nn.Module, path: str | Path, extra_tensors: dict[str, torch.Tensor] | None = None,
@@ -132,7 +132,8 @@ def save_adapter(model: nn.Module, path: str | Path, extra_tensors: dict[str, to
         **(extra_metadata or {}),
     }
     try:
-        _atomic_save(tensors, metadata, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
     except OSError as error:
         raise MMAdapterError(f"{path}: cannot write adapter file ({error.strerror or error})") from None
     return path

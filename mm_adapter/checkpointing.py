@@ -10,11 +10,9 @@ setting that shapes the trajectory) must match on resume; otherwise nothing is t
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .atomic import atomic_dir
 from .errors import MMAdapterError
 from .safe_load import read_safetensors
 
@@ -100,16 +99,11 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: torch.
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step-*"):  # staging folders of a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=folder))
-    try:
+    final = folder / f"step-{step:08d}"
+    # overwrite: only after a resume that re-reached a step; same content by construction
+    with atomic_dir(final, overwrite=True) as staging:
         save_file(tensors | optim_tensors | rng_tensors, str(staging / TENSORS))
         (staging / STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
-        final = folder / f"step-{step:08d}"
-        if final.exists():  # only after a resume that re-reached a step; same content by construction
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for old in checkpoint_dirs(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,52 +1,61 @@
-"""Adapter configuration: a dataclass that round-trips through JSON (it travels in adapter files)."""
+"""Configurations that travel in adapter files (JSON round-trip): the adapter and its visual path.
+
+Torch-free on purpose: the command line builds its flags from these dataclasses before any model
+code is imported.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Tuple
 
 from .errors import MMAdapterError
+from .options import ConfigError, check, option
 
 GATE_ACTIVATIONS = ("tanh", "identity")
 PROMPT_INITS = ("normal", "norm_scaled")
+PROJECTIONS = ("mlp", "linear")
+
+
+def _from_dict(cls, data: Any, source: str, what: str, renamed: dict[str, str] | None = None):
+    """Build ``cls`` from a JSON object, refusing a non-object and unknown fields in one line."""
+    if not isinstance(data, dict):
+        raise MMAdapterError(f"{source}: {what} is not a JSON object (got {type(data).__name__})")
+    data = {(renamed or {}).get(key, key): value for key, value in data.items()}
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise MMAdapterError(f"{source}: unknown {what} field(s) {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except ConfigError as error:
+        raise MMAdapterError(f"{source}: {what} {error}") from None
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """LLaMA-Adapter hyper-parameters.
-
-    adapter_len: learnable prompt vectors per adapted layer (paper: 10).
-    adapter_layers: how many of the top decoder layers get prompts (paper: 30 of 32).
-    gate_activation: "tanh" applies tanh to the zero-initialised gate (the official training
-        code); "identity" uses the raw gate (the official inference code, and PEFT). One choice,
-        used for training and inference alike.
-    prompt_init_std: prompts start as N(0, std^2), like the original's nn.Embedding (std 1).
-    prompt_init: "normal" (the original) or "norm_scaled": N(0, std^2) times the layer's input
-        norm weight, so prompts look like the normalised hidden states the projections expect
-        (SmolLM2's norm weights are ~0.03-0.4, so unit-scale prompts give keys 2-9x too large).
-    """
+    """LLaMA-Adapter: prompts and zero-initialised gates in the top decoder layers."""
 
     adapter_len: int = 10
+    """learnable prompt vectors per adapted layer (paper: 10)"""
     adapter_layers: int = 30
-    gate_activation: str = "tanh"
+    """top decoder layers that get prompts (paper: 30 of LLaMA-7B's 32)"""
+    gate_activation: str = option("tanh", choices=GATE_ACTIVATIONS)
+    """tanh of the zero-initialised gate (the official training code) or the raw gate (identity: its inference code
+    and PEFT); one choice for training and inference alike"""
     prompt_init_std: float = 1.0
-    prompt_init: str = "normal"
+    """prompts start as N(0, std^2), like the original's nn.Embedding"""
+    prompt_init: str = option("normal", choices=PROMPT_INITS)
+    """normal (the original) or norm_scaled: times the layer's input norm weight, so prompts look like the
+    normalised hidden states the projections expect (SmolLM2's norm weights are ~0.03-0.4)"""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.adapter_len, int) or self.adapter_len < 1:
-            raise MMAdapterError(f"adapter_len must be a positive integer, got {self.adapter_len!r}")
-        if not isinstance(self.adapter_layers, int) or self.adapter_layers < 1:
-            raise MMAdapterError(f"adapter_layers must be a positive integer, got {self.adapter_layers!r}")
-        if self.gate_activation not in GATE_ACTIVATIONS:
-            raise MMAdapterError(
-                f"gate_activation must be one of {', '.join(GATE_ACTIVATIONS)}, got {self.gate_activation!r}"
-            )
-        if self.prompt_init not in PROMPT_INITS:
-            raise MMAdapterError(f"prompt_init must be one of {', '.join(PROMPT_INITS)}, got {self.prompt_init!r}")
-        if not self.prompt_init_std > 0:
-            raise MMAdapterError(f"prompt_init_std must be positive, got {self.prompt_init_std!r}")
+        check(self, "adapter_len", low=1, integer=True)
+        check(self, "adapter_layers", low=1, integer=True)
+        check(self, "gate_activation", choices=GATE_ACTIVATIONS)
+        check(self, "prompt_init", choices=PROMPT_INITS)
+        check(self, "prompt_init_std", low=0, low_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,9 +64,84 @@ class AdapterConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AdapterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MMAdapterError(f"{source}: unknown adapter config field(s) {', '.join(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Any, source: str = "config") -> "AdapterConfig":
+        return _from_dict(cls, data, source, "adapter config")
+
+
+def parse_depths(text: str) -> int | tuple[int, ...]:
+    """Command-line form of ``clip_layers``: "4" (evenly spaced depths) or "6,12,18,24" (1-based depths)."""
+    try:
+        values = tuple(int(part) for part in str(text).replace(" ", ",").split(",") if part)
+    except ValueError:
+        raise ValueError(f"expected an int or a comma list of ints, got {text!r}") from None
+    if not values:
+        raise ValueError("expected an int or a comma list of ints, got nothing")
+    return values[0] if len(values) == 1 else values
+
+
+@dataclass(frozen=True)
+class VisualConfig:
+    """The visual path: a frozen open_clip encoder and the trainable projection into the adaption prompts.
+
+    ``visual_standardize`` subtracts the training images' per-feature mean and divides by their std
+    (buffers saved with the projection). It is needed with random-weight encoders: there the
+    image-dependent part is ~3% of the features' variance (ViT-B-32 on the generated set), buried
+    under a vector common to all images, and the projection did not learn.
+    """
+
+    clip_model: str = "ViT-L-14"
+    """open_clip ViT name (paper: ViT-L-14)"""
+    clip_pretrained: str | None = None
+    """a local checkpoint file, or a pretrained tag such as openai (downloads: refused unless
+    MM_ADAPTER_ALLOW_DOWNLOAD=1); None: random weights drawn from clip_seed"""
+    # typing.Tuple: simple_parsing cannot read `tuple[int, ...]` inside a union
+    clip_layers: int | Tuple[int, ...] = option(4, type=parse_depths, metavar="N|D1,D2,...")
+    """N evenly spaced encoder depths ending at the last block, or explicit 1-based depths"""
+    clip_seed: int = 0
+    """seed of random encoder weights"""
+    visual_projection: str = option("mlp", choices=PROJECTIONS)
+    """mlp (LayerNorm, Linear to visual_hidden, GELU, Linear) or linear"""
+    visual_hidden: int = 64
+    """bottleneck width of the mlp projection"""
+    visual_norm: bool = True
+    """a learnable LayerNorm on the features before the projection"""
+    visual_zero_init: bool = True
+    """the projection's last layer starts at zero: training starts from the text-only adapter"""
+    visual_standardize: bool = False
+    """standardise features with the training images' mean/std (needed for random encoders)"""
+
+    # Field names before they were made unique across the command line's flags; adapter files keep them.
+    RENAMED = {"pretrained": "clip_pretrained", "layers": "clip_layers", "seed": "clip_seed",
+               "projection": "visual_projection", "hidden_dim": "visual_hidden", "norm": "visual_norm",
+               "zero_init": "visual_zero_init", "standardize": "visual_standardize"}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clip_layers, list):
+            object.__setattr__(self, "clip_layers", tuple(self.clip_layers))
+        depths = self.clip_layers if isinstance(self.clip_layers, tuple) else (self.clip_layers,)
+        if not depths or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
+            raise ConfigError("clip_layers", f"must be a positive int or a list of 1-based depths, got "
+                                             f"{self.clip_layers!r}")
+        check(self, "visual_projection", choices=PROJECTIONS)
+        check(self, "visual_hidden", low=1, integer=True)
+        check(self, "clip_seed", low=0, integer=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["clip_layers"] = list(self.clip_layers) if isinstance(self.clip_layers, tuple) else self.clip_layers
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "visual config") -> "VisualConfig":
+        """Also reads the field names of files written before the rename (``RENAMED``)."""
+        return _from_dict(cls, data, source, "visual config", cls.RENAMED)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "visual config") -> "VisualConfig":
+        try:
+            return cls.from_dict(json.loads(text), source)
+        except json.JSONDecodeError as error:
+            raise MMAdapterError(f"{source}: visual config is not valid JSON ({error})") from None

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import atomic_path
 from .base import cache_root
 from .errors import MMAdapterError
 from .visual import ClipEncoder
@@ -103,15 +102,8 @@ class FeatureCache:
 
     def put(self, digest: str, features: torch.Tensor) -> None:
         path = self.path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{digest[:8]}.", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.save(f, features.detach().cpu().float().numpy(), allow_pickle=False)
-            os.replace(tmp, path)  # atomic: readers see nothing or a whole entry
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:  # readers see nothing or a whole entry
+            np.save(tmp, features.detach().cpu().float().numpy(), allow_pickle=False)
 
 
 @dataclass

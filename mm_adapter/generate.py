@@ -6,25 +6,10 @@ reused for every cached decoding step (see ``adapter.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import TextStreamer
 
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Defaults of the original LLaMA-Adapter demo: temperature 0.1, top_p 0.75. temperature 0 = greedy."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.1
-    top_p: float = 0.75
-
-    def generate_kwargs(self) -> dict:
-        if self.temperature <= 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+from .sampling import SamplingConfig
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,47 +31,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .adapter import adapter_config, has_adapter
 from .checkpoint import BaseIdentity, save_adapter
 from .checkpointing import check_identity, checkpoint_dirs, load_checkpoint, restore_checkpoint, save_checkpoint
 from .errors import MMAdapterError
 from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
+from .progress import progress
+from .train_config import TrainConfig
 from .train_log import MetricsLog
 
 ForwardLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 Collate = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
 ADAPTER_NAME, CHECKPOINTS = "adapter.safetensors", "checkpoints"
 KILL_ENV = "MM_ADAPTER_KILL_AT_STEP"  # fault injection for the crash-resume test: SIGKILL self after step N
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one run. ``lr=None`` means ``base_lr * effective batch / 256`` (the original's rule)."""
-
-    out_dir: str
-    epochs: int = 5
-    warmup_epochs: float = 2.0
-    batch_size: int = 4  # per device micro-batch
-    accum_steps: int = 1
-    lr: float | None = None
-    base_lr: float = 9e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.02
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = None
-    bf16: bool = True  # autocast to bf16 where the device supports it
-    seed: int = 0
-    group_batches: int = 64  # length-grouping window, in micro-batches
-    device: str | None = None  # None: cuda if available, else cpu
-    checkpoint_every: int = 100  # optimizer steps; a checkpoint is also written at the end
-    keep_checkpoints: int = 2
-    resume: bool = False
-    progress: bool = True
-
-    # Settings that do not change the trajectory, so a resume may change them.
-    NON_IDENTITY = ("out_dir", "checkpoint_every", "keep_checkpoints", "resume", "progress", "accum_steps", "device")
 
 
 @dataclass
@@ -145,20 +118,27 @@ def effective_lr(config: TrainConfig, world_size: int) -> float:
     return config.lr if config.lr is not None else config.base_lr * effective_batch / 256
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
+LrScales = Mapping[nn.Parameter, float]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, lr: float,
+                    lr_scales: LrScales | None = None) -> torch.optim.AdamW:
     """AdamW over parameters that require grad; 1-D ones (gates, biases, norms) without weight decay, like timm's.
 
-    A parameter with an ``lr_scale`` attribute gets ``lr * lr_scale`` (the visual projection: its
-    first layer reads thousands of features, so the prompts' lr moves its outputs far too much).
-    Groups of scale 1 come first, in the order they always had (group 0's lr is the one logged).
+    ``lr_scales`` gives some parameters ``lr * scale`` (the visual projection: its first layer reads
+    thousands of features, so the prompts' lr moves its outputs far too much; see
+    ``multimodal.projection_lr_scales``). Groups of scale 1 come first, in the order they always
+    had (group 0's lr is the one logged).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise MMAdapterError("the model has no parameters that require grad; attach an adapter first")
-    scales = sorted({getattr(p, "lr_scale", 1.0) for p in trainable}, key=lambda s: (s != 1.0, s))
+    given = {id(p): float(scale) for p, scale in (lr_scales or {}).items()}
+    scale_of = {id(p): given.get(id(p), 1.0) for p in trainable}
+    scales = sorted(set(scale_of.values()), key=lambda s: (s != 1.0, s))
     groups = []
     for scale in scales:
-        mine = [p for p in trainable if getattr(p, "lr_scale", 1.0) == scale]
+        mine = [p for p in trainable if scale_of[id(p)] == scale]
         extra = {} if scale == 1.0 else {"lr": lr * scale}
         groups += [{"params": [p for p in mine if p.ndim >= 2], "weight_decay": config.weight_decay, **extra},
                    {"params": [p for p in mine if p.ndim < 2], "weight_decay": 0.0, **extra}]
@@ -185,8 +165,13 @@ def run_identity(model: nn.Module, examples: Sequence[Example], config: TrainCon
     return identity | (extra or {})
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool) -> None:
-    """Refuse an unwritable folder or one holding another run, before anything is written."""
+def prepare_out_dir(out_dir: str | Path, resume: bool, is_main: bool, create: bool = True) -> None:
+    """Refuse an unwritable folder or one holding another run, before anything is written.
+
+    ``create=False`` only checks (the folder, or its nearest existing parent, must be writable), so a
+    job can refuse a bad folder before its slow parts without leaving a new empty folder behind.
+    """
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MMAdapterError(f"{out_dir}: output path exists and is not a folder")
     has_run = bool(checkpoint_dirs(out_dir / CHECKPOINTS)) or (out_dir / ADAPTER_NAME).exists()
@@ -195,6 +180,12 @@ def prepare_out_dir(out_dir: Path, resume: bool, is_main: bool) -> None:
     if not resume and has_run:
         raise MMAdapterError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another folder")
     if not is_main:
+        return
+    if not create:
+        existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise MMAdapterError(f"{out_dir}: output folder is not writable ({existing} is "
+                                 f"{'not a folder' if not existing.is_dir() else 'read-only'})")
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,19 +213,59 @@ def _maybe_kill(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, collate: Collate, *,
-          forward_loss: ForwardLoss = lm_loss_sum,
+def _optimizer_and_schedule(model: nn.Module, config: TrainConfig, plan: BatchPlan, world_size: int,
+                            lr_scales: LrScales | None):
+    """AdamW and its warmup + half-cycle cosine schedule, in optimizer steps of this plan."""
+    lr = effective_lr(config, world_size)
+    optimizer = build_optimizer(model, config, lr, lr_scales)
+    warmup = min(plan.total_steps, round(config.warmup_epochs * plan.batches_per_epoch / plan.per_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, warmup_steps=warmup, total_steps=plan.total_steps, min_ratio=config.min_lr / lr if lr else 0.0))
+    return optimizer, scheduler
+
+
+def _backward_step(module: nn.Module, batches: Iterable[dict[str, torch.Tensor]], count: int, n_labels: int,
+                   info: DistInfo, use_bf16: bool) -> torch.Tensor:
+    """Forward and backward of this rank's micro-batches of one optimizer step (gradients synced once, at the
+    last); returns the (loss sum, real tokens) of the step over all ranks."""
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    for micro, batch in enumerate(batches):
+        last_micro = micro == count - 1
+        no_sync = module.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
+        with no_sync:
+            with _autocast(info.device, use_bf16):
+                loss_sum = module(batch)
+            # DDP averages gradients over ranks; scale so the result is the mean over all labelled tokens.
+            (loss_sum * (info.world_size / n_labels)).backward()
+        totals += torch.stack([loss_sum.detach().double(), batch["attention_mask"].sum().double()])
+    if info.world_size > 1:
+        dist.all_reduce(totals)
+    return totals
+
+
+def _refuse_non_finite(loss: float, step: int, out_dir: Path) -> None:
+    if not math.isfinite(loss):
+        kept = checkpoint_dirs(out_dir / CHECKPOINTS)
+        where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped ({where}); "
+                               "try a lower learning rate or --grad-clip")
+
+
+def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, collate: Collate,
+          out_dir: str | Path, *, device: str | None = None, forward_loss: ForwardLoss = lm_loss_sum,
           export: Callable[[nn.Module, Path], Any] | None = save_adapter,
-          identity: dict[str, Any] | None = None,
+          identity: dict[str, Any] | None = None, lr_scales: LrScales | None = None,
           on_step_end: Callable[[int, float, nn.Module], dict[str, Any] | None] | None = None) -> TrainResult:
     """Train the parameters of ``model`` that require grad on ``examples``; see the module docstring.
 
+    ``out_dir`` receives the adapter, metrics and checkpoints; ``device`` (default: cuda if
+    available, else cpu; under torchrun the local rank's) is where the model trains.
     ``export(model, path)`` writes the final result (default: :func:`save_adapter`); ``identity``
     adds caller facts that must match on resume (e.g. a visual encoder's name); ``on_step_end(step,
     epoch, model)`` runs on every rank after each optimizer step and may return metrics to log.
     """
-    info = setup_distributed(config.device)
-    out_dir = Path(config.out_dir)
+    info = setup_distributed(device)
+    out_dir = Path(out_dir)
     prepare_out_dir(out_dir, config.resume, info.is_main)
     model.to(info.device)
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.batch_size, config.seed, config.epochs,
@@ -243,11 +274,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
         raise MMAdapterError(f"{len(examples)} examples make no full optimizer step of "
                              f"{plan.per_step} micro-batches of {config.batch_size}")
     label_counts = [labelled_positions(e) for e in examples]
-    lr = effective_lr(config, info.world_size)
-    optimizer = build_optimizer(model, config, lr)
-    warmup = min(plan.total_steps, round(config.warmup_epochs * plan.batches_per_epoch / plan.per_step))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        lr_factor, warmup_steps=warmup, total_steps=plan.total_steps, min_ratio=config.min_lr / lr if lr else 0.0))
+    optimizer, scheduler = _optimizer_and_schedule(model, config, plan, info.world_size, lr_scales)
     ident = run_identity(model, examples, config, info.world_size, identity)
     start = 0
     if config.resume:
@@ -265,8 +292,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
     log = MetricsLog(out_dir, start if config.resume else None) if info.is_main else None
-    bar = tqdm(total=plan.total_steps, initial=start, disable=not (info.is_main and config.progress),
-               dynamic_ncols=True, desc="train")
+    bar = progress(plan.total_steps, "train", enabled=info.is_main and config.progress, initial=start, unit="step")
     trainable = [p for p in model.parameters() if p.requires_grad]
     last_loss, started = None, time.perf_counter()
     model.train()
@@ -276,25 +302,10 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
             step_batches = plan.step_batches(step)
             n_labels = max(1, sum(label_counts[i] for batch in step_batches for i in batch))
             mine = step_batches[info.rank * config.accum_steps:(info.rank + 1) * config.accum_steps]
-            totals = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, real tokens
-            for micro, indices in enumerate(mine):
-                batch = _to_device(collate([examples[i] for i in indices]), info.device)
-                last_micro = micro == len(mine) - 1
-                no_sync = module.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
-                with no_sync:
-                    with _autocast(info.device, use_bf16):
-                        loss_sum = module(batch)
-                    # DDP averages gradients over ranks; scale so the result is the mean over all labelled tokens.
-                    (loss_sum * (info.world_size / n_labels)).backward()
-                totals += torch.stack([loss_sum.detach().double(), batch["attention_mask"].sum().double()])
-            if info.world_size > 1:
-                dist.all_reduce(totals)
+            batches = (_to_device(collate([examples[i] for i in indices]), info.device) for indices in mine)
+            totals = _backward_step(module, batches, len(mine), n_labels, info, use_bf16)
             loss = totals[0].item() / n_labels
-            if not math.isfinite(loss):
-                kept = checkpoint_dirs(out_dir / CHECKPOINTS)
-                where = f"last good checkpoint {kept[-1]}" if kept else "no checkpoint was written yet"
-                raise TrainingDiverged(f"loss is {loss} at step {step + 1}; stopped ({where}); "
-                                       "try a lower learning rate or --grad-clip")
+            _refuse_non_finite(loss, step, out_dir)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             step_lr = optimizer.param_groups[0]["lr"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_path, atomic_write_text
 
 METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 
@@ -27,9 +28,7 @@ class MetricsLog:
             self.path.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         elif self.path.exists():  # drop steps the killed run did after its checkpoint (and a torn last line)
             kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -57,10 +56,9 @@ class MetricsLog:
         axis.set(xlabel="optimizer step", ylabel="train loss (per labelled token)", title="training loss")
         axis.legend()
         figure.tight_layout()
-        tmp = self.plot_path.with_name(".loss.tmp.png")
-        figure.savefig(tmp, dpi=100)
+        with atomic_path(self.plot_path) as tmp:
+            figure.savefig(tmp, dpi=100)
         plt.close(figure)
-        os.replace(tmp, self.plot_path)
 
     def close(self) -> None:
         self.handle.close()

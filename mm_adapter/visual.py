@@ -20,15 +20,12 @@ the paper's count). A full "linear" projection would be 16.8M.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import pickle
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 import open_clip
 import torch
@@ -37,9 +34,9 @@ from torch import nn
 
 from .adapter import count_trainable
 from .checkpoint import load_adapter
+from .config import VisualConfig
 from .errors import MMAdapterError
 
-PROJECTIONS = ("mlp", "linear")
 FEATURE_VERSION = 1  # bump when the feature recipe changes: it is part of the cache key
 ALLOW_DOWNLOAD_ENV = "MM_ADAPTER_ALLOW_DOWNLOAD"
 TINY_VIT = "mm-tiny-vit"  # a 2-block, width-64 ViT for fast tests and CPU smoke runs
@@ -49,66 +46,6 @@ _TINY_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
 }
 _LIST_HINT = "python -c 'import open_clip; print(open_clip.list_models())'"
-
-
-@dataclass(frozen=True)
-class VisualConfig:
-    """How image features are made; travels in adapter files as JSON.
-
-    clip_model: open_clip model name (paper: "ViT-L-14").
-    pretrained: a tag such as "openai" (paper's; downloads, so refused unless allowed), a local
-        checkpoint file, or None for random weights drawn from ``seed``.
-    layers: an int n (n evenly spaced depths ending at the last block) or explicit 1-based depths.
-    projection: "mlp" (bottleneck ``hidden_dim``) or "linear".
-    norm: a learnable LayerNorm on the concatenated features before the projection.
-    standardize: subtract the training set's per-feature mean and divide by its std first (buffers set
-        by ``VisualProjection.set_feature_stats``, saved with the projection). Needed with random-weight
-        encoders: there the image-dependent part is ~3% of the features' variance (ViT-B-32 on the
-        synthetic set), buried under a vector common to all images, and the projection did not learn.
-    """
-
-    clip_model: str = "ViT-L-14"
-    pretrained: str | None = None
-    layers: int | tuple[int, ...] = 4
-    projection: str = "mlp"
-    hidden_dim: int = 64
-    norm: bool = True
-    zero_init: bool = True
-    seed: int = 0
-    standardize: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        layers = self.layers if isinstance(self.layers, tuple) else (self.layers,)
-        if not layers or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in layers):
-            raise MMAdapterError(f"visual layers must be a positive int or a list of 1-based depths, got {self.layers!r}")
-        if self.projection not in PROJECTIONS:
-            raise MMAdapterError(f"visual projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
-        if not isinstance(self.hidden_dim, int) or self.hidden_dim < 1:
-            raise MMAdapterError(f"visual hidden_dim must be a positive integer, got {self.hidden_dim!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "visual config") -> "VisualConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise MMAdapterError(f"{source}: unknown visual config field(s) {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "visual config") -> "VisualConfig":
-        try:
-            return cls.from_dict(json.loads(text), source)
-        except (json.JSONDecodeError, TypeError) as error:
-            raise MMAdapterError(f"{source}: visual config is not a JSON object ({error})") from None
 
 
 def _downloads_allowed(allow_download: bool | None = None) -> bool:
@@ -149,20 +86,20 @@ def resolve_depths(layers: int | tuple[int, ...], num_blocks: int) -> list[int]:
 def feature_dim(config: VisualConfig) -> int:
     """Width of the concatenated features, from the architecture config alone (works for meta counts)."""
     vision = clip_model_config(config.clip_model)["vision_cfg"]
-    return len(resolve_depths(config.layers, vision["layers"])) * vision["width"]
+    return len(resolve_depths(config.clip_layers, vision["layers"])) * vision["width"]
 
 
 def _refuse_download(config: VisualConfig, allow_download: bool | None) -> None:
     """A tag or hub name would go to the network: refuse unless explicitly allowed."""
     allowed = _downloads_allowed(allow_download)
-    if config.pretrained is None or os.path.isfile(config.pretrained):
+    if config.clip_pretrained is None or os.path.isfile(config.clip_pretrained):
         return
     tags = open_clip.list_pretrained_tags_by_model(config.clip_model)
-    if config.pretrained not in tags:
-        raise MMAdapterError(f"pretrained {config.pretrained!r} is neither a file nor a tag of "
+    if config.clip_pretrained not in tags:
+        raise MMAdapterError(f"pretrained {config.clip_pretrained!r} is neither a file nor a tag of "
                              f"{config.clip_model} (tags: {', '.join(tags) or 'none'})")
     if not allowed:
-        raise MMAdapterError(f"pretrained tag {config.pretrained!r} of {config.clip_model} needs a download; pass a "
+        raise MMAdapterError(f"pretrained tag {config.clip_pretrained!r} of {config.clip_model} needs a download; pass a "
                              f"local checkpoint file as pretrained, or set {ALLOW_DOWNLOAD_ENV}=1 to allow it")
 
 
@@ -190,7 +127,7 @@ class ClipEncoder(nn.Module):
         self.visual = visual.eval().requires_grad_(False)
         self.preprocess = preprocess  # open_clip's own eval transform (resize, crop, RGB, normalise)
         self.random_weights = random_weights
-        self.depths = resolve_depths(config.layers, len(visual.transformer.resblocks))
+        self.depths = resolve_depths(config.clip_layers, len(visual.transformer.resblocks))
         self.width = visual.transformer.width
         self.feature_dim = len(self.depths) * self.width
         key = {"model": config.clip_model, "depths": self.depths, "version": FEATURE_VERSION,
@@ -227,13 +164,13 @@ def build_encoder(config: VisualConfig, device: torch.device | str = "cpu",
     quiet = _DropRandomInitWarning()  # our own one line below replaces open_clip's
     logging.getLogger().addFilter(quiet)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # random weights are reproducible from the seed
+        torch.manual_seed(config.clip_seed)  # random weights are reproducible from the seed
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                config.clip_model, pretrained=config.pretrained, device=device)
+                config.clip_model, pretrained=config.clip_pretrained, device=device)
         except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-            raise MMAdapterError(f"checkpoint {config.pretrained} does not fit CLIP model {config.clip_model} "
+            raise MMAdapterError(f"checkpoint {config.clip_pretrained} does not fit CLIP model {config.clip_model} "
                                  f"(not a checkpoint, or another encoder's): {first}") from None
         finally:
             logging.getLogger().removeFilter(quiet)
@@ -241,9 +178,9 @@ def build_encoder(config: VisualConfig, device: torch.device | str = "cpu",
     del model  # the text tower is not needed
     if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
         raise MMAdapterError(f"CLIP model {config.clip_model!r} has no ViT image tower; choose a ViT-* model")
-    encoder = ClipEncoder(config, visual, preprocess, random_weights=config.pretrained is None)
+    encoder = ClipEncoder(config, visual, preprocess, random_weights=config.clip_pretrained is None)
     if encoder.random_weights:
-        print(f"visual encoder {config.clip_model} has RANDOM weights (seed {config.seed}; no pretrained "
+        print(f"visual encoder {config.clip_model} has RANDOM weights (seed {config.clip_seed}; no pretrained "
               f"checkpoint given): features are reproducible but carry no learned vision", file=sys.stderr)
     return encoder
 
@@ -261,17 +198,17 @@ class VisualProjection(nn.Module):
         super().__init__()
         self.in_dim, self.hidden_size = in_dim, hidden_size
         kw = {"device": device, "dtype": torch.float32}
-        self.standardize = config.standardize
-        if config.standardize:  # buffers: saved in state_dict (adapter files), not trained
+        self.standardize = config.visual_standardize
+        if config.visual_standardize:  # buffers: saved in state_dict (adapter files), not trained
             self.register_buffer("feature_mean", torch.zeros(in_dim, **kw))
             self.register_buffer("feature_std", torch.ones(in_dim, **kw))
-        self.norm = nn.LayerNorm(in_dim, **kw) if config.norm else nn.Identity()
-        if config.projection == "mlp":
-            self.proj = nn.Sequential(nn.Linear(in_dim, config.hidden_dim, **kw), nn.GELU(),
-                                      nn.Linear(config.hidden_dim, hidden_size, **kw))
+        self.norm = nn.LayerNorm(in_dim, **kw) if config.visual_norm else nn.Identity()
+        if config.visual_projection == "mlp":
+            self.proj = nn.Sequential(nn.Linear(in_dim, config.visual_hidden, **kw), nn.GELU(),
+                                      nn.Linear(config.visual_hidden, hidden_size, **kw))
         else:
             self.proj = nn.Sequential(nn.Linear(in_dim, hidden_size, **kw))
-        if config.zero_init and self.proj[-1].weight.device.type != "meta":
+        if config.visual_zero_init and self.proj[-1].weight.device.type != "meta":
             nn.init.zeros_(self.proj[-1].weight)  # offset starts at exactly 0: text-only behaviour at step 0
             nn.init.zeros_(self.proj[-1].bias)
 
@@ -350,7 +287,7 @@ def check_encoder(adapter_file, encoder: ClipEncoder) -> None:
     expected = adapter_file.extra_metadata.get("visual_encoder")
     if expected and expected != encoder.identity:
         raise MMAdapterError(f"{adapter_file.path}: trained with image encoder {expected}, but this encoder "
-                             f"({encoder.config.clip_model}, pretrained={encoder.config.pretrained}) is {encoder.identity}")
+                             f"({encoder.config.clip_model}, pretrained={encoder.config.clip_pretrained}) is {encoder.identity}")
 
 
 def load_multimodal_adapter(model: nn.Module, path, device: torch.device | str | None = None

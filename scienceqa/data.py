@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from scienceqa.errors import ScienceQAError, fail
+from mm_adapter.scienceqa.errors import fail
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from scienceqa.data import METADATA_FIELDS, Problem, problem_from_record
-from scienceqa.errors import ScienceQAError, fail
+from mm_adapter.scienceqa.data import METADATA_FIELDS, Problem, problem_from_record
+from mm_adapter.scienceqa.errors import ScienceQAError, fail
 
 # Our split names (those of pid_splits.json) -> the Hugging Face ones.
 HF_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}

@@ -12,8 +12,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from scienceqa.data import Problem
-from scienceqa.predictions import NO_ANSWER, Predictions, check_predictions
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.scienceqa.predictions import NO_ANSWER, Predictions, check_predictions
 
 LOW_GRADES = frozenset(f"grade{g}" for g in range(1, 7))
 HIGH_GRADES = frozenset(f"grade{g}" for g in range(7, 13))

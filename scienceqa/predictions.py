@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from scienceqa.data import Problem, read_json
-from scienceqa.errors import fail
+from mm_adapter.scienceqa.data import Problem, read_json
+from mm_adapter.scienceqa.errors import fail
 
 NO_ANSWER = -1
 

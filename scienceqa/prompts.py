@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from scienceqa.data import Problem
+from mm_adapter.scienceqa.data import Problem
 
 ANSWER_PREFIX = "The answer is"
 

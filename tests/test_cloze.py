@@ -13,13 +13,15 @@ import contextlib
 import pytest
 import torch
 
-from eval.run import EvalConfig, evaluate
-from eval.scoring import choice_scores, option_text_log_probs
-from eval.sqa_train import encode_problem, format_metadata, resolve_format
-from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, prompt_offset, save_adapter
+from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, prompt_offset, read_adapter, save_adapter
+from mm_adapter.checkpoint import PROMPT_FORMAT_KEY
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.run import evaluate, resolve_format
+from mm_adapter.eval.scoring import choice_scores, option_text_log_probs
+from mm_adapter.jobs.scienceqa_data import encode_problem
 from mm_adapter.train_data import IGNORE_INDEX
-from scienceqa.data import Problem
-from scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
 from tests.test_eval_run import ATOL, PROBLEMS, make_tokenizer, single_thread  # noqa: F401  (fixture)
 from tests.tiny import tiny_model
 
@@ -58,6 +60,8 @@ def _reference_scores(model, tokenizer, problem: Problem, offset: torch.Tensor |
 
 
 def test_prompt_states_the_answer_by_its_text():
+    """QCM-T's target states the option text (prompt unchanged from QCM-A, no doubled period); QCM-A states the letter;
+    format names parse loosely."""
     problem = Problem("q", "Which is rough?", ("bark", "silk", "It is smooth."), 0)
     assert build_prompt(problem, FMT).target == " The answer is bark."
     assert build_prompt(problem, FMT).prompt == build_prompt(problem, "QCM-A").prompt
@@ -67,6 +71,7 @@ def test_prompt_states_the_answer_by_its_text():
 
 
 def test_training_labels_cover_exactly_the_stated_answer(tokenizer):
+    """A training example's labels cover exactly the stated answer text and the EOS, nothing of the prompt."""
     example = encode_problem(tokenizer, PROBLEMS[0], FMT)
     labelled = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
     assert tokenizer.decode(labelled, skip_special_tokens=True) == " The answer is cat."
@@ -74,6 +79,8 @@ def test_training_labels_cover_exactly_the_stated_answer(tokenizer):
 
 
 def test_score_equals_explicit_per_option_forward(model, tokenizer):
+    """Cloze scores of all options in one padded forward equal an explicit per-option forward (atol 1e-5); padding
+    columns are -inf."""
     scores = option_text_log_probs(model, tokenizer, [build_prompt(p, FMT, True).prompt for p in PROBLEMS],
                                    [p.choices for p in PROBLEMS])
     for row, problem in enumerate(PROBLEMS):
@@ -83,6 +90,7 @@ def test_score_equals_explicit_per_option_forward(model, tokenizer):
 
 
 def test_offsets_reach_every_option_of_their_own_row_only(model, tokenizer):
+    """Per-row image offsets reach every option of their own row only, and change the scores."""
     problems = PROBLEMS[:3]
     offsets = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 5
     prompts = [build_prompt(p, FMT, True).prompt for p in problems]
@@ -95,8 +103,9 @@ def test_offsets_reach_every_option_of_their_own_row_only(model, tokenizer):
 
 
 def test_score_mode_answers_with_the_option_text_and_batching_does_not_matter(model, tokenizer):
-    one = evaluate(model, tokenizer, PROBLEMS, EvalConfig(fmt=FMT, batch_size=1))
-    many = evaluate(model, tokenizer, PROBLEMS, EvalConfig(fmt=FMT, batch_size=4))
+    """Score mode in QCM-T answers with the stated option text; batch size changes neither choices nor probabilities."""
+    one = evaluate(model, tokenizer, PROBLEMS, EvalConfig(format=FMT, batch_size=1))
+    many = evaluate(model, tokenizer, PROBLEMS, EvalConfig(format=FMT, batch_size=4))
     for problem in PROBLEMS:
         answer = many[problem.pid]
         assert answer.choice == one[problem.pid].choice
@@ -113,12 +122,16 @@ def test_score_mode_answers_with_the_option_text_and_batching_does_not_matter(mo
     ("", None),
 ])
 def test_generated_text_is_read_by_option_text_only(text, expected):
+    """Generate mode in a text format reads the option text, never a letter; an unknown text is no answer."""
     assert extract_answer(text, 2, ("A pencil", "A pen"), by_text=True) == expected
 
 
 def test_adapter_file_records_its_format_and_explicit_choice_wins(model, tmp_path):
-    path = save_adapter(model, tmp_path / "cloze.safetensors", extra_metadata=format_metadata("qcm-t"))
+    """The format an adapter was trained on travels in its file and is used by default; an explicit other format wins,
+    with a note."""
+    path = save_adapter(model, tmp_path / "cloze.safetensors", extra_metadata={PROMPT_FORMAT_KEY: "QCM-T"})
     plain = save_adapter(model, tmp_path / "plain.safetensors")
+    assert read_adapter(path).prompt_format == "QCM-T" and read_adapter(plain).prompt_format is None
     notes: list[str] = []
     assert resolve_format(None, path, notes.append) == "QCM-T" and not notes
     assert resolve_format("QCM-A", path, notes.append) == "QCM-A"
@@ -127,6 +140,7 @@ def test_adapter_file_records_its_format_and_explicit_choice_wins(model, tmp_pat
 
 
 def test_two_line_choices_are_stated_on_one_line_and_read_back_with_their_case():
+    """A choice with a newline is stated on one line and read back to the right option, case included."""
     choices = ("See you soon,\nJanet", "See You Soon,\nJanet")
     stated = stated_answer(choices, 1, FMT)
     assert "\n" not in stated and stated == "The answer is See You Soon,\\nJanet."

@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-import eval.predictor as predictor_module
-from eval.predictor import Predictor, check_image, check_question
+import mm_adapter.demo.predictor as predictor_module
+from mm_adapter.demo.predictor import Predictor, check_image, check_question
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, save_adapter
 from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, visual_extras
 from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tests.tiny import tiny_model
 
-TINY = VisualConfig(clip_model=TINY_VIT, layers=2)
+TINY = VisualConfig(clip_model=TINY_VIT, clip_layers=2)
 QUESTION = "Which solution has a higher concentration of green particles?"
 CHOICES = ["Solution A", "Solution B", "neither; their concentrations are the same"]
 
@@ -98,6 +98,9 @@ def visual(files) -> Predictor:
 
 
 def test_the_image_goes_through_the_projection_into_the_prompts(visual, files):
+    """With a visual adapter the image changes the answer only through the projection into the prompts (a zeroed
+    projection equals no image); probabilities sum to 1 and name the chosen option; path and bytes give the same
+    answer."""
     red = visual.predict(files.red, QUESTION, CHOICES)
     noise = visual.predict(files.noise.read_bytes(), QUESTION, CHOICES)
     none = visual.predict(None, QUESTION, CHOICES)
@@ -126,6 +129,7 @@ def test_the_image_goes_through_the_projection_into_the_prompts(visual, files):
 
 
 def test_the_context_is_part_of_the_prompt(visual, files):
+    """The optional context text is part of the prompt (it changes the probabilities)."""
     plain = visual.predict(files.red, QUESTION, CHOICES).probabilities
     hinted = visual.predict(files.red, QUESTION, CHOICES, context="The particles are green.").probabilities
     assert plain != hinted
@@ -133,6 +137,8 @@ def test_the_context_is_part_of_the_prompt(visual, files):
 
 @pytest.mark.parametrize("adapter", [None, "text_only"])
 def test_without_visual_parts_the_image_is_checked_then_ignored(files, adapter):
+    """Without visual parts (no adapter or a text-only one) an image is checked, then ignored with a note; a non-image
+    is still refused."""
     predictor = Predictor.load(str(files.base), getattr(files, adapter) if adapter else None)
     with_image = predictor.predict(files.noise, QUESTION, CHOICES)
     assert not with_image.image_used
@@ -152,12 +158,15 @@ def test_without_visual_parts_the_image_is_checked_then_ignored(files, adapter):
     ("Why?", [str(i) for i in range(27)], "at most 26"),
 ])
 def test_bad_questions_are_one_line(question, choices, message):
+    """Every bad question or choice list is refused in one line saying what is wrong."""
     with pytest.raises(MMAdapterError, match=message) as info:
         check_question(question, choices)
     assert "\n" not in str(info.value)
 
 
 def test_bad_images_are_one_line(tmp_path, monkeypatch):
+    """Every bad image (empty, not an image, truncated, missing, too many pixels, too many bytes) is refused in one
+    line."""
     cases = {b"": "empty", b"GIF89a nonsense": "not an image", noise_png()[:300]: "truncated",
              tmp_path / "missing.png": "not found", png("white", (64, 64)): "too large"}
     for image, message in cases.items():
@@ -172,19 +181,22 @@ def test_bad_images_are_one_line(tmp_path, monkeypatch):
 
 
 def test_loading_refuses_encoders_the_adapter_cannot_use(files, tmp_path):
+    """Loading refuses an adapter whose image encoder is unknown, whose checkpoint does not fit, or that was trained
+    with another encoder, in one line."""
     model = adapted_model(tmp_path / "base")
     import open_clip
 
     other = tmp_path / "b32.pt"  # a checkpoint whose patch embedding belongs to a different encoder
     torch.save({"state_dict": {"visual.conv1.weight": torch.zeros(768, 3, 32, 32)}}, other)
-    unknown = VisualConfig(clip_model="ViT-Z-99", layers=2)
+    unknown = VisualConfig(clip_model="ViT-Z-99", clip_layers=2)
     assert open_clip.get_model_config("ViT-Z-99") is None
+    foreign = VisualConfig(clip_model=TINY_VIT, clip_layers=2, clip_pretrained=str(other))
     cases = {
         "unknown CLIP model 'ViT-Z-99'": save_visual_adapter(model, tmp_path / "unknown.safetensors", unknown),
-        "does not fit CLIP model mm-tiny-vit": save_visual_adapter(
-            model, tmp_path / "other.safetensors", VisualConfig(clip_model=TINY_VIT, layers=2, pretrained=str(other))),
+        "does not fit CLIP model mm-tiny-vit": save_visual_adapter(model, tmp_path / "other.safetensors", foreign),
         "trained with image encoder": save_visual_adapter(
-            model, tmp_path / "seed.safetensors", encoder_config=VisualConfig(clip_model=TINY_VIT, layers=2, seed=7)),
+            model, tmp_path / "seed.safetensors", encoder_config=VisualConfig(clip_model=TINY_VIT, clip_layers=2,
+                                                                              clip_seed=7)),
     }
     for message, adapter in cases.items():
         with pytest.raises(MMAdapterError, match=message) as info:
@@ -193,6 +205,7 @@ def test_loading_refuses_encoders_the_adapter_cannot_use(files, tmp_path):
 
 
 def test_concurrent_predictions_match_sequential_ones(visual, files):
+    """Predictions from many threads at once equal sequential ones (the shared model's prompt offset is not raced)."""
     images = [files.red, files.noise, None, files.red.read_bytes()] * 3
     expected = [visual.predict(image, QUESTION, CHOICES).probabilities for image in images]
     with ThreadPoolExecutor(max_workers=len(images)) as pool:

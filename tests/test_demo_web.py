@@ -1,5 +1,6 @@
-"""The demo web server: HTTP checks of every bad upload (one line, the server keeps serving), binary-exact
-uploads, concurrent requests; then the real page in headless Debian Chromium driven by Playwright.
+"""The demo web server (``mm-adapter serve``): HTTP checks of every bad upload (one line, the server keeps serving),
+binary-exact uploads, concurrent requests, the documented ``python scripts/serve_demo.py`` in a real process; then
+the real page in headless Debian Chromium driven by Playwright.
 
 The browser tests skip (with the reason) where /usr/bin/chromium (or $DEMO_CHROMIUM) or the playwright
 package is missing.
@@ -15,6 +16,9 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -24,11 +28,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import scripts.serve_demo as serve_demo
-from scripts._cli import run
+from mm_adapter.cli import main
+from mm_adapter.demo.server import PAGE, build_server, parse_choices
+from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.demo import load_predictor
+from mm_adapter.jobs.options import ModelOptions
 from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -41,9 +49,9 @@ def files(tmp_path_factory) -> DemoFiles:
 
 @pytest.fixture(scope="module")
 def server(files):
-    args = serve_demo.build_parser().parse_args(["--base", str(files.base), "--adapter", str(files.visual),
-                                                 "--port", "0"])
-    demo = serve_demo.build_server(args)
+    """The serve job's predictor (from its config) behind the demo server on a free port, in a thread."""
+    config = ServeConfig(adapter=str(files.visual), port=0, model=ModelOptions(base=str(files.base), device="cpu"))
+    demo = build_server(load_predictor(config), config.host, config.port)
     thread = threading.Thread(target=demo.serve_forever, daemon=True)
     thread.start()
     yield demo
@@ -82,14 +90,19 @@ def ask(url: str, image: tuple[str, bytes] | None, choices: str = "\n".join(CHOI
 
 
 def test_page_is_self_contained(server):
+    """The page (the packaged page.html with the model filled in) names what answers and fetches nothing from any
+    other address; the server listens on this machine only by default."""
     with urllib.request.urlopen(server.url, timeout=10) as response:
         page = response.read().decode()
     assert "mm-adapter" in page and "image encoder mm-tiny-vit" in page and "{{MODEL}}" not in page
     assert not re.search(r"https?:|['\"(]//", page)  # no address outside this server, not even scheme-relative
     assert server.url.startswith("http://127.0.0.1:")
+    assert PAGE.name == "page.html" and "{{MODEL}}" in PAGE.read_text(encoding="utf-8")
 
 
 def test_upload_bytes_arrive_exactly_and_choices_may_be_comma_separated(server):
+    """Binary uploads reach the predictor byte for byte (same probabilities as calling it here); choices may be one
+    per line or comma-separated; no file chosen is answered from the text with a note."""
     image = noise_png(5)  # binary bytes with CR, LF and NUL in them
     assert b"\r" in image and b"\0" in image
     status, data = ask(server.url, ("noise.png", image))
@@ -100,6 +113,7 @@ def test_upload_bytes_arrive_exactly_and_choices_may_be_comma_separated(server):
     status, data = ask(server.url, None, choices="Solution A, Solution B,")
     assert status == 200 and [o["text"] for o in data["options"]] == ["Solution A", "Solution B"]
     assert not data["image_used"] and "no image given" in data["note"]
+    assert parse_choices("a\n\n b \n") == ["a", "b"] and parse_choices("a, b,, c") == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("case, message, code", [
@@ -113,6 +127,7 @@ def test_upload_bytes_arrive_exactly_and_choices_may_be_comma_separated(server):
     ("too many bytes", "upload too large (21.0 MiB", 413),
 ])
 def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypatch, case, message, code):
+    """Every bad upload or form gets its HTTP status and one line; the next request is answered as usual."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # the server runs in this process; 48x48 images pass
     red = ("red.png", png("red", (20, 20)))
     requests = {
@@ -132,19 +147,46 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypa
 
 
 def test_start_up_problems_are_one_line_and_exit_2(server, files, capfd):
+    """``mm-adapter serve`` with an unreadable adapter, a busy port or a bad port: exit 2, the last stderr line is
+    one "error:" line naming the problem."""
     port = str(server.server_address[1])
     cases = {"not a readable safetensors file": ["--adapter", str(files.red)],
              f"cannot listen on 127.0.0.1:{port} (Address already in use)": ["--adapter", str(files.visual),
-                                                                               "--port", port]}
+                                                                               "--port", port],
+             "--port: must be <= 65535": ["--port", "70000"]}
     for message, argv in cases.items():
         capfd.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            run(serve_demo.main, ["--base", str(files.base), *argv])
+        code = main(["serve", "--base", str(files.base), "--device", "cpu", *argv])
         err = capfd.readouterr().err.splitlines()
-        assert exit_info.value.code == 2 and err[-1].startswith("error: ") and message in err[-1], err
+        assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err
+
+
+def test_documented_script_serves_until_interrupted(files, tmp_path):
+    """``python scripts/serve_demo.py`` (the documented command) starts the server in a real process, says its
+    address on stdout, answers /health with what answers the questions, and stops on Ctrl-C."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(REPO / "scripts" / "serve_demo.py"), "--base", str(files.base), "--adapter",
+               str(files.visual), "--port", "0", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path)
+    try:
+        line = process.stdout.readline()
+        found = re.match(r"demo at (http://127\.0\.0\.1:\d+/) \(", line)
+        assert found, (line, process.stderr.read() if process.poll() is not None else "")
+        with urllib.request.urlopen(found.group(1) + "health", timeout=30) as response:
+            health = json.loads(response.read())
+        assert "adapter visual" in health["model"] and "image encoder mm-tiny-vit" in health["model"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert process.stderr.read().splitlines()[-1] == "interrupted"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_concurrent_requests_get_their_own_answers(server):
+    """Requests arriving together each get the answer for their own image (the same as sequential predictions)."""
     images = [("a.png", png("red")), ("b.png", noise_png(1)), ("c.png", png("blue"))] * 2
     expected = [server.predictor.predict(data, QUESTION, CHOICES).probabilities for _, data in images]
     with ThreadPoolExecutor(max_workers=len(images)) as pool:
@@ -176,6 +218,8 @@ def read_answer(page) -> tuple[str, list[tuple[str, float, float]]]:
 
 
 def test_the_page_answers_uploads_and_explains_bad_ones(server, browser, files):
+    """In a real browser: the page answers an upload (answer line, one row per option, percentages summing to 100),
+    explains a bad upload in one line and keeps working; it requests nothing outside this server."""
     requests: list[str] = []
     page = browser.new_page(viewport={"width": 1000, "height": 640})
     page.on("request", lambda request: requests.append(request.url))

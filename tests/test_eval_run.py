@@ -14,13 +14,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import eval.run as runner
-from eval.run import EvalConfig, evaluate, partial_path, run
-from eval.scoring import encode_scored, greedy_generate, option_probabilities
+import mm_adapter.eval.run as runner
+from mm_adapter.eval.run import EvalConfig, evaluate, partial_path, run
+from mm_adapter.eval.scoring import encode_scored, greedy_generate, option_probabilities
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter
-from scienceqa.data import Problem
-from scienceqa.predictions import load_predictions
-from scienceqa.prompts import build_prompt, option_letters
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.scienceqa.predictions import load_predictions
+from mm_adapter.scienceqa.prompts import build_prompt, option_letters
 from tests.tiny import tiny_model
 
 ATOL = 1e-5  # float32: batched vs unbatched matmuls differ only by rounding
@@ -92,7 +92,9 @@ def _reference_probs(model, tokenizer, problem: Problem) -> torch.Tensor:
 
 
 def test_score_mode_equals_explicit_unbatched_forward(model, tokenizer):
-    answers = evaluate(model, tokenizer, PROBLEMS, EvalConfig(fmt=FMT, batch_size=3))
+    """Score mode's choice and option probabilities equal one explicit unbatched forward per question (atol 1e-5), and
+    its output states the letter."""
+    answers = evaluate(model, tokenizer, PROBLEMS, EvalConfig(format=FMT, batch_size=3))
     for problem in PROBLEMS:
         reference = _reference_probs(model, tokenizer, problem)
         answer = answers[problem.pid]
@@ -112,14 +114,18 @@ def test_scored_letter_is_the_token_training_produces(tokenizer):
 
 
 def test_tokenizer_without_single_letter_tokens_is_refused():
+    """A tokenizer whose option letters share a first token cannot be scored: refused in one error, never scored
+    wrongly."""
     with pytest.raises(MMAdapterError, match="distinct first tokens"):
         encode_scored(make_tokenizer(merges=False), ["Answer:"], [3])
 
 
 @pytest.mark.parametrize("batch_size", [2, 7])
 def test_batch_size_changes_neither_choices_nor_probabilities(model, tokenizer, batch_size):
-    one = evaluate(model, tokenizer, PROBLEMS, EvalConfig(fmt=FMT, batch_size=1))
-    many = evaluate(model, tokenizer, PROBLEMS, EvalConfig(fmt=FMT, batch_size=batch_size))
+    """Batching and padding change neither the choices nor the probabilities (beyond float32 rounding); answers come
+    back in input order."""
+    one = evaluate(model, tokenizer, PROBLEMS, EvalConfig(format=FMT, batch_size=1))
+    many = evaluate(model, tokenizer, PROBLEMS, EvalConfig(format=FMT, batch_size=batch_size))
     assert list(many) == [p.pid for p in PROBLEMS]
     for pid, answer in many.items():
         assert answer.choice == one[pid].choice
@@ -146,6 +152,7 @@ def test_image_offsets_are_per_row_and_batch_invariant(tokenizer):
 
 
 def test_greedy_generate_batched_equals_unpadded_generate(model, tokenizer):
+    """Batched, left-padded greedy decoding gives exactly the text of transformers' unpadded generate per prompt."""
     prompts = [build_prompt(p, FMT, use_caption=True).prompt for p in PROBLEMS[:4]]
     batched = greedy_generate(model, tokenizer, prompts, max_new_tokens=6, stop_at_newline=False)
     for prompt, text in zip(prompts, batched):
@@ -155,6 +162,8 @@ def test_greedy_generate_batched_equals_unpadded_generate(model, tokenizer):
 
 
 def test_generate_mode_parses_and_counts_unparseable(model, tokenizer, tmp_path, monkeypatch):
+    """Generate mode reads the answer from the text; an unreadable or ambiguous one is stored as -1 and counted, never
+    guessed."""
     canned = {"Which animal": "The answer is B.", "Is ice": "I am not sure.", "Which word": "(C)",
               "What is the capital": "The answer is A. No, the answer is B.", "Which is heavier": "a brick",
               "Which planet": "The answer is F.", "Select": "A"}
@@ -185,7 +194,9 @@ def _spy(monkeypatch) -> list[str]:
 
 def test_resume_after_kill_computes_only_the_rest_and_matches_an_uninterrupted_run(
         model, tokenizer, tmp_path, monkeypatch):
-    config, identity = EvalConfig(fmt=FMT, batch_size=2), {"base": "tiny"}
+    """After a kill (stopped run plus a truncated last line) a rerun computes only the missing pids and writes a file
+    byte-identical to an uninterrupted run's."""
+    config, identity = EvalConfig(format=FMT, batch_size=2), {"base": "tiny"}
     run(model, tokenizer, PROBLEMS, tmp_path / "full.json", config, identity, progress=False)
     out = tmp_path / "pred.json"
     first = run(model, tokenizer, PROBLEMS, out, config, identity, max_batches=2, progress=False)
@@ -203,6 +214,8 @@ def test_resume_after_kill_computes_only_the_rest_and_matches_an_uninterrupted_r
 
 
 def test_finished_file_and_foreign_partial_are_refused(model, tokenizer, tmp_path):
+    """A finished predictions file is replaced only with overwrite; a partial file of another configuration is refused
+    naming the differing key, and discarded with overwrite."""
     out = tmp_path / "pred.json"
     run(model, tokenizer, PROBLEMS[:2], out, EvalConfig(), {"base": "tiny"}, progress=False)
     with pytest.raises(MMAdapterError, match="exists"):
@@ -211,14 +224,16 @@ def test_finished_file_and_foreign_partial_are_refused(model, tokenizer, tmp_pat
 
     other = tmp_path / "other.json"
     run(model, tokenizer, PROBLEMS, other, EvalConfig(batch_size=2), {"base": "tiny"}, max_batches=1, progress=False)
-    with pytest.raises(MMAdapterError, match=r"another configuration \(fmt: 'QCM-A' there, 'CQM-A' now\)"):
-        run(model, tokenizer, PROBLEMS, other, EvalConfig(fmt="CQM-A"), {"base": "tiny"}, progress=False)
-    summary = run(model, tokenizer, PROBLEMS, other, EvalConfig(fmt="CQM-A"), {"base": "tiny"}, overwrite=True,
+    with pytest.raises(MMAdapterError, match=r"another configuration \(format: 'QCM-A' there, 'CQM-A' now\)"):
+        run(model, tokenizer, PROBLEMS, other, EvalConfig(format="CQM-A"), {"base": "tiny"}, progress=False)
+    summary = run(model, tokenizer, PROBLEMS, other, EvalConfig(format="CQM-A"), {"base": "tiny"}, overwrite=True,
                   progress=False)
-    assert summary.resumed == 0 and json.loads(other.read_text())["config"]["fmt"] == "CQM-A"
+    assert summary.resumed == 0 and json.loads(other.read_text())["config"]["format"] == "CQM-A"
 
 
 def test_predictions_file_shape(model, tokenizer, tmp_path):
+    """The predictions file is the official shape in problem order (whatever the batch plan), with outputs and per-
+    option probabilities summing to 1."""
     out = tmp_path / "pred.json"
     run(model, tokenizer, PROBLEMS, out, EvalConfig(batch_size=4), {"base": "tiny"}, name="tiny zs", progress=False)
     data = json.loads(out.read_text())
@@ -231,6 +246,7 @@ def test_predictions_file_shape(model, tokenizer, tmp_path):
 
 
 def test_evaluate_from_a_training_loop_runs_in_eval_mode_and_restores_it(tokenizer):
+    """evaluate() answers without dropout when called from a training loop and restores the model's training mode."""
     model = tiny_model("llama-gqa", vocab_size=len(tokenizer), attention_dropout=0.5)
     reference = evaluate(model, tokenizer, PROBLEMS[:3])
     model.train()

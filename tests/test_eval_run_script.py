@@ -1,30 +1,33 @@
-"""scripts/eval_scienceqa.py end to end on a tiny saved model, and a smoke run of SmolLM2 on real val data."""
+"""The ``eval scienceqa`` job end to end on a tiny saved model (the job function, the command in this process,
+the documented ``python scripts/eval_scienceqa.py`` in a real process), and a smoke run of SmolLM2 on real val data."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from eval.run import EvalConfig, accuracy, evaluate
-from eval.scoring import encode_scored
 from mm_adapter import MMAdapterError
-from scienceqa.data import load_official
-from scienceqa.predictions import load_predictions
-from scienceqa.prompts import build_prompt, option_letters
+from mm_adapter.cli import main as cli_main
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.run import accuracy, evaluate, partial_path
+from mm_adapter.eval.scoring import encode_scored
+from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.jobs.options import ModelOptions, ScienceQASource
+from mm_adapter.scienceqa.data import load_official
+from mm_adapter.scienceqa.predictions import load_predictions
+from mm_adapter.scienceqa.prompts import build_prompt, option_letters
 from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tests.tiny import tiny_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval_scienceqa.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("eval_scienceqa", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "eval_scienceqa.py"
 
 
 def _official_layout(root: Path) -> Path:
@@ -48,20 +51,77 @@ def base_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_script_writes_predictions_prints_the_table_and_refuses_a_rerun(base_folder, tmp_path, capsys):
-    data, out = _official_layout(tmp_path / "data"), tmp_path / "runs" / "pred.json"
-    argv = ["--base", str(base_folder), "--data", str(data), "--split", "val", "--batch-size", "3",
-            "--out", str(out), "--bootstrap", "50", "--no-progress", "--name", "tiny"]
-    assert _script().main(argv) == 0
-    table = capsys.readouterr()
-    assert "| **tiny** |" in table.out and "| ↳ n | 7 | 0 | 0 |" in table.out
-    assert "7 problems (0 resumed)" in table.err
-    predictions = load_predictions(out)
-    assert len(predictions) == 7 and json.loads(out.read_text())["config"]["base"] == str(base_folder)
+def _config(base: Path, data: Path, out: Path, **overrides) -> EvalScienceQAConfig:
+    return EvalScienceQAConfig(split="val", out=str(out), source=ScienceQASource(data=str(data)),
+                               model=ModelOptions(base=str(base), device="cpu"), eval=EvalConfig(batch_size=3),
+                               bootstrap=50, progress=False, name="tiny", **overrides)
+
+
+def test_job_writes_the_output_folder_and_refuses_a_rerun(base_folder, tmp_path, capsys):
+    """The job answers every problem into OUT/predictions.json (official shape, the base in its config), returns and
+    writes the table (table.md, summary.json, config.yaml; no partial file left), says the run summary on stderr,
+    and refuses to overwrite a finished run or one of its own inputs (even with overwrite)."""
+    data, out = _official_layout(tmp_path / "data"), tmp_path / "runs" / "tiny"
+    result = eval_scienceqa(_config(base_folder, data, out))
+    assert result.out == out and result.predictions == out / "predictions.json"
+    assert "| **tiny** |" in result.table and "| ↳ n | 7 | 0 | 0 |" in result.table
+    assert "7 problems (0 resumed)" in capsys.readouterr().err
+    predictions = load_predictions(result.predictions)
+    assert len(predictions) == 7 and json.loads(result.predictions.read_text())["config"]["base"] == str(base_folder)
+    assert (result.summary.total, result.summary.finished) == (7, True) and result.scores.scored == 7
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "predictions.json", "summary.json", "table.md"]
+    assert not partial_path(result.predictions).exists()
+    assert (out / "table.md").read_text() == result.table
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "val" and summary["name"] == "tiny" and summary["config"]["format"] == "QCM-A"
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["command"] == "eval scienceqa" and written["split"] == "val" and written["out"] == str(out)
     with pytest.raises(MMAdapterError, match="exists"):
-        _script().main(argv)
-    with pytest.raises(MMAdapterError, match="one of the inputs"):
-        _script().main([str(data / "problems.json") if arg == str(out) else arg for arg in argv])
+        eval_scienceqa(_config(base_folder, data, out))
+    with pytest.raises(MMAdapterError, match="one of the inputs"):  # a reference kept in the folder written
+        eval_scienceqa(_config(base_folder, data, out, reference=str(out / "summary.json"), overwrite=True))
+    assert load_predictions(result.predictions).results == predictions.results
+
+
+def test_command_prints_the_table_and_its_config_file_reproduces_the_run(base_folder, tmp_path, capsys):
+    """``mm-adapter eval scienceqa`` prints the Markdown table on stdout and the run summary on stderr; the
+    config.yaml it writes, passed back with --config (and another --out), gives the same predictions; a missing
+    --split or a rerun into a finished folder is one "error:" line and exit 2."""
+    data, out = _official_layout(tmp_path / "data"), tmp_path / "first"
+    argv = ["eval", "scienceqa", "--base", str(base_folder), "--data", str(data), "--split", "val",
+            "--batch-size", "3", "--out", str(out), "--bootstrap", "0", "--no-progress", "--name", "tiny",
+            "--device", "cpu"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr()
+    assert printed.out == (out / "table.md").read_text() and "| **tiny** |" in printed.out
+    assert "7 problems (0 resumed)" in printed.err
+    again = tmp_path / "again"
+    assert cli_main(["eval", "scienceqa", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    capsys.readouterr()
+    assert load_predictions(again / "predictions.json").results == load_predictions(out / "predictions.json").results
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "exists" in err and err.count("\n") == 1
+    assert cli_main([a for a in argv if a not in ("--split", "val")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--split" in err and err.count("\n") == 1
+
+
+def test_documented_script_path_still_runs(base_folder, tmp_path):
+    """``python scripts/eval_scienceqa.py`` (the documented command) runs the same job in a real process: the table on
+    stdout, the predictions in the --out folder; a bad input is one line on stderr, exit 2, no traceback."""
+    data, out = _official_layout(tmp_path / "data"), tmp_path / "out"
+    argv = [sys.executable, str(SCRIPT), "--base", str(base_folder), "--data", str(data), "--split", "val",
+            "--out", str(out), "--bootstrap", "0", "--no-progress", "--name", "tiny", "--device", "cpu",
+            "--threads", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| **tiny** |" in done.stdout and len(load_predictions(out / "predictions.json")) == 7
+    bad = subprocess.run([*argv, "--batch-size", "0"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--batch-size" in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
-"""scripts/convert_adapter.py: official -> ours -> PEFT on a base folder, overwrite protection, one-line errors."""
+"""``mm-adapter convert``: official -> ours -> PEFT on a base folder, overwrite protection, one-line errors; the
+documented ``python scripts/convert_adapter.py`` in a real process."""
 
-import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,20 +13,21 @@ from safetensors import safe_open
 from tiny_text import REPO, tiny_base_folder
 
 from mm_adapter import load_adapter, load_base
+from mm_adapter.cli import main
 from mm_adapter.interop import load_foreign_adapter
+from mm_adapter.jobs.configs import ConvertConfig
+from mm_adapter.jobs.convert import convert as convert_job
+from mm_adapter.jobs.options import ModelOptions
 
 SCRIPT = REPO / "scripts" / "convert_adapter.py"
 
 
 def convert(*args, capsys):
-    """The script's entry point in this process; returns (exit code, stdout, stderr)."""
-    spec = importlib.util.spec_from_file_location("convert_adapter_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit:
-        module.run(module.main, [str(arg) for arg in args])
+    """``mm-adapter convert ARGS`` in this process; returns (exit code, stdout, stderr) of that call alone."""
+    capsys.readouterr()
+    code = main(["convert", *(str(arg) for arg in args)])
     out = capsys.readouterr()
-    return exit.value.code, out.out, out.err
+    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +48,12 @@ def logits(model):
 
 
 def test_official_to_ours_to_peft_and_back(base, tmp_path, capsys):
+    """The official release converted to ours gives the same logits as loading the release directly (and records
+    where it came from); ours -> PEFT -> ours gives them back; the command says what it wrote, nothing on stderr."""
     release = official_file(tmp_path / "release.pth")
-    code, out, err = convert("--from", "official", "--to", "ours", "--base", base, release, tmp_path / "a.safetensors",
-                             capsys=capsys)
-    assert (code, err) == (0, "") and "official -> ours" in out
+    written = convert_job(ConvertConfig(input=str(release), output=str(tmp_path / "a.safetensors"), source="official",
+                                        target="ours", model=ModelOptions(base=str(base))))
+    assert written == tmp_path / "a.safetensors"
     with safe_open(str(tmp_path / "a.safetensors"), "pt") as handle:
         assert handle.metadata()["imported_from"] == "official:release.pth"
     direct, _ = load_base(str(base))
@@ -56,9 +62,9 @@ def test_official_to_ours_to_peft_and_back(base, tmp_path, capsys):
     load_adapter(converted, tmp_path / "a.safetensors")  # our loader, with its base check
     assert torch.equal(logits(converted), logits(direct))
 
-    code, _, err = convert("--from", "ours", "--to", "peft", "--base", base, tmp_path / "a.safetensors",
-                           tmp_path / "peft", capsys=capsys)
-    assert (code, err) == (0, "")
+    code, out, err = convert("--from", "ours", "--to", "peft", "--base", base, tmp_path / "a.safetensors",
+                             tmp_path / "peft", capsys=capsys)
+    assert (code, err, out) == (0, "", f"wrote {tmp_path / 'peft'}\n")
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["adapter_len"] == 10
     code, _, err = convert("--from", "peft", "--to", "ours", "--base", base, tmp_path / "peft",
                            tmp_path / "b.safetensors", capsys=capsys)
@@ -69,9 +75,18 @@ def test_official_to_ours_to_peft_and_back(base, tmp_path, capsys):
 
 
 def test_existing_output_is_refused_unless_overwrite(base, tmp_path, capsys):
+    """An existing OUTPUT is refused in one line and left untouched (the documented script in a real process: exit
+    2, no traceback); with --overwrite it is replaced."""
     release = official_file(tmp_path / "release.pth")
     target = tmp_path / "a.safetensors"
     target.write_text("keep me")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--from", "official", "--to", "ours", "--base", str(base),
+                           str(release), str(target)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: {target}: already exists (use --overwrite to replace it)\n"
+    assert target.read_text() == "keep me"
     code, _, err = convert("--from", "official", "--to", "ours", "--base", base, release, target, capsys=capsys)
     assert code == 2 and err == f"error: {target}: already exists (use --overwrite to replace it)\n"
     assert target.read_text() == "keep me"
@@ -88,6 +103,8 @@ def test_existing_output_is_refused_unless_overwrite(base, tmp_path, capsys):
     ("missing", r"nowhere.pth: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(base, tmp_path, capsys, case, match):
+    """A release of another shape, per-head gates PEFT cannot hold, a missing file: exit 2, one "error:" line naming
+    the problem, no output written."""
     release = official_file(tmp_path / "r.pth", heads=8 if case == "heads" else 4)
     if case == "spread":
         state = torch.load(release)

@@ -1,6 +1,6 @@
 """ScienceQA with images, end to end on a tiny Llama and the tiny ViT: the answer is only the picture's colour.
 
-The scripts run in this process (imports are the slow part on two busy cores). With images the
+The train and eval jobs run in this process (imports are the slow part on two busy cores). With images the
 adapter must learn the colour; text-only on the same data must stay near chance (1/3); the adapter
 file reloads in one call with identical logits; no-image problems never see the projection; a
 resumed run restores the projection and ends bit-identical to an uninterrupted one.
@@ -8,11 +8,9 @@ resumed run restores the projection and ends bit-identical to an uninterrupted o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,20 +20,27 @@ from tiny import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from eval.run import EvalConfig, evaluate
-from eval.scoring import option_log_probs
-from eval.sqa_visual import ImageOffsets, compute_features
-from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_base, read_adapter, save_adapter
+from mm_adapter import AdapterConfig, MMAdapterError, TrainConfig, attach_adapter, load_base, read_adapter, save_adapter
 from mm_adapter.checkpointing import load_checkpoint
+from mm_adapter.cli.commands import find
+from mm_adapter.cli.parse import parse
+from mm_adapter.train import build_optimizer
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.features import ImageOffsets, compute_features
+from mm_adapter.eval.run import evaluate
+from mm_adapter.eval.scoring import option_log_probs
+from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.jobs.options import ModelOptions, ScienceQASource
+from mm_adapter.jobs.train_scienceqa import train_scienceqa
+from mm_adapter.multimodal import PROJECTION_ATTR, attach_projection, projection_lr_scales
+from mm_adapter.scienceqa.data import Problem, read_official
+from mm_adapter.scienceqa.prompts import build_prompt, option_letters
 from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, load_multimodal_adapter, \
     visual_extras
-from scienceqa.data import Problem, read_official
-from scienceqa.prompts import build_prompt, option_letters
-from scripts._cli import run as run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
-VISUAL = VisualConfig(clip_model=TINY_VIT, layers=2)
+VISUAL = VisualConfig(clip_model=TINY_VIT, clip_layers=2)
 
 
 def picture(colour: str, rng: random.Random) -> Image.Image:
@@ -94,9 +99,12 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+@pytest.fixture(autouse=True, scope="module")
+def cache_dir(tmp_path_factory):
+    """The feature cache in the test's temporary folder, for the module fixtures' training runs too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MM_ADAPTER_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -111,45 +119,56 @@ def setup(tmp_path_factory):
     return folder, data
 
 
-def script(name: str, *argv: str) -> int:
-    """scripts/<name>.py's entry point in this process; returns its exit code."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit:
-        run_cli(module.main, list(argv))
-    return exit.value.code
+def tiny_config(folder: Path, data: Path, out: Path, images: bool = False, resume: bool = False):
+    """Tiny settings: QCM-A, adapter 8 x 4 (N(0,1) prompts), 8 epochs of 9 steps, lr 5e-2, the tiny ViT."""
+    return TrainScienceQAConfig(
+        out=str(out), source=ScienceQASource(data=str(data)), format="QCM-A", images=images,
+        model=ModelOptions(base=str(folder / "base"), dtype="fp32"),
+        adapter=AdapterConfig(adapter_len=8, adapter_layers=4, prompt_init="normal"),
+        train=TrainConfig(epochs=8, warmup_epochs=1, batch_size=8, lr=5e-2, bf16=False, checkpoint_every=36,
+                          progress=False, resume=resume),
+        visual=VisualConfig(clip_model=TINY_VIT, clip_layers=2, visual_standardize=True))
 
 
-def finetune(folder: Path, data: Path, out: Path, *extra: str) -> int:
-    return script("finetune_scienceqa", "--base", str(folder / "base"), "--data", str(data), "--out", str(out),
-                  "--adapter-len", "8", "--adapter-layers", "4", "--epochs", "8", "--warmup-epochs", "1",
-                  "--batch-size", "8", "--lr", "5e-2", "--dtype", "fp32", "--no-bf16", "--checkpoint-every", "36",
-                  "--no-progress", "--clip-model", TINY_VIT, "--clip-layers", "2", *extra)
+def finetune(folder: Path, data: Path, out: Path, images: bool = False, resume: bool = False):
+    """train_scienceqa in this process with the tiny settings."""
+    return train_scienceqa(tiny_config(folder, data, out, images, resume))
+
+
+def test_flags_spell_the_tiny_run(tmp_path):
+    """The documented flags of `mm-adapter train scienceqa` give exactly the config the job runs here with."""
+    flags = ["--base", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+             "--format", "QCM-A", "--adapter-len", "8", "--adapter-layers", "4", "--prompt-init", "normal",
+             "--epochs", "8", "--warmup-epochs", "1", "--batch-size", "8", "--lr", "5e-2", "--dtype", "fp32",
+             "--no-bf16", "--checkpoint-every", "36", "--no-progress", "--clip-model", TINY_VIT, "--clip-layers", "2",
+             "--images", "--resume"]
+    parsed = parse(find(["train", "scienceqa"])[0], flags)
+    assert parsed == tiny_config(tmp_path, tmp_path / "data", tmp_path / "out", images=True, resume=True)
 
 
 @pytest.fixture(scope="module")
 def trained(setup):
     """One run with images, one text-only, same data and budget."""
     folder, data = setup
-    assert finetune(folder, data, folder / "img", "--images") == 0
-    assert finetune(folder, data, folder / "txt") == 0
+    for run, images in (("img", True), ("txt", False)):
+        result = finetune(folder, data, folder / run, images=images)
+        assert result.train.steps == 72 and result.best_path == folder / run / "best.safetensors"
+        assert result.best_path.is_file() and 0 < result.best_step <= 72
     return folder
 
 
-def test_images_learned_text_only_at_chance(setup, trained, capsys):
+def test_images_learned_text_only_at_chance(setup, trained):
+    """On test, the image adapter answers the picture's colour (>= 85%); the text-only one stays near chance."""
     folder, data = setup
     accuracy = {}
     for run in ("img", "txt"):
-        out = folder / f"{run}-test.json"
-        assert script("eval_scienceqa", "--base", str(folder / "base"), "--adapter", str(folder / run / "best.safetensors"),
-                      "--data", str(data), "--split", "test", "--out", str(out), "--bootstrap", "0",
-                      "--no-progress") == 0
-        table = capsys.readouterr().out
-        header = next(line for line in table.splitlines() if "IMG" in line)
-        row = next(line for line in table.splitlines() if line.startswith("| **"))  # the method's row, not "n"
-        accuracy[run] = float(row.split("|")[[c.strip() for c in header.split("|")].index("IMG")])
+        result = eval_scienceqa(EvalScienceQAConfig(
+            split="test", out=str(folder / f"{run}-test"), source=ScienceQASource(data=str(data)),
+            adapter=str(folder / run / "best.safetensors"), bootstrap=0, progress=False,
+            model=ModelOptions(base=str(folder / "base"))))
+        assert result.predictions.is_file() and "IMG" in result.table
+        assert result.summary.total == 48 and result.scores.scored == 48
+        accuracy[run] = result.scores["IMG"].acc
     assert accuracy["img"] >= 85.0, accuracy  # percent; chance is 33.3
     assert accuracy["txt"] <= 50.0, accuracy
 
@@ -163,10 +182,12 @@ def open_gates(model) -> None:
 
 def random_projection(encoder) -> VisualProjection:
     torch.manual_seed(1)
-    return VisualProjection(encoder.feature_dim, 64, VisualConfig(clip_model=TINY_VIT, layers=2, zero_init=False))
+    return VisualProjection(encoder.feature_dim, 64, VisualConfig(clip_model=TINY_VIT, clip_layers=2, visual_zero_init=False))
 
 
 def test_adapter_file_round_trip_gives_identical_logits(setup, tmp_path):
+    """An adapter file with the visual part reloads in one call (frozen) with identical logits; a text-only file
+    loads no visual part."""
     folder, data = setup
     model, tokenizer = load_base(str(folder / "base"))
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=3))
@@ -208,7 +229,30 @@ def test_best_file_carries_the_visual_part(setup, trained):
     assert stats["visual.feature_std"].shape == (encoder.feature_dim,) and stats["visual.feature_mean"].abs().sum() > 0
 
 
+def test_projection_learning_rates_scale_with_fan_in():
+    """The widest projection layer (and the norm) trains at lr x lr_scale, a narrower Linear at lr x lr_scale x
+    widest fan-in / its fan-in (capped at lr); the prompts and gates keep lr, in the first (logged) groups."""
+    model = tiny_model("llama-gqa")
+    attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=2))
+    projection = VisualProjection(512, 64, VisualConfig(clip_model=TINY_VIT, visual_hidden=32)).requires_grad_(False)
+    assert attach_projection(model, projection) is getattr(model, PROJECTION_ATTR) is projection
+    assert all(p.requires_grad for p in projection.parameters())  # trained, checkpointed and restored with the model
+    scales = projection_lr_scales(projection, 0.01)
+    first, second = projection.proj[0], projection.proj[2]
+    assert all(scales[p] == 0.01 for p in (*first.parameters(), *projection.norm.parameters()))
+    assert all(scales[p] == 0.01 * 512 / 32 for p in second.parameters())
+    assert projection_lr_scales(projection, 0.5)[second.weight] == 1.0  # capped at the prompts' lr
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.02), 1e-3, scales)
+    lr_of = {id(p): group.get("lr") for group in optimizer.param_groups for p in group["params"]}
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    assert all(lr_of[id(p)] == 1e-3 for n, p in model.named_parameters() if p.requires_grad
+               and not n.startswith(PROJECTION_ATTR))
+    assert all(lr_of[id(p)] == 1e-3 * scales[p] for p in projection.parameters())
+    assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+
+
 def test_no_image_problems_are_unaffected_by_the_projection(setup):
+    """A problem without an image gets an offset of exactly 0: answered as by the text-only adapter."""
     folder, data = setup
     model, tokenizer = load_base(str(folder / "base"))
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=3))
@@ -235,7 +279,7 @@ def test_resume_restores_the_projection(setup, trained):
     assert any(k.startswith("param.visual_projection.") for k in load_checkpoint(checkpoints[0]).tensors)
     cut = folder / "img-cut"
     shutil.copytree(checkpoints[0], cut / "checkpoints" / checkpoints[0].name)
-    assert finetune(folder, data, cut, "--images", "--resume") == 0
+    assert finetune(folder, data, cut, images=True, resume=True).train.steps == 72
     expected, got = read_adapter(whole / "adapter.safetensors"), read_adapter(cut / "adapter.safetensors")
     assert expected.extra_tensors.keys() == got.extra_tensors.keys() and "visual.proj.2.weight" in got.extra_tensors
     assert any(v.abs().sum() > 0 for k, v in got.extra_tensors.items() if k.startswith("visual.proj.2"))
@@ -247,6 +291,8 @@ def test_resume_restores_the_projection(setup, trained):
 
 
 def test_bad_images_are_one_line_or_skipped(setup, tmp_path):
+    """A truncated or missing image is one error line naming it (and --skip-bad-images); skipped, it becomes a
+    no-image problem; HF-layout image bytes give the same features as the files."""
     folder, data = setup
     problems = read_official(data, "val")[0]
     broken = shutil.copytree(data, tmp_path / "data")

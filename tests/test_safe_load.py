@@ -47,6 +47,8 @@ def test_the_payload_really_runs_when_unpickled_unsafely(tmp_path):
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_load_torch_file_refuses_in_one_line_without_running_code(tmp_path, legacy):
+    """load_torch_file refuses a zip or legacy pickle carrying a payload, in one line naming the file, before the
+    payload runs."""
     sentinel = tmp_path / "SENTINEL"
     path = malicious(tmp_path / "adapter.pth", sentinel, legacy=legacy)
     with pytest.raises(MMAdapterError, match=r"adapter.pth: refused to load: it contains objects other than "
@@ -57,6 +59,8 @@ def test_load_torch_file_refuses_in_one_line_without_running_code(tmp_path, lega
 
 
 def test_every_importer_refuses_the_payload(tmp_path):
+    """Every reader of foreign checkpoints (official, litgpt, PEFT adapters; Meta-format bases) refuses the payload
+    and never runs it."""
     sentinel = tmp_path / "SENTINEL"
     model = tiny_model("llama-mha")
     peft_folder = tmp_path / "peft"
@@ -77,11 +81,15 @@ def test_every_importer_refuses_the_payload(tmp_path):
 
 
 def test_no_reader_bypasses_load_torch_file():
-    """Every pickle read in the project's code goes through safe_load (weights_only=True)."""
+    """Every pickle read in the project's code goes through safe_load (weights_only=True): the installed package
+    (mm_adapter, with the scienceqa/ and eval/ folders it installs as mm_adapter.scienceqa and mm_adapter.eval),
+    the scripts and the benchmarks."""
     unsafe = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|torch\.jit\.load\(")
     offenders = []
     for folder in ("mm_adapter", "scripts", "scienceqa", "eval", "bench"):
-        for path in (REPO / folder).rglob("*.py"):
+        sources = sorted((REPO / folder).rglob("*.py"))
+        assert len(sources) > 1, f"{folder}/: no sources found; is the scan list out of date?"
+        for path in sources:
             if path.name == "safe_load.py":
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scienceqa.data import Problem, image_path, load_official, null_counts, read_official, read_problems
-from scienceqa.errors import ScienceQAError
+from mm_adapter.scienceqa.data import Problem, image_path, load_official, null_counts, read_official, read_problems
+from mm_adapter.scienceqa.errors import ScienceQAError
 
 
 def record(**overrides) -> dict:
@@ -129,7 +129,7 @@ def png_bytes(color: str) -> bytes:
 def test_hf_parquet_round_trip_keeps_image_bytes(tmp_path):
     """The HF layout (no pids, embedded images) loads with stable pids and usable image bytes."""
     datasets = pytest.importorskip("datasets")
-    from scienceqa.hf import load_hf
+    from mm_adapter.scienceqa.hf import load_hf
 
     rows = {
         "image": [{"bytes": png_bytes("red"), "path": None}, None],
@@ -167,7 +167,7 @@ def test_hf_parquet_round_trip_keeps_image_bytes(tmp_path):
 
 
 def test_hf_missing_split_files_is_an_error(tmp_path):
-    from scienceqa.hf import load_hf
+    from mm_adapter.scienceqa.hf import load_hf
 
     with pytest.raises(ScienceQAError, match="test-\\*.parquet"):
         load_hf(tmp_path, "test")

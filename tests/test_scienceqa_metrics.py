@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scienceqa.data import Problem
-from scienceqa.errors import ScienceQAError
-from scienceqa.metrics import bootstrap_ci, column_masks, compare, confusion_by, mcnemar, score
-from scienceqa.predictions import Predictions, check_predictions, load_predictions
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.scienceqa.errors import ScienceQAError
+from mm_adapter.scienceqa.metrics import bootstrap_ci, column_masks, compare, confusion_by, mcnemar, score
+from mm_adapter.scienceqa.predictions import Predictions, check_predictions, load_predictions
 
 
 def problem(pid, answer=0, hint="", image=None, subject="natural science", grade="grade2", split="test"):

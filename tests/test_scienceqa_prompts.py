@@ -2,8 +2,8 @@
 
 import pytest
 
-from scienceqa.data import Problem, read_problems
-from scienceqa.prompts import (
+from mm_adapter.scienceqa.data import Problem, read_problems
+from mm_adapter.scienceqa.prompts import (
     ANSWER_PREFIX, PromptFormat, PromptPair, build_prompt, context_text, extract_answer, option_letters,
 )
 
@@ -27,12 +27,14 @@ def test_qcm_a_golden():
 
 
 def test_context_caption_only_in_text_only_setting_and_na_when_empty():
+    """The caption joins the context only when asked (the text-only setting); an empty context reads N/A."""
     assert context_text(PROBLEM) == "Look at the animals."
     assert context_text(PROBLEM, use_caption=True) == "Look at the animals. Three animals in a row."
     assert context_text(PLAIN, use_caption=True) == "N/A"
 
 
 def test_cqm_a_golden_with_caption():
+    """CQM-A puts the context first, exactly in the official wording."""
     pair = build_prompt(PLAIN, "CQM-A", use_caption=True)
     assert pair.prompt == "Context: N/A\nQuestion: Is ice cold?\nOptions: (A) yes (B) no\nAnswer:"
     assert pair.target == " The answer is A."
@@ -48,21 +50,26 @@ def test_lea_and_ale_golden():
 
 
 def test_empty_lecture_and_solution_leave_no_dangling_text():
+    """Without lecture and solution, LEA/ALE targets are just the answer sentence (no dangling BECAUSE or spaces)."""
     assert build_prompt(PLAIN, PromptFormat.QCM_ALE).target == " The answer is A."
     assert build_prompt(PLAIN, PromptFormat.QCM_LEA).target == " The answer is A."
 
 
 @pytest.mark.parametrize("name", ["QCM-A", "QCM->A", "qcm_a", PromptFormat.QCM_A])
 def test_format_names_parse(name):
+    """Every spelling of a format name (official arrow, dash, underscore, any case, the enum) parses to the same format.
+    Every spelling of a format name (official arrow, dash, underscore, any case, the enum) parses to the same format."""
     assert PromptFormat.parse(name) is PromptFormat.QCM_A
 
 
 def test_unknown_format_is_rejected():
+    """An unknown format name is refused, never silently replaced by a default."""
     with pytest.raises(ValueError, match="unknown prompt format"):
         PromptFormat.parse("QCM-XYZ")
 
 
 def test_option_letters():
+    """Options are lettered A, B, C...; zero options is an error."""
     assert option_letters(5) == ["A", "B", "C", "D", "E"]
     with pytest.raises(ValueError):
         option_letters(0)
@@ -88,10 +95,13 @@ def test_option_letters():
     ],
 )
 def test_extract_answer(text, expected):
+    """Answer extraction reads one unambiguous answer (letter or exact choice text) and never guesses between
+    conflicting ones."""
     assert extract_answer(text, 3, PROBLEM.choices) == expected
 
 
 def test_extract_answer_without_choices_does_not_match_text():
+    """Without the choices, a bare word is not read as an answer."""
     assert extract_answer("cat", 3) is None
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from scienceqa.data import read_official
-from scienceqa.errors import ScienceQAError
-from scienceqa.synthetic import CANDIDATES, IMAGE_FAMILIES, TEXT_FAMILIES, generate, main, make_problem
+from mm_adapter.scienceqa.data import read_official
+from mm_adapter.scienceqa.errors import ScienceQAError
+from mm_adapter.scienceqa.synthetic import CANDIDATES, IMAGE_FAMILIES, TEXT_FAMILIES, generate, main, make_problem
 
 SIZES = {"train": 120, "val": 30, "test": 50}
 
@@ -26,6 +30,8 @@ def generated(tmp_path_factory):
 
 
 def test_official_layout_round_trips_through_the_loader(generated):
+    """The generated set is in the official layout: it loads split by split with every image present, in seconds, and
+    fills every table column (subjects, TXT/IMG/NO, both grade bands)."""
     out, seconds = generated
     assert seconds < 20  # hundreds of 224x224 pictures in seconds
     splits = json.loads((out / "pid_splits.json").read_text())
@@ -50,6 +56,8 @@ def test_official_layout_round_trips_through_the_loader(generated):
 
 
 def test_answer_is_not_in_the_text_of_image_problems():
+    """Image problems' answers are only in the picture, never in the question or hint; text families behave as their
+    column says (TXT: in the hint, NO: nowhere)."""
     rng = random.Random(0)
     for family in IMAGE_FAMILIES:
         for _ in range(50):
@@ -65,6 +73,7 @@ def test_answer_is_not_in_the_text_of_image_problems():
 
 
 def test_answer_position_is_uniform():
+    """The correct option's position is uniform over the choices (no position bias to learn)."""
     rng = random.Random(1)
     counts = collections.Counter()
     for _ in range(900):
@@ -74,6 +83,7 @@ def test_answer_position_is_uniform():
 
 
 def test_same_seed_same_files_other_seed_differs(generated, tmp_path):
+    """The same seed writes byte-identical files; another seed writes other problems."""
     out, _ = generated
     again = generate(tmp_path / "again", SIZES, seed=3)
     assert (again / "problems.json").read_bytes() == (out / "problems.json").read_bytes()
@@ -93,6 +103,8 @@ def test_pictures_differ_within_a_family():
 
 
 def test_cli_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
+    """The generator refuses a non-empty folder in one line (nothing written) unless --overwrite; a file as the target
+    is refused."""
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
@@ -109,14 +121,10 @@ def test_cli_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
 
 
 def test_probe_script_reads_colour_but_not_noise(capsys):
-    """scripts/probe_synthetic.py end to end on the tiny encoder: colour is readable, the verdict is printed."""
-    import importlib.util
-    from pathlib import Path
+    """The probe benchmark (bench/probe_synthetic.py) end to end on the tiny encoder: colour is readable, the verdict
+    is printed; the probe itself is honest (random labels stay near chance)."""
+    from bench import probe_synthetic as probe
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "probe_synthetic.py"
-    spec = importlib.util.spec_from_file_location("probe_synthetic", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     assert probe.main(["--clip-model", "mm-tiny-vit", "--layers", "2", "--n", "80",
                        "--families", "solution_color"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("solution_color")][0]
@@ -127,3 +135,13 @@ def test_probe_script_reads_colour_but_not_noise(capsys):
     rng = np.random.default_rng(0)  # the probe itself is honest: random labels stay near chance
     noise_accuracy, noise_baseline = probe.probe(rng.normal(size=(200, 32)), list(rng.choice(["a", "b"], 200)), 0)
     assert noise_accuracy < 0.7
+
+
+def test_probe_keeps_its_older_script_path(tmp_path):
+    """``python scripts/probe_synthetic.py`` (the older, documented spelling) still reaches the probe benchmark in
+    a real process, from any working folder."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "probe_synthetic.py"),
+                           "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "linear probe" in done.stdout and "--clip-model" in done.stdout and "--families" in done.stdout

@@ -10,11 +10,11 @@ import torch
 from tiny import tiny_model
 from tiny_text import one_thread, records, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
-from mm_adapter import AdapterConfig, attach_adapter, read_adapter
+from mm_adapter import AdapterConfig, TrainConfig, attach_adapter, read_adapter
 from mm_adapter.alpaca import AlpacaRecord, encode_alpaca
 from mm_adapter.errors import MMAdapterError
+from mm_adapter.options import ConfigError
 from mm_adapter.train import (
-    TrainConfig,
     TrainingDiverged,
     build_optimizer,
     effective_lr,
@@ -24,6 +24,7 @@ from mm_adapter.train import (
     train,
 )
 from mm_adapter.train_data import BatchPlan, PadCollator, epoch_batches, padded_tokens
+from mm_adapter.train_log import MetricsLog
 
 
 @pytest.fixture
@@ -36,8 +37,8 @@ def setup():
     return model, examples, PadCollator(tokenizer.pad_token_id)
 
 
-def config(tmp_path, **overrides) -> TrainConfig:
-    base = dict(out_dir=str(tmp_path / "run"), epochs=2, warmup_epochs=0.5, batch_size=4, lr=3e-2, bf16=False,
+def config(**overrides) -> TrainConfig:
+    base = dict(epochs=2, warmup_epochs=0.5, batch_size=4, lr=3e-2, bf16=False,
                 progress=False, checkpoint_every=4)
     return TrainConfig(**{**base, **overrides})
 
@@ -76,18 +77,32 @@ def test_batch_plan_is_the_same_stream_for_any_world_size():
 
 
 def test_schedule_warms_up_linearly_then_half_cosine():
+    """Linear warmup to the full lr, then a strictly falling half cosine ending at min_lr."""
     factors = [lr_factor(s, warmup_steps=4, total_steps=12, min_ratio=0.1) for s in range(12)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == 1.0 and all(a > b for a, b in zip(factors[4:], factors[5:]))
     assert math.isclose(lr_factor(12, 4, 12, 0.1), 0.1)
 
 
-def test_lr_rule_and_optimizer_groups(setup, tmp_path):
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("batch_size", -1), ("accum_steps", 1.5), ("lr", 0.0), ("base_lr", float("nan")),
+    ("warmup_epochs", -0.5), ("weight_decay", -1e-3), ("grad_clip", 0), ("seed", -1), ("betas", (0.9, 1.0)),
+    ("checkpoint_every", 0), ("keep_checkpoints", 0), ("group_batches", 0), ("min_lr", -1.0),
+])
+def test_config_refuses_bad_values_naming_the_field(field, value):
+    """A bad TrainConfig value is refused when the config is built (before any work), as a ConfigError naming it."""
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(**{field: value})
+    assert error.value.field == field and str(error.value).startswith(f"{field}: ")
+    assert isinstance(error.value, MMAdapterError)
+
+
+def test_lr_rule_and_optimizer_groups(setup):
     """lr = base x effective batch / 256 unless absolute; AdamW(0.9, 0.95) on adapter params only; gates undecayed."""
     model, _, _ = setup
-    assert effective_lr(config(tmp_path, lr=None, base_lr=9e-3, batch_size=4, accum_steps=2), 8) == 9e-3 * 64 / 256
-    assert effective_lr(config(tmp_path, lr=1e-3), 8) == 1e-3
-    optimizer = build_optimizer(model, config(tmp_path, weight_decay=0.02), 1e-3)
+    assert effective_lr(config(lr=None, base_lr=9e-3, batch_size=4, accum_steps=2), 8) == 9e-3 * 64 / 256
+    assert effective_lr(config(lr=1e-3), 8) == 1e-3
+    optimizer = build_optimizer(model, config(weight_decay=0.02), 1e-3)
     decayed, undecayed = optimizer.param_groups
     assert {p.shape for p in decayed["params"]} == {torch.Size([4, 64])} and decayed["weight_decay"] == 0.02
     assert {p.shape for p in undecayed["params"]} == {torch.Size([4])} and undecayed["weight_decay"] == 0.0
@@ -99,7 +114,7 @@ def test_training_lowers_loss_and_writes_outputs(setup, tmp_path):
     model, examples, collate = setup
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = evaluate_loss(model, examples, collate, bf16=False)
-    result = train(model, examples, config(tmp_path, epochs=4), collate)
+    result = train(model, examples, config(epochs=4), collate, tmp_path / "run")
     after = evaluate_loss(model, examples, collate, bf16=False)
     assert after < before - 1.0, (before, after)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
@@ -116,7 +131,7 @@ def test_bf16_autocast_trains(setup, tmp_path):
     """The bf16 flag runs the step under autocast and still learns (fp32 master parameters)."""
     model, examples, collate = setup
     before = evaluate_loss(model, examples, collate)
-    train(model, examples, config(tmp_path, epochs=2, bf16=True), collate)
+    train(model, examples, config(epochs=2, bf16=True), collate, tmp_path / "run")
     assert evaluate_loss(model, examples, collate) < before - 0.5
 
 
@@ -131,7 +146,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
         return loss * float("nan") if len(calls) == 6 else loss
 
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 6.*step-00000004"):
-        train(model, examples, config(tmp_path), collate, forward_loss=poisoned)
+        train(model, examples, config(), collate, tmp_path / "run", forward_loss=poisoned)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000004"] and not (tmp_path / "run" / "adapter.safetensors").exists()
 
@@ -139,33 +154,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
 def test_refuses_incompatible_resume_and_existing_run_without_touching_files(setup, tmp_path):
     """Another lr on resume, or a fresh run into a used folder: one clear error, files byte-identical."""
     model, examples, collate = setup
-    train(model, examples, config(tmp_path, epochs=1), collate)
     out = tmp_path / "run"
+    train(model, examples, config(epochs=1), collate, out)
     snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(MMAdapterError, match=r"incompatible run \(lr: checkpoint 0.03, now 0.001\)"):
-        train(model, examples, config(tmp_path, epochs=1, lr=1e-3, resume=True), collate)
+        train(model, examples, config(epochs=1, lr=1e-3, resume=True), collate, out)
     with pytest.raises(MMAdapterError, match=r"incompatible run \(data: checkpoint"):
-        train(model, examples[:-4], config(tmp_path, epochs=1, resume=True), collate)
+        train(model, examples[:-4], config(epochs=1, resume=True), collate, out)
     with pytest.raises(MMAdapterError, match="already holds a run; pass --resume"):
-        train(model, examples, config(tmp_path, epochs=1), collate)
+        train(model, examples, config(epochs=1), collate, out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
 
 
 def test_unwritable_output_folder_is_one_clear_error(setup, tmp_path):
+    """A file as the output folder, a folder under a file, or --resume without a checkpoint: one clear error."""
     model, examples, collate = setup
     (tmp_path / "file").write_text("x")
     with pytest.raises(MMAdapterError, match="not a folder"):
-        train(model, examples, config(tmp_path, out_dir=str(tmp_path / "file")), collate)
+        train(model, examples, config(), collate, tmp_path / "file")
     with pytest.raises(MMAdapterError, match="not writable"):
-        train(model, examples, config(tmp_path, out_dir=str(tmp_path / "file" / "sub")), collate)
+        train(model, examples, config(), collate, tmp_path / "file" / "sub")
     with pytest.raises(MMAdapterError, match="no checkpoint to resume from"):
-        train(model, examples, config(tmp_path, resume=True), collate)
+        train(model, examples, config(resume=True), collate, tmp_path / "run")
 
 
 def test_resume_drops_metrics_after_the_checkpoint_and_a_torn_line(tmp_path):
     """A run killed mid-write leaves steps past its checkpoint and maybe half a line; resume keeps only <= step."""
-    from mm_adapter.train import MetricsLog
-
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(1, 5)] + ['{"step": 5, "lo']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     MetricsLog(tmp_path, resume_step=2).close()

@@ -17,10 +17,7 @@ Export is possible only where every head of a layer has the same effective gate 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..adapter import adapter_config, adaption_prompts, decoder_layers
+from ..atomic import atomic_dir
 from ..checkpoint import AdapterFile
 from ..errors import MMAdapterError
 from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
@@ -119,16 +117,10 @@ def export_peft(model: nn.Module, folder: str | Path, overwrite: bool = False) -
         "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
         "revision": None, "auto_mapping": None,
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_file(tensors, staging / WEIGHTS_NAMES[0], metadata={"format": "pt"})
-        (staging / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
-        os.replace(staging, folder)
+        with atomic_dir(folder, overwrite=overwrite) as staging:
+            save_file(tensors, staging / WEIGHTS_NAMES[0], metadata={"format": "pt"})
+            (staging / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     except OSError as error:
         raise MMAdapterError(f"{folder}: cannot write PEFT adapter ({error.strerror or error})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -1,11 +1,8 @@
-"""ScienceQA with images: features per problem, training examples that carry them, the loss, eval offsets.
+"""Image features per ScienceQA problem: computed once through the feature cache, by pid.
 
-Image features are computed once, before training, through the on-disk feature cache
-(``mm_adapter.feature_cache``), and stored on each example as ``image_features`` + ``image_mask``;
-epochs never run the encoder. The trainable projection hangs on the model as
-``model.visual_projection`` so the trainer optimises it, checkpoints it and restores it on resume
-like any other parameter that requires grad. A problem without a (usable) image has mask False:
-the projection gives it an offset of exactly 0, so it is answered as by the text-only adapter.
+Used by training (examples carry their problem's features) and by evaluation (each batch of
+problems gets its projected features as prompt offsets). A problem without a usable image has
+no row here and gets an offset of exactly 0.
 """
 
 from __future__ import annotations
@@ -17,17 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from mm_adapter.scienceqa.data import Problem, image_path
 
-from mm_adapter.adapter import prompt_offset
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.feature_cache import ImageInput, image_features
-from mm_adapter.train import lm_loss_sum
 from mm_adapter.train_data import Example
-from mm_adapter.visual import ClipEncoder, VisualConfig, VisualProjection, visual_extras
-from scienceqa.data import Problem, image_path
-
-PROJECTION_ATTR = "visual_projection"
+from mm_adapter.visual import ClipEncoder, VisualProjection
 
 
 def problem_image(problem: Problem, root: str | Path | None) -> ImageInput:
@@ -80,11 +72,11 @@ def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: st
     return ProblemFeatures(by_pid, encoder.feature_dim, found.skipped)
 
 
-def report_skipped(features: ProblemFeatures, what: str, stream=sys.stderr) -> None:
-    """One line saying how many bad images became no-image problems (and the first reason)."""
+def report_skipped(features: ProblemFeatures, what: str, stream=None) -> None:
+    """One line (on ``stream``, default stderr) saying how many bad images became no-image problems."""
     if features.skipped:
         print(f"{what}: {len(features.skipped)} bad image(s) skipped, those problems have no image "
-              f"(first: {features.skipped[0]})", file=stream)
+              f"(first: {features.skipped[0]})", file=stream or sys.stderr)
 
 
 def with_features(examples: Sequence[Example], problems: Sequence[Problem],
@@ -92,32 +84,6 @@ def with_features(examples: Sequence[Example], problems: Sequence[Problem],
     """Copies of ``examples`` carrying ``image_features`` (dim,) and ``image_mask`` () for the collator."""
     rows, mask = features.rows(problems)
     return [{**example, "image_features": rows[i], "image_mask": mask[i]} for i, example in enumerate(examples)]
-
-
-def attach_projection(model: nn.Module, projection: VisualProjection, lr_scale: float = 1.0) -> VisualProjection:
-    """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume).
-
-    Learning rates (``train.build_optimizer`` reads ``lr_scale``): Adam's early steps move a unit's
-    pre-activation by about lr x fan_in x |input|, so the widest layer (thousands of features) gets
-    ``lr x lr_scale`` and each Linear ``lr x lr_scale x widest fan_in / its fan_in`` (capped at lr):
-    every layer's output then moves at a similar pace. Norm parameters go with the widest layer.
-    """
-    linears = [m for m in projection.modules() if isinstance(m, nn.Linear)]
-    widest = max(m.in_features for m in linears)
-    for parameter in projection.parameters():
-        parameter.lr_scale = lr_scale
-    for layer in linears:
-        for parameter in layer.parameters():
-            parameter.lr_scale = min(1.0, lr_scale * widest / layer.in_features)
-    setattr(model, PROJECTION_ATTR, projection.requires_grad_(True))
-    return projection
-
-
-def multimodal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``lm_loss_sum`` with each row's projected image features added to every adaption prompt."""
-    offsets = getattr(model, PROJECTION_ATTR)(batch["image_features"], batch["image_mask"])
-    with prompt_offset(model, offsets):
-        return lm_loss_sum(model, batch)
 
 
 @dataclass
@@ -132,15 +98,3 @@ class ImageOffsets:
         rows, mask = self.features.rows(problems)
         device = next(self.projection.parameters()).device
         return self.projection(rows.to(device), mask.to(device))
-
-
-@dataclass
-class VisualExport:
-    """What an adapter file needs besides prompts and gates: the projection, config and encoder identity."""
-
-    config: VisualConfig
-    projection: VisualProjection
-    encoder: ClipEncoder
-
-    def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return visual_extras(self.config, self.projection, self.encoder)

@@ -20,15 +20,14 @@ from typing import Sequence
 
 import torch
 
-from eval.scoring import choice_scores
-from eval.sqa_train import resolve_format
-from mm_adapter import load_base
-from mm_adapter.base import DEFAULT_SPEC
-from mm_adapter.errors import MMAdapterError
-from mm_adapter.feature_cache import ImageInput, image_features, load_image
-from mm_adapter.visual import ClipEncoder, VisualProjection, load_multimodal_adapter
-from scienceqa.data import Problem
-from scienceqa.prompts import PromptFormat, build_prompt, option_letters
+from ..base import DEFAULT_SPEC, load_base
+from ..errors import MMAdapterError
+from ..eval.run import resolve_format
+from ..eval.scoring import choice_scores, precision
+from ..feature_cache import ImageInput, image_features, load_image
+from ..scienceqa.data import Problem
+from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
+from ..visual import ClipEncoder, VisualProjection, load_multimodal_adapter
 
 MAX_IMAGE_BYTES = 20 * 2**20  # an upload or file larger than this is refused before decoding
 MAX_CHOICES = 26  # option letters A..Z
@@ -110,12 +109,12 @@ class VisualPath:
         return self.projection(found.features.to(device), found.mask.to(device))
 
 
-def load_model(base: str, adapter: str | Path | None, device: torch.device | str):
+def load_model(base: str, adapter: str | Path | None, device: torch.device | str, dtype: str | None = None):
     """The base (frozen, on ``device``), with the adapter applied and its visual path if it has one.
 
     The only place the demo loads models, so a change in how adapters are loaded lands here once.
     """
-    model, tokenizer = load_base(base)
+    model, tokenizer = load_base(base, dtype=dtype)
     model.to(device)
     visual = None
     if adapter is not None:
@@ -134,15 +133,17 @@ class Predictor:
     adapter_name: str | None = None
     base_name: str = DEFAULT_SPEC
     fmt: PromptFormat = PromptFormat.QCM_A
+    bf16: bool = False  # bf16 autocast
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def load(cls, base: str = DEFAULT_SPEC, adapter: str | Path | None = None, device: torch.device | str = "cpu",
-             fmt: str | PromptFormat | None = None) -> "Predictor":
+             fmt: str | PromptFormat | None = None, dtype: str | None = None, bf16: bool = False) -> "Predictor":
         """``fmt``: the prompt format; by default the one the adapter file records (else QCM-A)."""
         fmt = resolve_format(fmt, adapter, warn=lambda line: print(line, file=sys.stderr))
-        model, tokenizer, visual = load_model(base, adapter, device)
-        return cls(model, tokenizer, visual, Path(adapter).stem if adapter else None, base, PromptFormat.parse(fmt))
+        model, tokenizer, visual = load_model(base, adapter, device, dtype)
+        return cls(model, tokenizer, visual, Path(adapter).stem if adapter else None, base, PromptFormat.parse(fmt),
+                   bf16)
 
     def describe(self) -> str:
         """One line: what answers the questions (shown by the CLI and the web page)."""
@@ -151,7 +152,7 @@ class Predictor:
         if self.visual is None:
             return text + " (text only: images are ignored)"
         encoder = self.visual.encoder
-        weights = "random weights" if encoder.random_weights else f"weights {encoder.config.pretrained}"
+        weights = "random weights" if encoder.random_weights else f"weights {encoder.config.clip_pretrained}"
         return text + f", image encoder {encoder.config.clip_model} ({weights})"
 
     def _ignored_note(self) -> str:
@@ -170,7 +171,8 @@ class Predictor:
         use_image = image is not None and self.visual is not None
         with self._lock:  # prompt_offset sets state on the shared model: one forward at a time
             offsets = self.visual.offset(image, image_name) if use_image else None
-            scores = choice_scores(self.model, self.tokenizer, [prompt], [choices], self.fmt, offsets)
+            with precision(self.model, self.bf16):
+                scores = choice_scores(self.model, self.tokenizer, [prompt], [choices], self.fmt, offsets)
         probabilities = torch.softmax(scores[0], dim=-1).tolist()
         best = max(range(len(choices)), key=probabilities.__getitem__)
         if image is None:

@@ -1,0 +1,90 @@
+"""How ScienceQA problems are answered and tabled (torch-free: the command line builds flags from these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mm_adapter.scienceqa.prompts import PromptFormat
+
+from mm_adapter.options import ConfigError, check, option
+
+MODES = ("score", "generate")
+FORMATS = tuple(f.value for f in PromptFormat)
+DEFAULT_FORMAT = PromptFormat.QCM_A.value
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to answer the problems."""
+
+    mode: str = option("score", choices=MODES)
+    """score: compare the options' log-probabilities (always an answer); generate: decode greedily and read the answer"""
+    format: str | None = option(None, choices=FORMATS)
+    """prompt format (None: the one the adapter file records, else QCM-A; QCM-T answers by option text)"""
+    captions: bool = True
+    """image questions get their caption as context (the benchmark's text-only setting)"""
+    batch_size: int = 8
+    """problems per forward"""
+    bf16: bool = False
+    """bf16 autocast"""
+    max_new_tokens: int = 32
+    """generate mode: tokens decoded per answer"""
+    stop_at_newline: bool = True
+    """generate mode: stop an answer at its first newline"""
+
+    def __post_init__(self) -> None:
+        check(self, "mode", choices=MODES)
+        if self.format is not None:
+            try:
+                object.__setattr__(self, "format", PromptFormat.parse(self.format).value)
+            except ValueError as error:
+                raise ConfigError("format", str(error)) from None
+        check(self, "batch_size", low=1, integer=True)
+        check(self, "max_new_tokens", low=1, integer=True)
+
+    @property
+    def prompt_format(self) -> str:
+        """The format answered in when none was chosen: QCM-A, the paper's."""
+        return self.format or DEFAULT_FORMAT
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the answers (batch size does not, beyond float rounding)."""
+        found = {"mode": self.mode, "format": self.prompt_format, "captions": self.captions, "bf16": self.bf16}
+        if self.mode == "generate":
+            found |= {"max_new_tokens": self.max_new_tokens, "stop_at_newline": self.stop_at_newline}
+        return found
+
+
+@dataclass
+class TableConfig:
+    """Score ScienceQA prediction files into the official table (NAT SOC LAN TXT IMG NO G1-6 G7-12 Avg)."""
+
+    predictions: list[str] = option(positional=True, nargs="+", metavar="PREDICTIONS")
+    """official predictions JSON files ({"results": {pid: index}}) or eval output folders"""
+    problems: str
+    """problems.json, or the folder holding it"""
+    reference: str | None = None
+    """published tables JSON: {method: {column: percent}}"""
+    out: str | None = None
+    """output folder: table.md, table.csv, table.json and table.png (and config.yaml)"""
+    json: str | None = None
+    """write every table as JSON here ('-': stdout)"""
+    markdown: str | None = None
+    """write the Markdown table here ('-': stdout, the default without --out)"""
+    csv: str | None = None
+    """write the rows as CSV here ('-': stdout)"""
+    plot: str | None = None
+    """write a grouped bar chart PNG here"""
+    bootstrap: int = 0
+    """bootstrap resamples for 95% intervals (0: none)"""
+    seed: int = 0
+    """bootstrap seed"""
+    mcnemar: bool = False
+    """McNemar test between every pair of files"""
+    title: str = "ScienceQA"
+    """title of the chart (name the data set)"""
+
+    def __post_init__(self) -> None:
+        check(self, "bootstrap", low=0, integer=True)
+        check(self, "seed", low=0, integer=True)

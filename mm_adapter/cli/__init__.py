@@ -1,0 +1,55 @@
+"""The ``mm-adapter`` command (also ``python -m mm_adapter``): parse, call the job, print; nothing else.
+
+Every job is a library function (``mm_adapter.jobs``) taking a config dataclass; this module
+only turns argv into that config (``parse.py``), calls the function, prints its result
+(``reports.py``) and turns every error into one line on stderr with exit code 2 (bad input) or
+1 (a bug: the line says so; ``--debug`` or ``MM_ADAPTER_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .boundary import EXIT_BAD_INPUT
+from .commands import COMMANDS, find
+
+USAGE = "usage: mm-adapter [--debug] COMMAND [flags]   (mm-adapter COMMAND --help for its flags)"
+DEBUG_ENV = "MM_ADAPTER_DEBUG"
+
+
+def top_help() -> str:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = [USAGE, "", "LLaMA-Adapter on frozen LLaMA-family models, and the ScienceQA benchmark.", "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS]
+    lines += ["", "Every command takes --config FILE (YAML/JSON; flags override it) and writes what it ran with",
+              "into its output folder as config.yaml, so --config that file reproduces the run."]
+    return "\n".join(lines) + "\n"
+
+
+def _say_error(message: str) -> None:
+    text = " ".join(str(message).split()) or "unknown error"
+    try:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input, 1 bug, 130 interrupted)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV) == "1"
+    if args[:1] == ["--debug"]:
+        debug, args = True, args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(top_help())
+        return 0 if args else EXIT_BAD_INPUT
+    command, rest, _ = find(args)
+    if command is None:
+        _say_error(f"unknown command {' '.join(args[:2])!r}; one of: {', '.join(c.name for c in COMMANDS)} "
+                   "(see mm-adapter --help)")
+        return EXIT_BAD_INPUT
+    from .boundary import run_command
+
+    return run_command(command, rest, debug)

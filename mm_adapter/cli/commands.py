@@ -1,0 +1,67 @@
+"""The command table: each command's words, config class, job function, report and recipes.
+
+Everything is named by import path and loaded only for the command that runs, so
+``mm-adapter --help`` imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+CONFIGS = "mm_adapter.jobs.configs"
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    config: str  # class name in mm_adapter.jobs.configs
+    job: str  # "module:function" taking the config, returning a result
+    summary: str
+    recipes: str | None = None  # recipe files are mm_adapter/recipes/<recipes>-<name>.yaml
+    report: str | None = None  # function in mm_adapter.cli.reports printing the result
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(CONFIGS), self.config)
+
+    def job_function(self) -> Any:
+        module, function = self.job.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+COMMANDS = (
+    Command(("train", "alpaca"), "TrainAlpacaConfig", "mm_adapter.jobs.train_alpaca:train_alpaca",
+            "fine-tune a LLaMA-Adapter on Alpaca instruction data", recipes="alpaca", report="trained"),
+    Command(("train", "scienceqa"), "TrainScienceQAConfig", "mm_adapter.jobs.train_scienceqa:train_scienceqa",
+            "fine-tune on ScienceQA (text-only or with images); keeps the best val checkpoint",
+            recipes="scienceqa", report="trained"),
+    Command(("eval", "scienceqa"), "EvalScienceQAConfig", "mm_adapter.jobs.eval_scienceqa:eval_scienceqa",
+            "evaluate a base model (with or without an adapter) on a ScienceQA split", report="evaluated"),
+    Command(("table",), "TableConfig", "mm_adapter.eval.table:build_table",
+            "score prediction files into the official ScienceQA table"),
+    Command(("generate",), "GenerateConfig", "mm_adapter.jobs.generate:generate",
+            "answer instructions with the base and one of several adapters, streamed"),
+    Command(("demo",), "DemoConfig", "mm_adapter.jobs.demo:demo",
+            "answer one multiple-choice question about an image, with option probabilities", report="demo"),
+    Command(("serve",), "ServeConfig", "mm_adapter.jobs.serve:serve",
+            "serve the demo as a local web page"),
+    Command(("convert",), "ConvertConfig", "mm_adapter.jobs.convert:convert",
+            "convert adapters between the official release, PEFT, litgpt and ours", report="converted"),
+    Command(("main",), "MainConfig", "mm_adapter.jobs.main_job:main_job",
+            "the main job: data -> multimodal adapter -> test table -> one demo answer", report="main"),
+)
+BY_WORDS = {command.words: command for command in COMMANDS}
+
+
+def find(argv: list[str]) -> tuple[Command | None, list[str], str]:
+    """(the command named by argv's first words, the rest of argv, the words consumed)."""
+    for length in (2, 1):
+        words = tuple(argv[:length])
+        if words in BY_WORDS:
+            return BY_WORDS[words], argv[length:], " ".join(words)
+    return None, argv, ""

@@ -1,0 +1,2 @@
+"""The demo: one image + question answered with option probabilities (``predictor``), and the local web
+page that serves it (``server``; the page is ``page.html``, self-contained, no outside requests)."""

@@ -1,0 +1,13 @@
+"""The jobs: one library function per task, each taking a config dataclass (``configs.py``) and
+returning a result object. The ``mm-adapter`` command, the scripts and the benchmarks call these.
+
+    train_alpaca.train_alpaca(TrainAlpacaConfig) -> TrainResult
+    train_scienceqa.train_scienceqa(TrainScienceQAConfig) -> ScienceQATrainResult
+    eval_scienceqa.eval_scienceqa(EvalScienceQAConfig) -> EvalResult
+    mm_adapter.eval.table.build_table(TableConfig) -> TableResult
+    generate.generate(GenerateConfig) -> GenerateResult
+    demo.demo(DemoConfig) -> Prediction
+    serve.serve(ServeConfig) -> None (until interrupted)
+    convert.convert(ConvertConfig) -> Path
+    main_job.main_job(MainConfig) -> MainResult
+"""

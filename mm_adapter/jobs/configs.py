@@ -1,0 +1,264 @@
+"""One config dataclass per job: the single source of the jobs' settings and of the command's flags.
+
+Each job function (``mm_adapter.jobs.<job>``) takes one of these and returns a result object.
+The command line generates its flags from the fields (help from the field docstrings), loads a
+recipe with ``--config FILE`` (flags override it), and jobs with an output folder write the
+resolved config there as ``config.yaml``: passing that file back reproduces the run. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from ..config import GATE_ACTIVATIONS, AdapterConfig, VisualConfig, parse_depths
+from ..eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
+from ..options import check, option
+from ..sampling import SamplingConfig
+from ..train_config import TrainConfig
+from .options import ModelOptions, ScienceQASource
+
+CONVERT_SOURCES = ("official", "peft", "litgpt", "ours")
+CONVERT_TARGETS = ("ours", "peft")
+
+
+def _positive(config: object, *names: str) -> None:
+    for name in names:
+        check(config, name, low=1, integer=True, optional=True)
+
+
+@dataclass
+class TrainAlpacaConfig:
+    """Fine-tune a LLaMA-Adapter on Alpaca instruction data; defaults are the paper's (recipe alpaca-paper)."""
+
+    data: str
+    """Alpaca JSON list or JSONL of {instruction, input, output} records"""
+    out: str
+    """output folder: adapter.safetensors, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
+    limit: int | None = option(None, alias="--max-records")
+    """use only the first N records"""
+    skip_bad: bool = False
+    """skip malformed records (and say how many) instead of stopping at the first"""
+    max_seq_len: int = 512
+    """tokens per example; a record whose prompt fills it is dropped"""
+    model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="fp32"))
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "limit", "max_seq_len")
+
+
+@dataclass
+class TrainScienceQAConfig:
+    """Fine-tune a LLaMA-Adapter on ScienceQA, text-only (captions as context) or with images (--images);
+    the best val checkpoint is kept as best.safetensors. Defaults: recipe scienceqa-smollm2-cpu."""
+
+    out: str
+    """output folder: best.safetensors, adapter.safetensors, validation.jsonl, metrics.jsonl, loss.png,
+    checkpoints/, config.yaml"""
+    source: ScienceQASource = field(default_factory=ScienceQASource)
+    train_split: str = "train"
+    """split trained on"""
+    val_split: str = "val"
+    """split that chooses the best checkpoint (score mode)"""
+    limit: int | None = None
+    """train on the first N problems of train_split only"""
+    val_limit: int | None = None
+    """score only the first N val problems (faster selection)"""
+    val_every: int | None = None
+    """optimizer steps between validations (None: once per epoch)"""
+    format: str = option("QCM-T", choices=FORMATS)
+    """prompt format: QCM-T answers by option text (what a 135M model learns); QCM-A is the paper's letters"""
+    captions: bool = True
+    """image questions get their caption as context"""
+    max_seq_len: int = 512
+    """tokens per problem; longer problems are left out (and counted)"""
+    images: bool = False
+    """train the multimodal adapter: each problem's image through the frozen CLIP encoder (features cached on
+    disk) and a trainable projection added to every adaption prompt"""
+    visual_lr_scale: float = 0.01
+    """lr of the projection's widest layer = lr x this (narrower ones scaled by fan-in); at the prompts' lr its
+    first layer's units die"""
+    skip_bad_images: bool = False
+    """a missing/corrupt image makes its problem a no-image problem (counted) instead of an error"""
+    feature_batch_size: int = 32
+    """images per encoder forward when computing features"""
+    model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="bf16"))
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(prompt_init="norm_scaled"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, warmup_epochs=0.3, lr=5e-3,
+                                                                   batch_size=8))
+    visual: VisualConfig = field(default_factory=lambda: VisualConfig(visual_standardize=True))
+
+    def __post_init__(self) -> None:
+        _positive(self, "limit", "val_limit", "val_every", "max_seq_len", "feature_batch_size")
+        check(self, "visual_lr_scale", low=0, low_open=True)
+        check(self, "format", choices=FORMATS)
+
+
+@dataclass
+class EvalScienceQAConfig:
+    """Evaluate a base model, with or without an adapter, on a ScienceQA split: predictions, table, summary."""
+
+    split: str
+    """split to evaluate: test, val, train, minival, ..."""
+    out: str
+    """output folder: predictions.json (official shape; resumable through predictions.partial.jsonl), table.md,
+    summary.json, config.yaml"""
+    source: ScienceQASource = field(default_factory=ScienceQASource)
+    adapter: str | None = None
+    """adapter file (.safetensors); one trained with images also encodes each problem's image"""
+    limit: int | None = None
+    """only the first N problems of the split"""
+    name: str | None = None
+    """method name in the predictions file and the table (None: from base, adapter and mode)"""
+    reference: str | None = None
+    """published tables JSON to show side by side"""
+    bootstrap: int = 1000
+    """bootstrap resamples for 95% intervals (0: none)"""
+    overwrite: bool = False
+    """replace finished predictions in --out, or discard a partial run of another configuration"""
+    skip_bad_images: bool = False
+    """with an image adapter: a missing/corrupt image makes its problem a no-image one (counted)"""
+    progress: bool = True
+    """show progress (a bar on a terminal, a line every ~10% otherwise)"""
+    model: ModelOptions = field(default_factory=ModelOptions)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "limit")
+        check(self, "bootstrap", low=0, integer=True)
+
+
+@dataclass
+class GenerateConfig:
+    """Answer an Alpaca-style instruction with the base and one of several adapters, streamed."""
+
+    adapter: list[str] = option(default_factory=list, nargs="*")
+    """adapter files; all are read and checked against the base up front"""
+    use: str | None = None
+    """which adapter to apply (file name without .safetensors); needed with several"""
+    instruction: str | None = None
+    """omit for an interactive session (one instruction per line; ':use NAME' switches adapter)"""
+    input: str = ""
+    """optional input/context for the instruction"""
+    bf16: bool = False
+    """bf16 autocast"""
+    seed: int = 0
+    """sampling seed"""
+    model: ModelOptions = field(default_factory=ModelOptions)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=256))
+
+    def __post_init__(self) -> None:
+        check(self, "seed", low=0, integer=True)
+
+
+@dataclass
+class DemoConfig:
+    """Answer one multiple-choice question about an image: the chosen option and every option's probability."""
+
+    question: str
+    """the question"""
+    choices: list[str] = option(default_factory=list, nargs="+", metavar="CHOICE")
+    """two or more options"""
+    image: str | None = None
+    """image file (PNG, JPEG, ...); omit for a text-only question"""
+    context: str = ""
+    """optional hint text shown with the question"""
+    adapter: str | None = None
+    """adapter file (.safetensors); one trained with images uses the image"""
+    format: str | None = option(None, choices=FORMATS)
+    """prompt format (None: the one the adapter file records, else QCM-A)"""
+    bf16: bool = False
+    """bf16 autocast"""
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass
+class ServeConfig:
+    """The demo as a local web page: upload an image, type a question and options, see the answer."""
+
+    adapter: str | None = None
+    """adapter file (.safetensors); one trained with images uses the image"""
+    format: str | None = option(None, choices=FORMATS)
+    """prompt format (None: the one the adapter file records, else QCM-A)"""
+    host: str = "127.0.0.1"
+    """address to listen on (127.0.0.1: this machine only)"""
+    port: int = 8000
+    """port (0: any free port)"""
+    bf16: bool = False
+    """bf16 autocast"""
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+    def __post_init__(self) -> None:
+        check(self, "port", low=0, high=65535, integer=True)
+
+
+@dataclass
+class ConvertConfig:
+    """Convert an adapter between the official LLaMA-Adapter v1 release, PEFT, litgpt and our format."""
+
+    input: str = option(positional=True, metavar="INPUT")
+    """foreign file (official, litgpt, ours) or PEFT folder"""
+    output: str = option(positional=True, metavar="OUTPUT")
+    """our .safetensors file, or a PEFT folder"""
+    source: str = option("ours", alias="--from", choices=CONVERT_SOURCES)
+    """format of INPUT"""
+    target: str = option("ours", alias="--to", choices=CONVERT_TARGETS)
+    """format of OUTPUT"""
+    adapter_len: int | None = None
+    """official only: prompts per layer (not stored in the file; default 10)"""
+    official_gate: str | None = option(None, choices=GATE_ACTIVATIONS)
+    """official only: identity = its inference code (default), tanh = its training code"""
+    overwrite: bool = False
+    """replace an existing OUTPUT"""
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+    def __post_init__(self) -> None:
+        _positive(self, "adapter_len")
+        check(self, "source", choices=CONVERT_SOURCES)
+        check(self, "target", choices=CONVERT_TARGETS)
+
+
+@dataclass
+class MainConfig:
+    """The main job: data -> multimodal adapter on SmolLM2 -> test table -> one demo answer, in a fresh folder."""
+
+    data: str | None = None
+    """a local official-layout ScienceQA folder with images/ (None: the hub copy if reachable within seconds,
+    else a generated image set)"""
+    hub: bool = True
+    """try the Hugging Face hub copy when no --data is given"""
+    out: str | None = None
+    """output folder (None: a fresh runs/main-<time>)"""
+    runs: str = "runs"
+    """parent of the default output folder"""
+    n_train: int = 600
+    """generated training problems"""
+    n_val: int = 60
+    """generated val problems"""
+    n_test: int = 200
+    """generated test problems"""
+    epochs: int = 4
+    """training epochs"""
+    lr: float = 3e-2
+    """learning rate"""
+    adapter_layers: int = 8
+    """top layers adapted (8 of SmolLM2's 30: the backward stops below them)"""
+    format: str = option("QCM-T", choices=FORMATS)
+    """prompt format (QCM-T: answer by option text, which a 135M model learns; QCM-A: letters)"""
+    clip_model: str = "ViT-B-32"
+    """open_clip encoder (random weights here: no pretrained CLIP weights can be had offline)"""
+    # typing.Tuple: simple_parsing cannot read `tuple[int, ...]` inside a union
+    clip_layers: int | Tuple[int, ...] = option(4, type=parse_depths, metavar="N|D1,D2,...")
+    """N evenly spaced encoder depths, or explicit 1-based depths"""
+    seed: int = 0
+    """seed of the generated data and of training"""
+    progress: bool = True
+    """show progress of training and evaluation (a bar on a terminal, a line every ~10% otherwise)"""
+    model: ModelOptions = field(default_factory=lambda: ModelOptions(threads=2))
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_train", "n_val", "n_test", "epochs", "adapter_layers")
+        check(self, "lr", low=0, low_open=True)
+        check(self, "seed", low=0, integer=True)

@@ -1,0 +1,29 @@
+"""Answer one multiple-choice question about an image (``mm-adapter demo``).
+
+Without an adapter (or with a text-only one) the image is checked but ignored, and the answer says so.
+Bad input (an image that is not one, truncated or too large, fewer than 2 choices, an adapter whose
+image encoder cannot be built) is one ``MMAdapterError`` line, raised before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..demo.predictor import Prediction, Predictor, check_image, check_question
+from .configs import DemoConfig, ServeConfig
+from .runtime import prepare
+
+
+def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
+    """The predictor of a demo or serve config: base, adapter, format, device, dtype, autocast."""
+    device = prepare(config.model)
+    predictor = Predictor.load(config.model.base, config.adapter, device, config.format, config.model.dtype,
+                               config.bf16)
+    print(predictor.describe(), file=sys.stderr)
+    return predictor
+
+
+def demo(config: DemoConfig) -> Prediction:
+    check_question(config.question, config.choices)  # bad input fails before the model is loaded
+    check_image(config.image)
+    return load_predictor(config).predict(config.image, config.question, config.choices, config.context)

@@ -1,0 +1,116 @@
+"""Evaluate a base model, with or without an adapter, on a ScienceQA split (``mm-adapter eval scienceqa``).
+
+An adapter trained with images records its visual config: its encoder and projection are
+rebuilt from the file and each problem's image is encoded once (feature cache) and added to the
+adaption prompts. Predictions go to ``OUT/predictions.json`` in the official shape, appended to
+``OUT/predictions.partial.jsonl`` as they are computed, so rerunning after a kill resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..base import load_base
+from ..checkpoint import BaseIdentity
+from ..errors import MMAdapterError
+from ..eval.features import ImageOffsets, compute_features, report_skipped
+from ..eval.run import RunSummary, partial_path, refuse_finished, resolve_format, run
+from ..outputs import config_dict, output_folder, write_config
+from ..scienceqa.metrics import Scores, score
+from ..scienceqa.predictions import load_predictions
+from ..scienceqa.report import markdown, read_reference, to_dict
+from ..visual import load_multimodal_adapter
+from .configs import EvalScienceQAConfig
+from .runtime import prepare
+from .scienceqa_data import load_problems
+
+COMMAND = "eval scienceqa"
+PREDICTIONS, TABLE, SUMMARY = "predictions.json", "table.md", "summary.json"
+
+
+@dataclass
+class EvalResult:
+    """What the run computed and where it wrote it."""
+
+    summary: RunSummary
+    scores: Scores
+    table: str  # the Markdown table (with reference rows when given)
+    out: Path
+    seconds: float
+
+    @property
+    def predictions(self) -> Path:
+        return self.out / PREDICTIONS
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _sha256(path: str | Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+
+
+def _check_out(config: EvalScienceQAConfig, out: Path) -> None:
+    """Never write over one of the inputs, nor over a finished run unless asked."""
+    inputs = [config.adapter, config.reference, config.source.hf]
+    if config.source.data is not None:
+        inputs += [Path(config.source.data) / name for name in ("problems.json", "pid_splits.json", "captions.json")]
+    targets = [out / PREDICTIONS, partial_path(out / PREDICTIONS), out / TABLE, out / SUMMARY]
+    for target in targets:
+        if any(path is not None and Path(path).exists() and target.resolve() == Path(path).resolve()
+               for path in inputs):
+            raise MMAdapterError(f"--out {config.out}: {target} is one of the inputs; refusing to overwrite it")
+    refuse_finished(out / PREDICTIONS, config.overwrite)
+
+
+def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
+    """Answer every problem of the split into ``out``; returns the run summary and the scored table."""
+    started = time.perf_counter()
+    device = prepare(config.model)
+    out = Path(config.out)
+    if str(config.out).endswith(".json"):
+        _say(f"note: --out is a folder; the predictions go to {out / PREDICTIONS}")
+    _check_out(config, out)
+    fmt = resolve_format(config.eval.format, config.adapter, warn=_say)
+    eval_config = dataclasses.replace(config.eval, format=fmt)
+    problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
+    reference = read_reference(config.reference) if config.reference else None
+    model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
+    model.to(device)
+    visual = load_multimodal_adapter(model, config.adapter, device) if config.adapter else None
+    offsets = None
+    if visual is not None:
+        encoder, projection = visual
+        features = compute_features(encoder, problems, config.source.data, config.skip_bad_images)
+        report_skipped(features, config.split)
+        _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}")
+        offsets = ImageOffsets(projection, features)
+    identity = {"base": config.model.base, "base_fingerprint": BaseIdentity.of(model).fingerprint,
+                "adapter": _sha256(config.adapter) if config.adapter else None}
+    if offsets is not None:  # which images were used (a skipped one changes answers)
+        identity["image_features"] = offsets.features.fingerprint(problems)
+    adapter_name = Path(config.adapter).stem if config.adapter else "zero-shot"
+    name = config.name or f"{config.model.base} {adapter_name} ({eval_config.mode})"
+    with output_folder(out):
+        write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
+        summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
+                      progress=config.progress, offsets=offsets)
+    _say(f"{config.split}: {summary.total} problems ({summary.resumed} resumed), accuracy {summary.accuracy:.2%}, "
+         f"{summary.no_answer} unparsed, {summary.questions_per_second:.2f} questions/s over {summary.computed} "
+         f"computed in {summary.seconds:.1f} s -> {out / PREDICTIONS}")
+    scores = score(load_predictions(out / PREDICTIONS), {p.pid: p for p in problems}, n_boot=config.bootstrap)
+    table = markdown([scores], reference)
+    atomic_write_text(out / TABLE, table)
+    seconds = time.perf_counter() - started
+    atomic_write_json(out / SUMMARY, {"split": config.split, "name": name, **to_dict(scores),
+                                      "questions_per_second": summary.questions_per_second, "wall_s": round(seconds, 1),
+                                      "config": config_dict(eval_config)}, indent=1)
+    return EvalResult(summary, scores, table, out, seconds)

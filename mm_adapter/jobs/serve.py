@@ -1,0 +1,17 @@
+"""Serve the demo as a local web page (``mm-adapter serve``); runs until interrupted."""
+
+from __future__ import annotations
+
+from ..demo.server import build_server
+from .configs import ServeConfig
+from .demo import load_predictor
+
+
+def serve(config: ServeConfig) -> None:
+    """Load the model once, then answer requests at http://HOST:PORT/ until Ctrl-C."""
+    server = build_server(load_predictor(config), config.host, config.port)
+    print(f"demo at {server.url} ({server.predictor.describe()}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,140 @@
+"""Fine-tune a LLaMA-Adapter on ScienceQA (``mm-adapter train scienceqa``), text-only or with images.
+
+Trains on ``train_split``, scores ``val_split`` every ``val_every`` steps (and at the end) in
+score mode and keeps the adapter with the best val accuracy as ``best.safetensors``
+(``adapter.safetensors`` is the last step's). With ``images`` each problem's image goes through
+a frozen open_clip encoder once, before training (features cached on disk), and a trainable
+projection adds it to every adaption prompt; the adapter files then carry the visual config, so
+``eval scienceqa`` and ``demo`` load them in one call. Every adapter file records its prompt format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapter import attach_adapter, count_trainable
+from ..base import load_base
+from ..checkpoint import PROMPT_FORMAT_KEY, save_adapter
+from ..eval.config import EvalConfig
+from ..eval.features import (
+    ImageOffsets,
+    compute_features,
+    report_skipped,
+    with_features,
+)
+from ..multimodal import (
+    VisualExport,
+    attach_projection,
+    multimodal_loss,
+    projection_lr_scales,
+)
+from ..outputs import output_folder, write_config
+from ..scienceqa.data import Problem
+from ..train import TrainResult, prepare_out_dir, setup_distributed, train
+from ..train_data import BatchPlan, Example, PadCollator
+from ..visual import VisualProjection, build_encoder, trainable_summary
+from .configs import TrainScienceQAConfig
+from .runtime import prepare
+from .scienceqa_data import encode_problems, load_problems
+from .train_alpaca import finish_distributed, rank_zero_print
+from .validation import ValidationSelector
+
+COMMAND = "train scienceqa"
+BEST_NAME = "best.safetensors"
+
+
+@dataclass
+class ScienceQATrainResult:
+    """The trainer's result, the best val accuracy and the adapter file that reached it."""
+
+    train: TrainResult
+    best_val: float
+    best_step: int
+    best_path: Path
+
+
+@dataclass
+class ImageRun:
+    """What ``images`` changes in the training call."""
+
+    examples: list[Example]
+    offsets: ImageOffsets
+    export: VisualExport
+    identity: dict
+    lr_scales: dict[nn.Parameter, float]
+
+
+def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
+                   train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
+                   say: Callable[[str], None]) -> ImageRun:
+    """Encoder, features of train and val problems (once, through the cache), projection on the model."""
+    encoder = build_encoder(config.visual, device)
+    root = config.source.data
+    features = compute_features(encoder, train_problems, root, config.skip_bad_images, config.feature_batch_size)
+    report_skipped(features, config.train_split)
+    train_rows, train_mask = features.rows(train_problems)
+    val_features = compute_features(encoder, val_problems, root, config.skip_bad_images, config.feature_batch_size)
+    report_skipped(val_features, config.val_split)
+    features.by_pid |= val_features.by_pid
+    say(f"image features: {len(features.by_pid)} problems with an image, encoder {config.visual.clip_model} depths "
+        f"{encoder.depths} ({encoder.feature_dim} features)")
+    hidden = model.config.get_text_config().hidden_size
+    projection = VisualProjection(encoder.feature_dim, hidden, config.visual, device=device)
+    if config.visual.visual_standardize and train_mask.any():
+        projection.set_feature_stats(train_rows[train_mask])
+    say(trainable_summary(model, projection))
+    attach_projection(model, projection)
+    identity = {"visual": config.visual.to_dict(), "encoder": encoder.identity,
+                "visual_lr_scale": config.visual_lr_scale, "image_features": features.fingerprint(train_problems)}
+    return ImageRun(with_features(examples, train_problems, features), ImageOffsets(projection, features),
+                    VisualExport(config.visual, projection, encoder), identity,
+                    projection_lr_scales(projection, config.visual_lr_scale))
+
+
+def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
+    """Load the splits and the base, attach the adapter (and projection), train with val-based selection."""
+    device = prepare(config.model)
+    config.source.require()
+    info = setup_distributed(str(device))
+    say = rank_zero_print(info.is_main)
+    prepare_out_dir(config.out, config.train.resume, info.is_main, create=False)  # refuse before the slow parts
+    train_problems = load_problems(config.source, config.train_split, config.captions, config.limit, say)
+    val_problems = load_problems(config.source, config.val_split, config.captions, config.val_limit, say)
+    model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
+    examples, kept = encode_problems(tokenizer, train_problems, config.format, config.captions, config.max_seq_len)
+    if len(kept) < len(train_problems):
+        say(f"left out {len(train_problems) - len(kept)} problem(s) longer than max_seq_len={config.max_seq_len}")
+    torch.manual_seed(config.train.seed)
+    attach_adapter(model, config.adapter)
+    images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
+    say(f"{len(examples)} training problems, {len(val_problems)} val; "
+        f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
+
+    def file_extras() -> tuple[dict, dict]:
+        """What every adapter file of this run carries besides prompts and gates (the visual parts, the format)."""
+        tensors, metadata = images.export.extras() if images else ({}, {})
+        return tensors, metadata | {PROMPT_FORMAT_KEY: config.format}
+
+    plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
+                     config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
+    every = config.val_every or max(1, plan.total_steps // config.train.epochs)
+    with output_folder(config.out) as out:
+        if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
+            write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
+        selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
+                                      EvalConfig(format=config.format, captions=config.captions,
+                                                 bf16=config.train.bf16, batch_size=16),
+                                      is_main=info.is_main, offsets=images and images.offsets, extras=file_extras)
+        identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
+                    "captions": config.captions} | (images.identity if images else {})
+        extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
+        result = train(model, images.examples if images else examples, config.train,
+                       PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
+                       identity=identity, export=lambda m, path: save_adapter(m, path, *file_extras()), **extra)
+    finish_distributed()
+    return ScienceQATrainResult(result, selector.best, selector.best_step, out / BEST_NAME)

@@ -1,0 +1,73 @@
+"""Field helpers for the config dataclasses: range checks that name the field, and command-line hints.
+
+Every config checks its own values in ``__post_init__`` with :func:`check`, so a bad value is
+refused when the config is built (by the command line before any work, or by library code),
+as one :class:`ConfigError` that names the field; the command line shows it under the flag's
+name (``--batch-size``). Hints for the command line (choices, an alias, a positional argument)
+live in the field's metadata, where the ``simple_parsing`` flag generator reads them; the
+dataclasses themselves import nothing of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import MMAdapterError
+
+
+class ConfigError(MMAdapterError):
+    """A config value out of range; ``field`` is the dataclass field (the flag is ``--field-name``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.reason = field, message
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check(config: Any, field: str, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False, integer: bool = False, optional: bool = False,
+          choices: Sequence[Any] | None = None) -> None:
+    """Refuse ``config.field`` outside [low, high] (``low_open``: strictly above low), not a finite
+    number, not an int when ``integer``, or not one of ``choices``; ``None`` passes when ``optional``."""
+    value = getattr(config, field)
+    if value is None and optional:
+        return
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(field, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(field, f"must be finite, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(field, f"must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(field, f"must be <= {high:g}, got {value!r}")
+
+
+def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+           choices: Sequence[Any] | None = None, alias: str | None = None, positional: bool = False,
+           nargs: str | None = None, metavar: str | None = None, type: Any = None) -> Any:
+    """``dataclasses.field`` with command-line hints; help text stays in the field's docstring."""
+    custom: dict[str, Any] = {}
+    if choices is not None:
+        custom["choices"] = list(choices)
+    if nargs is not None:
+        custom["nargs"] = nargs
+    if metavar is not None:
+        custom["metavar"] = metavar
+    if type is not None:
+        custom["type"] = type
+    metadata: dict[str, Any] = {"positional": positional}
+    if alias:
+        metadata["alias"] = [alias]
+    if custom:
+        metadata["custom_args"] = custom
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
