@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from mm_adapter.cli.commands import COMMANDS
 TARGET_S = 1.5
 
 
-def timed(argv: list[str], cwd: Path | None = None) -> float:
+def timed(argv: list[str], cwd: Path) -> float:
+    """Wall seconds of one run; an older checkout's packages come first on the path, as its install had them."""
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
     seconds = time.perf_counter() - started
     if done.returncode != 0 or "usage" not in done.stdout.lower():
         raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.strip()[-300:]}")
@@ -36,16 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--also-scripts", type=Path, help="an older checkout whose scripts/*.py --help to time too")
     args = parser.parse_args(argv)
-    cases = {"mm-adapter --help": [sys.executable, "-m", "mm_adapter", "--help"]}
-    cases |= {f"mm-adapter {c.name} --help": [sys.executable, "-m", "mm_adapter", *c.words, "--help"]
+    here = Path(__file__).resolve().parents[1]
+    cases = {"mm-adapter --help": ([sys.executable, "-m", "mm_adapter", "--help"], here)}
+    cases |= {f"mm-adapter {c.name} --help": ([sys.executable, "-m", "mm_adapter", *c.words, "--help"], here)
               for c in COMMANDS}
-    if args.also_scripts:
+    if args.also_scripts:  # run inside that checkout, so its own packages are the ones imported
         for script in sorted((args.also_scripts / "scripts").glob("*.py")):
             if not script.name.startswith("_"):
-                cases[f"{args.also_scripts.name}/scripts/{script.name} --help"] = [sys.executable, str(script), "--help"]
+                cases[f"{args.also_scripts.name}/scripts/{script.name} --help"] = (
+                    [sys.executable, str(script), "--help"], args.also_scripts)
     rows = []
-    for name, command in cases.items():
-        runs = [timed(command, cwd=args.also_scripts) for _ in range(args.repeats)]
+    for name, (command, cwd) in cases.items():
+        runs = [timed(command, cwd=cwd) for _ in range(args.repeats)]
         row = {"case": name, "median_s": round(statistics.median(runs), 3), "max_s": round(max(runs), 3),
                "repeats": args.repeats, "target_s": TARGET_S}
         print(json.dumps(row), flush=True)

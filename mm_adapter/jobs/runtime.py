@@ -36,3 +36,13 @@ def prepare(model: ModelOptions) -> torch.device:
     """Threads and device of a job, settled before any slow work."""
     use_threads(model.threads)
     return resolve_device(model.device)
+
+
+def rank_zero_print(is_main: bool):
+    """``print`` on rank 0, nothing elsewhere: a torchrun job reports once."""
+    return print if is_main else (lambda *args, **kwargs: None)
+
+
+def finish_distributed() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

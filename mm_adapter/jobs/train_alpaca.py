@@ -15,19 +15,9 @@ from ..outputs import output_folder, write_config
 from ..train import TrainResult, prepare_out_dir, setup_distributed, train
 from ..train_data import PadCollator
 from .configs import TrainAlpacaConfig
-from .runtime import prepare
+from .runtime import finish_distributed, prepare, rank_zero_print
 
 COMMAND = "train alpaca"
-
-
-def rank_zero_print(is_main: bool):
-    """``print`` on rank 0, nothing elsewhere: a torchrun job reports once."""
-    return print if is_main else (lambda *args, **kwargs: None)
-
-
-def finish_distributed() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:

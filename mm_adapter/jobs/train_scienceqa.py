@@ -39,9 +39,8 @@ from ..train import TrainResult, prepare_out_dir, setup_distributed, train
 from ..train_data import BatchPlan, Example, PadCollator
 from ..visual import VisualProjection, build_encoder, trainable_summary
 from .configs import TrainScienceQAConfig
-from .runtime import prepare
+from .runtime import finish_distributed, prepare, rank_zero_print
 from .scienceqa_data import encode_problems, load_problems
-from .train_alpaca import finish_distributed, rank_zero_print
 from .validation import ValidationSelector
 
 COMMAND = "train scienceqa"
