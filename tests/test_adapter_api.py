@@ -2,23 +2,18 @@
 
 import pytest
 import torch
-from tiny import left_padded_batch, tiny_model
+from tiny import left_padded_batch, randomise_adapter, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, count_trainable, is_adapter_parameter
 
 
-def randomise_gates(model, seed=5):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for entry in adapter_parameters(model).values():
-            entry["gate"].copy_(torch.randn(entry["gate"].shape, generator=generator))
 
 
 def test_gradients_reach_only_adapter_parameters():
     model = tiny_model("llama-gqa")
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=2))
-    randomise_gates(model)
+    randomise_adapter(model, seed=5, prompts=False)
     ids, mask, positions = left_padded_batch()
     model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
     for name, parameter in model.named_parameters():
@@ -54,7 +49,7 @@ def test_llama_7b_trainable_count_is_the_papers_1229760():
 def test_fp32_adapter_on_bf16_base_trains_inside_and_outside_autocast(autocast):
     model = tiny_model("llama-gqa").to(torch.bfloat16)
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=2))
-    randomise_gates(model)
+    randomise_adapter(model, seed=5, prompts=False)
     assert all(p.dtype == torch.float32 for e in adapter_parameters(model).values() for p in e.values())
     ids, mask, _ = left_padded_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -68,7 +63,7 @@ def test_fp32_adapter_on_bf16_base_trains_inside_and_outside_autocast(autocast):
 def test_cached_and_uncached_greedy_decoding_agree_and_prompts_are_projected_once_per_generate():
     model = tiny_model("llama-gqa")
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=3))
-    randomise_gates(model)
+    randomise_adapter(model, seed=5, prompts=False)
     with torch.no_grad():
         for entry in adapter_parameters(model).values():
             entry["gate"].mul_(3)
@@ -87,7 +82,7 @@ def test_prompt_kv_is_recomputed_after_an_optimizer_step():
     """No stale prompt keys/values across training steps (litgpt's bug): grad-mode forwards never reuse them."""
     model = tiny_model("llama-gqa")
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=2))
-    randomise_gates(model)
+    randomise_adapter(model, seed=5, prompts=False)
     ids, mask, _ = left_padded_batch()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     first = model(input_ids=ids, attention_mask=mask, labels=ids)

@@ -10,19 +10,12 @@ import copy
 import pytest
 import torch
 from reference import reference_logits
-from tiny import FAMILIES, left_padded_batch, tiny_model
+from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter
 from mm_adapter.attention import train_token_block_in_fp32
 
 
-def randomised(model, seed=5):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for entry in adapter_parameters(model).values():
-            entry["prompt"].copy_(torch.randn(entry["prompt"].shape, generator=generator))
-            entry["gate"].copy_(0.5 * torch.randn(entry["gate"].shape, generator=generator))
-    return model
 
 
 def loss_of(logits, ids, mask):
@@ -42,7 +35,7 @@ def test_gradients_match_the_explicit_formula(family, attn):
     """Prompt and gate gradients of the training path equal those of tests/reference.py's explicit formula."""
     model = tiny_model(family, attn_implementation=attn)
     attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3))
-    randomised(model).train()
+    randomise_adapter(model, seed=5, gate_scale=0.5).train()
     ids, mask, positions = left_padded_batch()
     loss_of(model(input_ids=ids, attention_mask=mask, position_ids=positions).logits, ids, mask).backward()
     ours = adapter_grads(model)
@@ -63,7 +56,7 @@ def test_bf16_training_on_cpu_takes_the_fp32_token_block_and_keeps_gradients_clo
     block is taken only when training a bf16 model, never under no_grad or for fp32."""
     model = tiny_model("llama-gqa")
     attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3))
-    randomised(model).train()
+    randomise_adapter(model, seed=5, gate_scale=0.5).train()
     low = copy.deepcopy(model).to(torch.bfloat16)
     for entry in adapter_parameters(low).values():  # adapter parameters stay fp32 on a bf16 base
         for p in entry.values():

@@ -3,18 +3,12 @@
 import pytest
 import torch
 from reference import reference_logits
-from tiny import FAMILIES, left_padded_batch, tiny_model
+from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, detach_adapter
 
 
-def randomise(model, seed=3):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for entry in adapter_parameters(model).values():
-            entry["prompt"].copy_(torch.randn(entry["prompt"].shape, generator=generator))
-            entry["gate"].copy_(torch.randn(entry["gate"].shape, generator=generator))
 
 
 def logits(model, ids, mask, positions):
@@ -38,7 +32,7 @@ def test_zero_init_is_exactly_the_base_model(family, attn):
 def test_parity_with_explicit_formula_under_left_padding(family, attn, activation):
     model = tiny_model(family, attn_implementation=attn)
     attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3, gate_activation=activation))
-    randomise(model)
+    randomise_adapter(model)
     ids, mask, positions = left_padded_batch()
     ours = logits(model, ids, mask, positions)
     params = {i: {k: p.detach() for k, p in entry.items()} for i, entry in adapter_parameters(model).items()}
@@ -73,7 +67,7 @@ def test_detach_restores_the_base_function_and_implementation():
     ids, mask, positions = left_padded_batch()
     base = logits(model, ids, mask, positions)
     attach_adapter(model, AdapterConfig(adapter_len=3, adapter_layers=2))
-    randomise(model)
+    randomise_adapter(model)
     detach_adapter(model)
     assert model.config._attn_implementation == "sdpa"
     assert torch.equal(logits(model, ids, mask, positions), base)

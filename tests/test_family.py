@@ -9,7 +9,7 @@ default init, scores are ~0.1 and a cap of 50 would be a no-op the tests could n
 import pytest
 import torch
 from reference import reference_logits
-from tiny import COMMON, left_padded_batch
+from tiny import COMMON, left_padded_batch, randomise_adapter, tiny_model
 from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
@@ -32,23 +32,12 @@ ATTENTION = {"gemma2": ["eager"]}  # SDPA cannot softcap: refused (test_softcap_
 CASES = [(family, attn) for family in ROWS for attn in ATTENTION.get(family, ["sdpa", "eager"])]
 
 
+
+
+
+
 def tiny(family, attn="sdpa", seed=0, **overrides):
-    config_cls, model_cls, extra = ROWS[family]
-    config = config_cls(**{**COMMON, **extra, **overrides})
-    config._attn_implementation = attn
-    torch.manual_seed(seed)
-    model = model_cls(config).eval()
-    model.requires_grad_(False)
-    return model
-
-
-def randomise(model, seed=3):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for entry in adapter_parameters(model).values():
-            entry["prompt"].copy_(torch.randn(entry["prompt"].shape, generator=generator))
-            entry["gate"].copy_(torch.randn(entry["gate"].shape, generator=generator))
-    return model
+    return tiny_model(family, seed, attn, rows=ROWS, **overrides)
 
 
 def forward(model, batch):
@@ -77,7 +66,7 @@ def test_each_family_zero_init_is_exact_and_forward_matches_the_formula(family, 
         base = forward(model, batch)
         attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3))
         assert torch.equal(forward(model, batch), base)
-        randomise(model)
+        randomise_adapter(model)
         ours, expected = forward(model, batch), reference(model, batch)
     torch.testing.assert_close(ours[real], expected[real], atol=2e-5, rtol=1e-4)
     assert (ours[real] - base[real]).abs().max() > 1e-2  # not vacuous: the adapter moved the logits
@@ -86,7 +75,7 @@ def test_each_family_zero_init_is_exact_and_forward_matches_the_formula(family, 
 @pytest.mark.parametrize("family,attn", CASES)
 def test_each_family_gradients_match_the_formula(family, attn):
     """Per row: the training path (matmul chain, softcap included) gives the formula's gradients."""
-    model = randomise(attach_adapter(tiny(family, attn), AdapterConfig(adapter_len=4, adapter_layers=2))).train()
+    model = randomise_adapter(attach_adapter(tiny(family, attn), AdapterConfig(adapter_len=4, adapter_layers=2))).train()
     batch = left_padded_batch()
     weights = torch.linspace(-1, 1, model.config.vocab_size)
 
@@ -103,7 +92,7 @@ def test_each_family_gradients_match_the_formula(family, attn):
 def test_qwen3_prompt_keys_go_through_k_norm(attn):
     """Qwen3 RMS-normalises keys per head before rotary; prompt keys must get the same k_norm.
     The formula with and without it differ by far more than the tolerance, and ours is the former."""
-    model = randomise(attach_adapter(tiny("qwen3", attn), AdapterConfig(adapter_len=5, adapter_layers=3)))
+    model = randomise_adapter(attach_adapter(tiny("qwen3", attn), AdapterConfig(adapter_len=5, adapter_layers=3)))
     assert model.model.layers[-1].self_attn.adapter.runtime.family.key_norm == "k_norm"
     batch = left_padded_batch()
     real = batch[1].bool()
@@ -118,7 +107,7 @@ def test_qwen3_prompt_keys_go_through_k_norm(attn):
 def test_gemma2_softcap_is_applied_to_prompt_scores(grad):
     """Gemma2 softcaps attention logits; prompt scores get cap * tanh(s / cap) too, on both the
     inference and the training path. Formula with and without the prompt cap differ; ours is the former."""
-    model = randomise(attach_adapter(tiny("gemma2", "eager"), AdapterConfig(adapter_len=5, adapter_layers=3)))
+    model = randomise_adapter(attach_adapter(tiny("gemma2", "eager"), AdapterConfig(adapter_len=5, adapter_layers=3)))
     assert model.model.layers[-1].self_attn.adapter.runtime.family.softcap == 2.0
     batch = left_padded_batch()
     real = batch[1].bool()
@@ -133,7 +122,7 @@ def test_gemma2_softcap_is_applied_to_prompt_scores(grad):
 def test_gemma2_cached_decoding_matches_a_full_forward():
     """The no-grad softcap path with prompt K/V reused across decoding steps (projected once) gives
     the full forward's logits."""
-    model = randomise(attach_adapter(tiny("gemma2", "eager"), AdapterConfig(adapter_len=5, adapter_layers=3)))
+    model = randomise_adapter(attach_adapter(tiny("gemma2", "eager"), AdapterConfig(adapter_len=5, adapter_layers=3)))
     ids = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(2))
     adapters = list(adaption_prompts(model).values())
     with torch.no_grad():
@@ -180,7 +169,7 @@ def test_gemma2_eager_token_block_runs_gemma2s_own_eager_attention():
 def test_gqa_query_head_h_reads_prompt_kv_head_h_over_groups(family):
     """GQA: query head h uses key/value head h // (heads / kv_heads), as transformers' repeat_kv does
     (repeat_interleave, not tiling)."""
-    model = randomise(attach_adapter(tiny(family), AdapterConfig(adapter_len=3, adapter_layers=1)))
+    model = randomise_adapter(attach_adapter(tiny(family), AdapterConfig(adapter_len=3, adapter_layers=1)))
     (adapter,) = adaption_prompts(model).values()
     heads = adapter.runtime.family.heads
     assert (heads.num_heads, heads.num_kv_heads, heads.kv_groups) == (4, model.config.num_key_value_heads,

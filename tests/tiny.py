@@ -15,14 +15,28 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str = "llama-gqa", seed: int = 0, attn_implementation: str = "sdpa", **overrides):
-    """A frozen, eval-mode tiny causal LM of ``family`` with deterministic random weights."""
-    config_cls, model_cls, extra = FAMILIES[family]
+def tiny_model(family: str = "llama-gqa", seed: int = 0, attn_implementation: str = "sdpa", rows=None, **overrides):
+    """A frozen, eval-mode tiny causal LM of ``family`` (a key of ``rows``, default FAMILIES) with
+    deterministic random weights."""
+    config_cls, model_cls, extra = (rows or FAMILIES)[family]
     config = config_cls(**{**COMMON, **extra, **overrides})
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     model.requires_grad_(False)
+    return model
+
+
+def randomise_adapter(model, seed: int = 3, gate_scale: float = 1.0, prompts: bool = True):
+    """Random prompts (unless ``prompts=False``) and gates x ``gate_scale``: zero gates would hide the prompt path."""
+    from mm_adapter import adapter_parameters
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for entry in adapter_parameters(model).values():
+            if prompts:
+                entry["prompt"].copy_(torch.randn(entry["prompt"].shape, generator=generator))
+            entry["gate"].copy_(gate_scale * torch.randn(entry["gate"].shape, generator=generator))
     return model
 
 
