@@ -211,3 +211,10 @@ def test_the_older_script_names_are_thin_shells_of_the_command(script, words):
     assert len(code_lines) <= 4, code_lines
     done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and f"usage: mm-adapter {words}" in done.stdout, done.stderr
+
+
+def test_command_line_text_that_is_not_utf8_is_refused_in_one_line():
+    """Bytes that are not UTF-8 (a question typed in another encoding) are one line and exit 2, not a crash later."""
+    done = subprocess.run([sys.executable, "-m", "mm_adapter", "demo", "--question", b"caf\xe9?", "--choices", "a", "b"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not valid UTF-8" in done.stderr, done.stderr

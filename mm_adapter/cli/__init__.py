@@ -36,6 +36,15 @@ def _say_error(message: str) -> None:
         pass
 
 
+def _encodable(arg: str) -> bool:
+    """Bytes that are not UTF-8 reach ``sys.argv`` as lone surrogates, which fail later, deep in a tokenizer."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 2 bad input, 1 bug, 130 interrupted)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -45,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(top_help())
         return 0 if args else EXIT_BAD_INPUT
+    undecodable = next((arg for arg in args if not _encodable(arg)), None)
+    if undecodable is not None:
+        shown = undecodable.encode("utf-8", "surrogateescape")[:60]
+        _say_error(f"a command-line argument is not valid UTF-8 text: {shown!r}; pass text in UTF-8")
+        return EXIT_BAD_INPUT
     command, rest, _ = find(args)
     if command is None:
         _say_error(f"unknown command {' '.join(args[:2])!r}; one of: {', '.join(c.name for c in COMMANDS)} "
