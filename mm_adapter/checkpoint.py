@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,12 +29,15 @@ from .adapter import (
 from .atomic import atomic_path
 from .config import AdapterConfig
 from .errors import MMAdapterError
-from .safe_load import read_safetensors
+from .safe_load import check_tensor, read_safetensors
+from .textio import POSITIVE_INT, STRING, check_fields, parse_json
 
 FORMAT = "mm-adapter/1"
 PROMPT_FORMAT_KEY = "prompt_format"  # optional metadata: the prompt format the adapter was trained on
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(prompt|gate)$")
 _FINGERPRINT_SAMPLES = 4096
+_BASE_FIELDS = {"architecture": STRING, "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT,
+                "num_heads": POSITIVE_INT, "num_kv_heads": POSITIVE_INT, "vocab_size": POSITIVE_INT}
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,13 @@ class BaseIdentity:
             vocab_size=config.vocab_size,
             fingerprint=base_fingerprint(model),
         )
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | Path) -> "BaseIdentity":
+        """The identity recorded in a file, every field type-checked (sizes are compared and used as numbers)."""
+        check_fields(data, source, "metadata 'base'", _BASE_FIELDS, {"fingerprint": STRING},
+                     allow_unknown=False)
+        return cls(**data)
 
     def describe(self) -> str:
         fp = f" weights {self.fingerprint}" if self.fingerprint else ""
@@ -142,25 +153,23 @@ def save_adapter(model: nn.Module, path: str | Path, extra_tensors: dict[str, to
 def _read_json(metadata: dict[str, str], key: str, path: Path) -> dict:
     if key not in metadata:
         raise MMAdapterError(f"{path}: metadata has no {key!r}; not an mm-adapter file")
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError:
-        raise MMAdapterError(f"{path}: metadata field {key!r} is not valid JSON") from None
+    return parse_json(metadata[key], path, f"metadata field {key!r}", expect=dict)
+
+
+def _check_format(path: Path, metadata: dict[str, str]) -> None:
+    """Before any tensor is read: a file of another kind (say a base's weights) is refused without loading it."""
+    if metadata.get("format") != FORMAT:
+        raise MMAdapterError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
 
 
 def read_adapter(path: str | Path) -> AdapterFile:
     """Read and validate an adapter file without touching any model."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise MMAdapterError(f"{path}: no such adapter file")
-    tensors, metadata = read_safetensors(path)
-    if metadata.get("format") != FORMAT:
-        raise MMAdapterError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    tensors, metadata = read_safetensors(path, check_metadata=lambda found: _check_format(path, found))
     config = AdapterConfig.from_dict(_read_json(metadata, "config", path), source=str(path))
-    try:
-        base = BaseIdentity(**_read_json(metadata, "base", path))
-    except TypeError as error:
-        raise MMAdapterError(f"{path}: metadata field 'base' is malformed ({error})") from None
+    base = BaseIdentity.from_dict(_read_json(metadata, "base", path), path)
     layers: dict[int, dict[str, torch.Tensor]] = {}
     extra = {}
     for key, tensor in tensors.items():
@@ -168,6 +177,7 @@ def read_adapter(path: str | Path) -> AdapterFile:
         if match:
             layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
         else:
+            check_tensor(path, key, tensor, floating=False)  # NaN in a visual projection is as bad as in a prompt
             extra[key] = tensor
     _check_layers(path, config, base, layers)
     known = {"format", "config", "base"}
@@ -175,18 +185,19 @@ def read_adapter(path: str | Path) -> AdapterFile:
 
 
 def _check_layers(path: Path, config: AdapterConfig, base: BaseIdentity, layers: dict) -> None:
-    expected_indices = list(range(base.num_layers - config.adapter_layers, base.num_layers))
-    if sorted(layers) != expected_indices:
+    top = range(base.num_layers - config.adapter_layers, base.num_layers)  # a range: never built as a list
+    if config.adapter_layers > base.num_layers or len(layers) != len(top) or any(i not in top for i in layers):
         raise MMAdapterError(f"{path}: adapted layers {sorted(layers)} do not match the config's top "
                              f"{config.adapter_layers} of {base.num_layers}")
     shapes = {"prompt": (config.adapter_len, base.hidden_size), "gate": (base.num_heads,)}
-    for index, entry in layers.items():
+    for index, entry in sorted(layers.items()):
         for name, shape in shapes.items():
+            key = f"layers.{index}.{name}"
             if name not in entry:
-                raise MMAdapterError(f"{path}: missing tensor layers.{index}.{name}")
+                raise MMAdapterError(f"{path}: missing tensor {key}")
             if tuple(entry[name].shape) != shape:
-                raise MMAdapterError(f"{path}: layers.{index}.{name} has shape {list(entry[name].shape)}, "
-                                     f"expected {list(shape)}")
+                raise MMAdapterError(f"{path}: {key} has shape {list(entry[name].shape)}, expected {list(shape)}")
+            check_tensor(path, key, entry[name])
 
 
 def apply_adapter(model: nn.Module, adapter: AdapterFile) -> nn.Module:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Tuple
 
 from .errors import MMAdapterError
-from .options import ConfigError, check, option
+from .options import ConfigError, check, check_type, option
+from .textio import parse_json
 
 GATE_ACTIVATIONS = ("tanh", "identity")
 PROMPT_INITS = ("normal", "norm_scaled")
@@ -125,6 +126,10 @@ class VisualConfig:
         check(self, "visual_projection", choices=PROJECTIONS)
         check(self, "visual_hidden", low=1, integer=True)
         check(self, "clip_seed", low=0, integer=True)
+        check_type(self, "clip_model", str)
+        check_type(self, "clip_pretrained", str, optional=True)
+        for flag in ("visual_norm", "visual_zero_init", "visual_standardize"):
+            check_type(self, flag, bool)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -141,7 +146,4 @@ class VisualConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "visual config") -> "VisualConfig":
-        try:
-            return cls.from_dict(json.loads(text), source)
-        except json.JSONDecodeError as error:
-            raise MMAdapterError(f"{source}: visual config is not valid JSON ({error})") from None
+        return cls.from_dict(parse_json(text, source, "visual config", expect=dict), source)

@@ -8,7 +8,7 @@ dimension their layer type was split on.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from pathlib import Path
 
@@ -16,8 +16,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .errors import MMAdapterError
+from .textio import BOOLEAN, POSITIVE_INT, POSITIVE_NUMBER, check_fields, read_json, regular_file_size
 
-REQUIRED_PARAMS = ("dim", "n_layers", "n_heads", "norm_eps")
+REQUIRED_PARAMS = {"dim": POSITIVE_INT, "n_layers": POSITIVE_INT, "n_heads": POSITIVE_INT, "norm_eps": POSITIVE_NUMBER}
+OPTIONAL_PARAMS = {"n_kv_heads": POSITIVE_INT, "rope_theta": POSITIVE_NUMBER, "max_seq_len": POSITIVE_INT,
+                   "use_scaled_rope": BOOLEAN}
 
 # Meta name suffix -> (transformers name template, concat dim across model-parallel shards; None = replicated)
 _LAYER_KEYS = {
@@ -36,7 +39,8 @@ _LAYER_PATTERN = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
 def is_meta_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "params.json").is_file()
+    """A folder with a params.json (of any kind: reading it refuses a folder or FIFO in one line)."""
+    return path.is_dir() and os.path.lexists(path / "params.json")
 
 
 def meta_to_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -46,16 +50,10 @@ def meta_to_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def read_params(folder: Path) -> dict:
+    """``params.json``, type-checked: every size the conversion uses comes from here."""
     path = folder / "params.json"
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MMAdapterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(params, dict):
-        raise MMAdapterError(f"{path}: expected a JSON object")
-    missing = [name for name in REQUIRED_PARAMS if name not in params]
-    if missing:
-        raise MMAdapterError(f"{path}: missing required field(s) {', '.join(missing)}")
+    params = read_json(path, "Meta params", expect=dict)
+    check_fields(params, path, "Meta params", REQUIRED_PARAMS, OPTIONAL_PARAMS)
     return params
 
 
@@ -68,11 +66,17 @@ def _load_shards(folder: Path) -> list[dict[str, torch.Tensor]]:
     return [load_torch_file(path) for path in paths]
 
 
-def _merge(shards: list[dict[str, torch.Tensor]], key: str, dim: int | None, full_width: int) -> torch.Tensor:
+def _merge(shards: list[dict[str, torch.Tensor]], key: str, dim: int | None, full_width: int,
+           where: Path) -> torch.Tensor:
+    """One tensor from every shard, joined along ``dim`` (None: replicated, 1-D); refuses a missing or misshapen one."""
     try:
         parts = [shard[key] for shard in shards]
     except KeyError:
-        raise MMAdapterError(f"Meta checkpoint is missing tensor {key!r}") from None
+        raise MMAdapterError(f"{where}: Meta checkpoint is missing tensor {key!r}") from None
+    ndim = 1 if dim is None else 2
+    bad = next((part for part in parts if part.ndim != ndim), None)
+    if bad is not None:
+        raise MMAdapterError(f"{where}: Meta tensor {key!r} has shape {list(bad.shape)}, expected {ndim} dimension(s)")
     if len(parts) == 1 or dim is None:
         return parts[0]
     if key == "tok_embeddings.weight":  # LLaMA 1/2 split the width, LLaMA 3 the vocabulary
@@ -80,15 +84,16 @@ def _merge(shards: list[dict[str, torch.Tensor]], key: str, dim: int | None, ful
     return torch.cat(parts, dim=dim)
 
 
-def convert_state_dict(shards: list[dict[str, torch.Tensor]], params: dict) -> dict[str, torch.Tensor]:
+def convert_state_dict(shards: list[dict[str, torch.Tensor]], params: dict, where: Path = Path("Meta checkpoint")
+                       ) -> dict[str, torch.Tensor]:
     n_heads, dim = params["n_heads"], params["dim"]
     n_kv_heads = params.get("n_kv_heads") or n_heads
-    state = {"model.embed_tokens.weight": _merge(shards, "tok_embeddings.weight", 1, dim)}
+    state = {"model.embed_tokens.weight": _merge(shards, "tok_embeddings.weight", 1, dim, where)}
     for meta_key, (hf_key, concat) in _TOP_KEYS.items():
-        state[hf_key] = _merge(shards, meta_key, concat, dim)
+        state[hf_key] = _merge(shards, meta_key, concat, dim, where)
     for layer in range(params["n_layers"]):
         for suffix, (hf_suffix, concat) in _LAYER_KEYS.items():
-            tensor = _merge(shards, f"layers.{layer}.{suffix}", concat, dim)
+            tensor = _merge(shards, f"layers.{layer}.{suffix}", concat, dim, where)
             if suffix == "attention.wq.weight":
                 tensor = meta_to_hf_rotary(tensor, n_heads)
             elif suffix == "attention.wk.weight":
@@ -99,15 +104,16 @@ def convert_state_dict(shards: list[dict[str, torch.Tensor]], params: dict) -> d
     }
     extra = sorted(k for k in shards[0] if k not in expected and not k.startswith("rope.freqs"))
     if extra:
-        raise MMAdapterError(f"Meta checkpoint has unexpected tensor(s) {', '.join(extra[:3])}; is params.json right?")
+        raise MMAdapterError(f"{where}: Meta checkpoint has unexpected tensor(s) {', '.join(extra[:3])}; "
+                             "is params.json right?")
     return state
 
 
-def hf_config(params: dict, state: dict[str, torch.Tensor]) -> LlamaConfig:
+def hf_config(params: dict, state: dict[str, torch.Tensor], where: Path = Path("Meta checkpoint")) -> LlamaConfig:
     vocab_size, dim = state["model.embed_tokens.weight"].shape
     if dim != params["dim"]:
-        raise MMAdapterError(f"params.json says dim={params['dim']} but tok_embeddings has width {dim}")
-    rope: dict = {"rope_type": "default", "rope_theta": float(params.get("rope_theta", 10000.0))}
+        raise MMAdapterError(f"{where}: params.json says dim={params['dim']} but tok_embeddings has width {dim}")
+    rope: dict = {"rope_type": "default", "rope_theta": float(params.get("rope_theta") or 10000.0)}
     if params.get("use_scaled_rope"):
         rope.update(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                     original_max_position_embeddings=8192)
@@ -119,7 +125,7 @@ def hf_config(params: dict, state: dict[str, torch.Tensor]) -> LlamaConfig:
         num_attention_heads=params["n_heads"],
         num_key_value_heads=params.get("n_kv_heads") or params["n_heads"],
         rms_norm_eps=params["norm_eps"],
-        max_position_embeddings=params.get("max_seq_len", 4096),
+        max_position_embeddings=params.get("max_seq_len") or 4096,
         rope_parameters=rope,
         tie_word_embeddings=False,
     )
@@ -128,8 +134,8 @@ def hf_config(params: dict, state: dict[str, torch.Tensor]) -> LlamaConfig:
 def load_meta_model(folder: Path, dtype: torch.dtype | None = None) -> LlamaForCausalLM:
     params = read_params(folder)
     shards = _load_shards(folder)
-    state = convert_state_dict(shards, params)
-    config = hf_config(params, state)
+    state = convert_state_dict(shards, params, folder)
+    config = hf_config(params, state, folder)
     dtype = dtype or state["model.embed_tokens.weight"].dtype
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -143,6 +149,7 @@ def load_meta_tokenizer(folder: Path):
     """The sentencepiece ``tokenizer.model`` as a transformers Llama tokenizer (BOS added, as Meta's code does)."""
     from transformers import LlamaTokenizer
 
-    if not (folder / "tokenizer.model").is_file():
+    if not os.path.lexists(folder / "tokenizer.model"):
         raise MMAdapterError(f"{folder}: Meta-format folder has no tokenizer.model")
+    regular_file_size(folder / "tokenizer.model", "sentencepiece tokenizer")
     return LlamaTokenizer.from_pretrained(folder, legacy=False, add_bos_token=True)

@@ -26,6 +26,18 @@ class ConfigError(MMAdapterError):
         self.field, self.reason = field, message
 
 
+def check_type(config: Any, field: str, kind: type | tuple[type, ...], optional: bool = False) -> None:
+    """Refuse ``config.field`` that is not of ``kind`` (a bool is not an int here); ``None`` passes when ``optional``.
+    Configs read from files (adapter metadata, recipes) would otherwise carry a wrong type deep into the code."""
+    value = getattr(config, field)
+    if value is None and optional:
+        return
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(field, f"must be {names}, got {value!r}")
+
+
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 

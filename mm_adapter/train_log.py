@@ -8,15 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path, atomic_write_text
+from .textio import read_text
 
 METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 
 
-def _step_of(line: str) -> float:
+def _record(line: str) -> dict[str, Any]:
+    """One metrics line, or {} for a torn or foreign one (a kill mid-write leaves at most the last line torn)."""
     try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _step_of(line: str) -> float:
+    step = _record(line).get("step")
+    return step if isinstance(step, (int, float)) else math.inf
 
 
 class MetricsLog:
@@ -27,7 +35,7 @@ class MetricsLog:
         if resume_step is None:
             self.path.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         elif self.path.exists():  # drop steps the killed run did after its checkpoint (and a torn last line)
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
+            kept = [line for line in read_text(self.path, "metrics log").splitlines() if _step_of(line) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a")
 
@@ -41,8 +49,8 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        records = [_record(line) for line in read_text(self.path, "metrics log").splitlines()]
+        points = [(r["step"], r["loss"]) for r in records if "step" in r and "loss" in r]
         if not points:
             return
         figure, axis = plt.subplots(figsize=(7, 4))

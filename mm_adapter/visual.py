@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter import count_trainable
-from .checkpoint import load_adapter
+from .checkpoint import apply_adapter, read_adapter
 from .config import VisualConfig
 from .errors import MMAdapterError
+from .safe_load import check_tensor
 
 FEATURE_VERSION = 1  # bump when the feature recipe changes: it is part of the cache key
 ALLOW_DOWNLOAD_ENV = "MM_ADAPTER_ALLOW_DOWNLOAD"
@@ -45,6 +46,7 @@ _TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
 }
+VISUAL_PREFIX = "visual."  # the projection's tensors in an adapter file
 _LIST_HINT = "python -c 'import open_clip; print(open_clip.list_models())'"
 
 
@@ -256,7 +258,7 @@ def trainable_summary(model: nn.Module, projection: nn.Module) -> str:
 def visual_extras(config: VisualConfig, projection: VisualProjection,
                   encoder: ClipEncoder | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``extra_tensors`` / ``extra_metadata`` for ``checkpoint.save_adapter``: the projection and config."""
-    tensors = {f"visual.{k}": v for k, v in projection.state_dict().items()}
+    tensors = {f"{VISUAL_PREFIX}{k}": v for k, v in projection.state_dict().items()}
     metadata = {"visual": config.to_json(), "visual_in_dim": str(projection.in_dim)}
     if encoder is not None:
         metadata["visual_encoder"] = encoder.identity
@@ -265,21 +267,58 @@ def visual_extras(config: VisualConfig, projection: VisualProjection,
 
 def projection_from_adapter(adapter_file, hidden_size: int | None = None,
                             device: torch.device | str | None = None) -> tuple[VisualConfig, VisualProjection] | None:
-    """The visual config and loaded projection stored in an ``AdapterFile``, or None for a text-only one."""
+    """The visual config and loaded projection stored in an ``AdapterFile``, or None for a text-only one.
+
+    Sizes come from the stored tensors: the projection is laid out on the meta device (no memory, whatever
+    widths the metadata claims), every stored tensor is checked against that layout, then put in place.
+    """
     meta = adapter_file.extra_metadata
     if "visual" not in meta:
         return None
-    config = VisualConfig.from_json(meta["visual"], source=str(adapter_file.path))
-    hidden = hidden_size or adapter_file.base.hidden_size
-    in_dim = int(meta.get("visual_in_dim", feature_dim(config)))
-    projection = VisualProjection(in_dim, hidden, config, device=device)
-    state = {k[len("visual."):]: v for k, v in adapter_file.extra_tensors.items() if k.startswith("visual.")}
-    try:
-        projection.load_state_dict(state)
-    except RuntimeError as error:
-        raise MMAdapterError(f"{adapter_file.path}: visual projection tensors do not fit its config "
-                             f"({str(error).splitlines()[0][:120]})") from None
-    return config, projection
+    where = adapter_file.path
+    config = VisualConfig.from_json(meta["visual"], source=str(where))
+    state = {k[len(VISUAL_PREFIX):]: v for k, v in adapter_file.extra_tensors.items() if k.startswith(VISUAL_PREFIX)}
+    in_dim = _stored_in_dim(where, meta, state)
+    projection = VisualProjection(in_dim, hidden_size or adapter_file.base.hidden_size, config, device="meta")
+    _check_state(where, projection.state_dict(), state)
+    projection.load_state_dict(state, assign=True)
+    return config, projection.to(device or "cpu", torch.float32)
+
+
+def _stored_in_dim(where, meta: dict[str, str], state: dict[str, torch.Tensor]) -> int:
+    """The projection's input width, from its first stored weight; the metadata's ``visual_in_dim`` must agree."""
+    first = state.get("proj.0.weight")
+    if first is None or first.ndim != 2:
+        found = "missing" if first is None else f"of shape {list(first.shape)}"
+        raise MMAdapterError(f"{where}: tensor {VISUAL_PREFIX}proj.0.weight is {found}, expected [width, in_dim]")
+    in_dim = first.shape[1]
+    recorded = meta.get("visual_in_dim", str(in_dim))
+    if recorded.strip() != str(in_dim):
+        raise MMAdapterError(f"{where}: metadata visual_in_dim is {recorded[:40]!r}, but {VISUAL_PREFIX}proj.0.weight "
+                             f"takes {in_dim} features")
+    return in_dim
+
+
+def _check_state(where, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Every tensor the projection's layout needs, of its shape and floating point; nothing else."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        found = f"missing {VISUAL_PREFIX}{missing[0]}" if missing else f"unexpected {VISUAL_PREFIX}{unexpected[0]}"
+        raise MMAdapterError(f"{where}: visual projection tensors do not fit its visual config: {found}")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise MMAdapterError(f"{where}: {VISUAL_PREFIX}{key} has shape {list(tensor.shape)}, but the visual config "
+                                 f"and base need {list(expected[key].shape)}")
+        check_tensor(where, f"{VISUAL_PREFIX}{key}", tensor)
+
+
+def _check_feature_width(where, config: VisualConfig, projection: VisualProjection) -> None:
+    """The encoder the config names must give the width the stored projection takes (from the architecture
+    config alone: before the encoder's weights are allocated)."""
+    width = feature_dim(config)
+    if width != projection.in_dim:
+        raise MMAdapterError(f"{where}: its visual projection takes {projection.in_dim} features, but "
+                             f"{config.clip_model} at depths {config.clip_layers} gives {width}")
 
 
 def check_encoder(adapter_file, encoder: ClipEncoder) -> None:
@@ -295,11 +334,15 @@ def load_multimodal_adapter(model: nn.Module, path, device: torch.device | str |
     """Apply the adapter file at ``path`` to ``model``; if it has a visual part, also build its frozen
     encoder (from the recorded config, checked against the recorded identity) and its projection.
 
-    One call for evaluation and demos. Returns None for a text-only adapter (still applied).
+    One call for evaluation and demos. Returns None for a text-only adapter (still applied). The whole
+    file is checked before the model is touched or the encoder's weights are allocated.
     """
-    adapter = load_adapter(model, path)
+    adapter = read_adapter(path)
     device = device or next(model.parameters()).device
     found = projection_from_adapter(adapter, device=device)
+    if found is not None:
+        _check_feature_width(adapter.path, *found)
+    apply_adapter(model, adapter)
     if found is None:
         return None
     config, projection = found

@@ -121,7 +121,7 @@ def test_meta_params_without_required_fields_is_one_line(tmp_path):
     params = json.loads((tmp_path / "params.json").read_text())
     del params["n_heads"]
     (tmp_path / "params.json").write_text(json.dumps(params))
-    with pytest.raises(MMAdapterError, match=r"params.json: missing required field\(s\) n_heads"):
+    with pytest.raises(MMAdapterError, match=r"params.json: Meta params is missing required field\(s\) n_heads"):
         load_base(str(tmp_path))
 
 

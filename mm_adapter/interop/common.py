@@ -8,6 +8,7 @@ head), each with the key it came from so every refusal can name it. Everything a
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..adapter import decoder_layers
 from ..checkpoint import AdapterFile, BaseIdentity
 from ..config import AdapterConfig
 from ..errors import MMAdapterError
-from ..safe_load import load_torch_file, read_safetensors
+from ..safe_load import check_tensor, load_torch_file, read_safetensors
 
 
 @dataclass
@@ -38,17 +39,11 @@ def read_tensors(path: str | Path, wrapper: str | None = None) -> dict[str, torc
     ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise MMAdapterError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         return read_safetensors(path)[0]
-    data = load_torch_file(path)
-    if wrapper is not None and set(data) == {wrapper} and isinstance(data[wrapper], dict):
-        data = data[wrapper]
-    for key, value in data.items():
-        if not isinstance(value, torch.Tensor):
-            raise MMAdapterError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
-    return data
+    return load_torch_file(path, wrapper)
 
 
 def split_keys(path: Path, tensors: dict[str, torch.Tensor], pattern: re.Pattern,
@@ -106,6 +101,8 @@ def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
         if gate.numel() not in (1, heads):
             raise MMAdapterError(f"{path}: {layer.gate_key} has {gate.numel()} values, but the base has {heads} "
                                  "heads (expected 1 or one per head)")
+        check_tensor(path, layer.prompt_key, prompt)
+        check_tensor(path, layer.gate_key, gate)
         out[index] = {"prompt": prompt.detach().to("cpu", torch.float32).contiguous(),
                       "gate": gate.detach().to("cpu", torch.float32).expand(heads).contiguous()}
     config = AdapterConfig(adapter_len=adapter_len, adapter_layers=len(indices), gate_activation=gate_activation)

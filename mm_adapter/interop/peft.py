@@ -17,6 +17,7 @@ Export is possible only where every head of a layer has the same effective gate 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ..adapter import adapter_config, adaption_prompts, decoder_layers
 from ..atomic import atomic_dir
 from ..checkpoint import AdapterFile
 from ..errors import MMAdapterError
+from ..textio import POSITIVE_INT, check_fields, read_json
 from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
 
 CONFIG_NAME = "adapter_config.json"
@@ -41,7 +43,7 @@ def import_peft(model: nn.Module, folder: str | Path) -> AdapterFile:
     """Read a PEFT adaption_prompt folder as our adapter for ``model`` (checked, not yet applied)."""
     folder = Path(folder)
     config = _read_config(folder)
-    weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
+    weights = next((folder / name for name in WEIGHTS_NAMES if os.path.lexists(folder / name)), None)
     if weights is None:
         raise MMAdapterError(f"{folder}: no {' or '.join(WEIGHTS_NAMES)}")
     tensors = read_tensors(weights)
@@ -63,18 +65,12 @@ def import_peft(model: nn.Module, folder: str | Path) -> AdapterFile:
 
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_NAME
-    if not path.is_file():
+    if not folder.is_dir() or not os.path.lexists(path):
         raise MMAdapterError(f"{folder}: no {CONFIG_NAME}; not a PEFT adapter folder")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MMAdapterError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != PEFT_TYPE:
-        found = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
-        raise MMAdapterError(f"{path}: peft_type is {found!r}, expected {PEFT_TYPE!r}")
-    for field in ("adapter_len", "adapter_layers"):
-        if not isinstance(config.get(field), int) or config[field] < 1:
-            raise MMAdapterError(f"{path}: {field} must be a positive integer, got {config.get(field)!r}")
+    config = read_json(path, "PEFT adapter config", expect=dict)
+    if config.get("peft_type") != PEFT_TYPE:
+        raise MMAdapterError(f"{path}: peft_type is {config.get('peft_type')!r}, expected {PEFT_TYPE!r}")
+    check_fields(config, path, "PEFT adapter config", {"adapter_len": POSITIVE_INT, "adapter_layers": POSITIVE_INT})
     if config.get("target_modules", "self_attn") != "self_attn":
         raise MMAdapterError(f"{path}: target_modules is {config['target_modules']!r}; only 'self_attn' "
                              "(Llama-style attention) is supported")
