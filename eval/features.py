@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from mm_adapter.scienceqa.data import Problem, image_path
+from mm_adapter.scienceqa.errors import ScienceQAError
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.feature_cache import ImageInput, image_features
@@ -23,12 +24,29 @@ from mm_adapter.visual import ClipEncoder, VisualProjection
 
 
 def problem_image(problem: Problem, root: str | Path | None) -> ImageInput:
-    """The image of a problem: HF-layout bytes, the official-layout file under ``root``, or None."""
+    """The image of a problem: HF-layout bytes, the official-layout file under ``root``, or None.
+    An image path leading outside ``root/images`` raises ``ScienceQAError``."""
     if problem.image_bytes is not None:
         return problem.image_bytes
     if problem.image is None or root is None:
         return None
     return image_path(problem, root)
+
+
+def _problem_images(problems: Sequence[Problem], root: str | Path | None,
+                    skip_bad: bool) -> tuple[list[ImageInput], list[str]]:
+    """Each problem's image; with ``skip_bad`` one whose path leaves the data folder is None, its reason listed."""
+    images, skipped = [], []
+    for problem in problems:
+        try:
+            images.append(problem_image(problem, root))
+        except ScienceQAError as error:
+            if not skip_bad:
+                raise ScienceQAError(f"{error} (pass --skip-bad-images to treat it as a problem without an "
+                                     "image)") from None
+            images.append(None)
+            skipped.append(str(error))
+    return images, skipped
 
 
 @dataclass
@@ -58,10 +76,11 @@ def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: st
                      skip_bad: bool = False, batch_size: int = 32) -> ProblemFeatures:
     """Features of every problem's image, through the disk cache (encoder runs only on cache misses).
 
-    A missing or damaged image is one ``MMAdapterError`` line naming it, or with ``skip_bad`` the
-    problem is kept as a problem without an image and the reason is listed in ``skipped``.
+    A missing or damaged image (or one whose path leads outside ``root/images``) is one error line
+    naming it, or with ``skip_bad`` the problem is kept as a problem without an image and the reason
+    is listed in ``skipped``.
     """
-    images = [problem_image(p, root) for p in problems]
+    images, outside = _problem_images(problems, root, skip_bad)
     names = [f"problem {p.pid} (image bytes)" if p.image_bytes is not None else None for p in problems]
     try:
         found = image_features(encoder, images, cache=True, on_error="skip" if skip_bad else "raise",
@@ -69,7 +88,7 @@ def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: st
     except MMAdapterError as error:
         raise MMAdapterError(f"{error} (pass --skip-bad-images to treat it as a problem without an image)") from None
     by_pid = {p.pid: found.features[i] for i, p in enumerate(problems) if found.mask[i]}
-    return ProblemFeatures(by_pid, encoder.feature_dim, found.skipped)
+    return ProblemFeatures(by_pid, encoder.feature_dim, outside + found.skipped)
 
 
 def report_skipped(features: ProblemFeatures, what: str, stream=None) -> None:

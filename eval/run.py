@@ -6,6 +6,12 @@ QCM-T, the options' cloze scores (one forward over every option of the batch), `
 greedily and reads the answer with ``scienceqa.prompts.extract_answer``; a generation it cannot
 read is stored as -1 and counted, never replaced by a guess.
 
+Before anything is computed or written, every problem must fit the model's context
+(``max_position_embeddings``): its prompt with its longest option (score mode) or with
+``max_new_tokens`` (generate mode). One that does not is refused in one line naming its pid; a
+prompt is never cut, since that would change the benchmark's question. (The loaders have already
+bounded every text field to ``MAX_TEXT_CHARS`` characters, so tokenising them is bounded too.)
+
 ``evaluate`` answers in memory (training-time validation). ``run`` writes the official
 predictions file: every finished batch is appended to ``PRED.partial.jsonl`` (a header line with
 the run's configuration, then one line per pid) and flushed; a rerun with the same configuration
@@ -26,8 +32,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+
+from mm_adapter.atomic import atomic_write_json, atomic_write_text
+from mm_adapter.checkpoint import read_adapter
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
-from mm_adapter.eval.scoring import choice_scores, greedy_generate, precision
+from mm_adapter.eval.scoring import (
+    check_context,
+    choice_scores,
+    context_tokens,
+    greedy_generate,
+    precision,
+    tokens_needed,
+)
+from mm_adapter.progress import progress as progress_bar
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import NO_ANSWER, make_predictions
 from mm_adapter.scienceqa.prompts import (
@@ -36,11 +54,7 @@ from mm_adapter.scienceqa.prompts import (
     extract_answer,
     stated_answer,
 )
-
-from mm_adapter.atomic import atomic_write_json, atomic_write_text
-from mm_adapter.checkpoint import read_adapter
-from mm_adapter.errors import MMAdapterError
-from mm_adapter.progress import progress as progress_bar
+from mm_adapter.textio import read_text
 
 # A batch of problems -> their (batch, hidden) prompt offsets (the multimodal path; zero rows for no image).
 Offsets = Callable[[Sequence[Problem]], torch.Tensor]
@@ -73,6 +87,14 @@ def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Pro
     length = {p.pid: len(build_prompt(p, config.prompt_format, config.captions).prompt) for p in problems}
     ordered = sorted(problems, key=lambda p: -length[p.pid])  # stable: ties keep input order
     return [ordered[i: i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
+
+
+def check_fit(model, tokenizer, problems: Sequence[Problem], config: EvalConfig) -> None:
+    """Refuse, in one line naming the first pid, problems too long for the model's context."""
+    prompts = [build_prompt(p, config.prompt_format, config.captions).prompt for p in problems]
+    new_tokens = config.max_new_tokens if config.mode == "generate" else 0
+    lengths = tokens_needed(tokenizer, prompts, [p.choices for p in problems], config.prompt_format, new_tokens)
+    check_context(lengths, context_tokens(model), [f"problem {p.pid}" for p in problems])
 
 
 def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
@@ -115,6 +137,7 @@ def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConf
 def evaluate(model, tokenizer, problems: Sequence[Problem], config: EvalConfig = EvalConfig(),
              offsets: Offsets | None = None) -> dict[str, Answer]:
     """Answer every problem in memory (no files, no bar): pid -> Answer, in input order."""
+    check_fit(model, tokenizer, problems, config)
     answers = {a.pid: a for batch in iter_answers(model, tokenizer, problems, config, offsets=offsets) for a in batch}
     return {p.pid: answers[p.pid] for p in problems}
 
@@ -137,7 +160,7 @@ def _canonical(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_partial(path: Path, identity: Mapping[str, Any]) -> dict[str, Answer]:
     """Answers already in a partial file of the same configuration; a different one is refused."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "partial predictions file").splitlines()
     try:
         header = json.loads(lines[0])["config"] if lines else None
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -234,6 +257,7 @@ def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: 
     (they must be part of ``identity``, e.g. through the adapter file's hash).
     """
     out = Path(out)
+    check_fit(model, tokenizer, problems, config)  # before the partial file is made
     identity = {**(identity or {}), **config.identity()}
     wanted = {p.pid for p in problems}
     answers = {pid: a for pid, a in _prepare(out, identity, overwrite).items() if pid in wanted}

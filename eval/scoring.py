@@ -203,6 +203,38 @@ def choice_scores(model, tokenizer, prompts: Sequence[str], choices: Sequence[Se
     return option_log_probs(model, tokenizer, prompts, [len(c) for c in choices], offsets)
 
 
+def context_tokens(model) -> int | None:
+    """The most tokens the model reads at once (its text config's ``max_position_embeddings``); None if unstated."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    found = getattr(config, "max_position_embeddings", None)
+    return found if isinstance(found, int) and found > 0 else None
+
+
+def tokens_needed(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                  fmt: "str | PromptFormat" = PromptFormat.QCM_A, new_tokens: int = 0) -> list[int]:
+    """Per prompt, the longest sequence answering it runs through the model: the prompt plus ``new_tokens``
+    (generate mode), its longest stated option (a text format) or ``prompt + " The answer is"`` (letters)."""
+    if new_tokens:
+        return [len(ids) + new_tokens for ids in tokenizer(list(prompts)).input_ids]
+    if not PromptFormat.parse(fmt).answers_by_text:
+        return [len(ids) for ids in tokenizer([prompt + SCORED_SUFFIX for prompt in prompts]).input_ids]
+    texts = [prompt + " " + stated_answer(options, index, PromptFormat.QCM_T)
+             for prompt, options in zip(prompts, choices) for index in range(len(options))]
+    lengths = iter(len(ids) for ids in tokenizer(texts).input_ids)
+    return [max(next(lengths) for _ in options) for options in choices]
+
+
+def check_context(lengths: Sequence[int], context: int | None, names: Sequence[str]) -> None:
+    """Refuse, in one line naming the first, texts longer than the model's context: its positions end there,
+    and cutting a prompt would change the question."""
+    over = [(name, length) for name, length in zip(names, lengths) if context is not None and length > context]
+    if over:
+        name, length = over[0]
+        more = f" ({len(over)} do not fit)" if len(over) > 1 else ""
+        raise MMAdapterError(f"{name}: its prompt and answer take {length} tokens, over the model's context of "
+                             f"{context} (max_position_embeddings){more}")
+
+
 def option_probabilities(model, tokenizer, prompts: Sequence[str], n_options: Sequence[int],
                          offsets: torch.Tensor | None = None) -> list[list[float]]:
     """Per question, the probability of each of its options, renormalised over its n letters."""

@@ -3,6 +3,13 @@
 Prompt and response are tokenised separately and concatenated, so the label boundary is exact and
 generation (which tokenises the prompt alone, see :func:`prompt_text`) sees exactly the prompt ids
 the adapter was trained on. The templates are the original LLaMA-Adapter/Stanford Alpaca ones.
+
+Bounds: each field has at most ``MAX_TEXT_CHARS`` characters, checked before anything is
+tokenised (a longer one is a bad record: refused in one line, or skipped and counted with
+``skip_bad``); an example is then cut to ``max_seq_len`` tokens, or to the model's context when
+that is given and shorter (right-truncation; a record whose prompt alone fills it is dropped and
+counted). Only a regular file of at most ``MAX_DATA_BYTES`` is
+read (never a FIFO or device), through ``textio``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MMAdapterError
+from .textio import read_text
 from .train_data import IGNORE_INDEX, Example
 
 PROMPT_WITH_INPUT = (
@@ -25,6 +33,8 @@ PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 FIELDS = ("instruction", "input", "output")
+MAX_TEXT_CHARS = 20_000  # characters in one field (the same bound as mm_adapter.scienceqa.data's)
+MAX_DATA_BYTES = 256 * 2**20  # a data file larger than this is refused before it is read (52K Alpaca: 22 MB)
 
 
 @dataclass(frozen=True)
@@ -57,10 +67,7 @@ def prompt_text(tokenizer, instruction: str, input: str = "") -> str:
 
 def _raw_items(path: Path) -> list[tuple[int, object]]:
     """(record index, parsed value or the JSON error) for a JSON list or a JSONL file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise MMAdapterError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = read_text(path, "data file", MAX_DATA_BYTES)  # a FIFO or device is refused before it is opened
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -89,6 +96,9 @@ def _record(value: object) -> AlpacaRecord:
             raise MMAdapterError(f"field {name!r} is missing")
         if not isinstance(value[name], str):
             raise MMAdapterError(f"field {name!r} is {type(value[name]).__name__}, expected a string")
+        if len(value[name]) > MAX_TEXT_CHARS:
+            raise MMAdapterError(f"field {name!r} has {len(value[name]):,} characters, over the limit of "
+                                 f"{MAX_TEXT_CHARS:,} (MAX_TEXT_CHARS)")
     if not value["instruction"].strip():
         raise MMAdapterError("field 'instruction' is empty")
     if not value["output"].strip():
@@ -103,8 +113,6 @@ def read_alpaca(path: str | Path, skip_bad: bool = False) -> AlpacaData:
     ``skip_bad``, which drops it and counts it in ``skipped``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MMAdapterError(f"{path}: no such data file")
     records, skipped = [], 0
     for index, value in _raw_items(path):
         try:
@@ -132,8 +140,11 @@ def encode_record(tokenizer, record: AlpacaRecord, max_seq_len: int) -> Example 
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode_alpaca(tokenizer, records: list[AlpacaRecord], max_seq_len: int = 512) -> tuple[list[Example], int]:
-    """Tokenise records; returns the examples and how many were dropped because the prompt fills max_seq_len."""
-    examples = [encode_record(tokenizer, record, max_seq_len) for record in records]
+def encode_alpaca(tokenizer, records: list[AlpacaRecord], max_seq_len: int = 512,
+                 context: int | None = None) -> tuple[list[Example], int]:
+    """Tokenise records, each cut to ``max_seq_len`` tokens or the model's ``context`` when that is shorter;
+    returns the examples and how many were dropped because the prompt fills that bound."""
+    limit = min(max_seq_len, context or max_seq_len)
+    examples = [encode_record(tokenizer, record, limit) for record in records]
     kept = [example for example in examples if example is not None]
     return kept, len(examples) - len(kept)

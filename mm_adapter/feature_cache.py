@@ -5,8 +5,11 @@ The identity covers the model name, the depths, the preprocessing and a fingerpr
 weights (so tags, checkpoint files and random seeds never share entries). Entries are written
 atomically (temp file + ``os.replace``); an unreadable or mis-shaped entry is recomputed.
 
-Bad images (missing, not an image, truncated, decompression bomb) raise one ``MMAdapterError``
-line naming the file, or with ``on_error="skip"`` are logged in one line and treated as "no image".
+Bad images (missing, not a regular file, over ``MAX_IMAGE_BYTES``, not an image, truncated,
+decompression bomb) raise one ``MMAdapterError`` line naming the file, or with ``on_error="skip"``
+are logged in one line and treated as "no image". A FIFO, device or folder is refused before it
+is opened (reading a FIFO blocks forever). A JPEG's EXIF orientation is applied before encoding,
+so a photo taken sideways is seen upright; its cache key says so (entries made before were not).
 """
 
 from __future__ import annotations
@@ -21,28 +24,37 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .base import cache_root
 from .errors import MMAdapterError
+from .textio import regular_file_size
 from .visual import ClipEncoder
 
 log = logging.getLogger(__name__)
 ImageInput = Union[str, Path, bytes, None]  # a file, its bytes (Hugging Face layout), or no image
+MAX_IMAGE_BYTES = 20 * 2**20  # an image file or upload larger than this is refused before it is read
+
+
+def _too_large(size: int, label: str) -> MMAdapterError:
+    return MMAdapterError(f"{label}: image file too large ({size / 2**20:.1f} MiB, limit "
+                          f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)")
 
 
 def image_bytes(item: str | Path | bytes, name: str | None = None) -> tuple[bytes, str]:
-    """The raw bytes of an image input and a name for messages."""
+    """The raw bytes of an image input (at most ``MAX_IMAGE_BYTES``) and a name for messages."""
     if isinstance(item, (bytes, bytearray)):
-        return bytes(item), name or f"<{len(item)} image bytes>"
+        name = name or f"<{len(item)} image bytes>"
+        if len(item) > MAX_IMAGE_BYTES:
+            raise _too_large(len(item), name)
+        return bytes(item), name
     path = Path(item)
+    size = regular_file_size(path, "image file")  # a FIFO, device or folder is refused before it is opened
     try:
+        if size > MAX_IMAGE_BYTES:
+            raise _too_large(size, name or str(path))
         return path.read_bytes(), name or str(path)
-    except FileNotFoundError:
-        raise MMAdapterError(f"{path}: image file not found") from None
-    except IsADirectoryError:
-        raise MMAdapterError(f"{path}: is a folder, not an image file") from None
     except OSError as error:
         raise MMAdapterError(f"{path}: cannot read image ({error.strerror or error})") from None
 
@@ -67,7 +79,31 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise MMAdapterError(f"{name}: not an image (PIL cannot identify the file format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise MMAdapterError(f"{name}: damaged or truncated image ({str(error).splitlines()[0][:100]})") from None
-    return image
+    return upright(image)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (unreadable EXIF: as stored)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - damaged EXIF must not make the pixels unusable
+        return image
+
+
+def orientation(data: bytes) -> int:
+    """The EXIF orientation tag of encoded image bytes (1, upright, when absent or unreadable); reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - a bad image is reported when it is decoded
+        return 1
+
+
+def cache_key(data: bytes) -> str:
+    """sha256 of the bytes; a rotated one also names its orientation (older entries hold it unrotated)."""
+    digest = hashlib.sha256(data).hexdigest()
+    turn = orientation(data)
+    return digest if turn == 1 else f"{digest}-exif{turn}"
 
 
 def load_image(item: str | Path | bytes, name: str | None = None) -> Image.Image:
@@ -147,7 +183,7 @@ def image_features(encoder: ClipEncoder, images: Sequence[ImageInput], cache: Fe
         except MMAdapterError as error:
             bad(error)
             continue
-        digest = hashlib.sha256(data).hexdigest()
+        digest = cache_key(data)
         hit = cache.get(digest) if cache else None
         if hit is not None:
             cache.hits += 1

@@ -4,12 +4,20 @@ The official release is `problems.json` (pid -> record), `pid_splits.json` (spli
 an optional `captions.json` ({"captions": {pid: text}}) and `images/<split>/<pid>/image.png`.
 Partial copies exist (some pids of a split missing, metadata `null`), so loading reports what
 is missing instead of failing, while a record that is malformed fails loudly with its pid.
+
+Bounds, checked before anything is tokenised: every text field (question, each choice, hint,
+lecture, solution, caption) has at most ``MAX_TEXT_CHARS`` characters and a problem at most
+``MAX_CHOICES`` choices; a longer one refuses its record in one line naming file, pid and field
+(real ScienceQA's longest field, a lecture, has 2,658). Only regular files are read as data (a
+FIFO would block the reader forever), and an image path must resolve inside the data folder's
+``images/`` (a pid like "../../etc", or a symlink out of it, is refused).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -20,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Fields that partial copies of the benchmark may leave null; table columns over them say so.
 METADATA_FIELDS = ("subject", "topic", "grade", "task", "category", "skill")
+MAX_TEXT_CHARS = 20_000  # characters in one text field; ~7x real ScienceQA's longest
+MAX_CHOICES = 26  # option letters A..Z
 
 
 @dataclass(frozen=True)
@@ -90,10 +100,25 @@ class LoadSummary:
         return text
 
 
+def not_regular(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` is not read as data (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return "is a folder, not a file" if stat.S_ISDIR(mode) else "is not a regular file (a FIFO, device or socket)"
+
+
+def require_file(path: Path) -> None:
+    """Refuse, before opening, what is not a regular file: opening a FIFO for reading blocks forever."""
+    reason = not_regular(path.stat().st_mode)
+    if reason:
+        raise fail(path, reason)
+
+
 def read_json(path: str | Path) -> Any:
     """json.load with errors turned into one-line ScienceQAErrors naming the file."""
     path = Path(path)
     try:
+        require_file(path)
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
@@ -113,7 +138,15 @@ def _text(record: Mapping[str, Any], name: str, source: object, pid: str, *, opt
         raise fail(source, "is missing", pid, name)
     if not isinstance(value, str):
         raise fail(source, f"must be a string, got {type(value).__name__}", pid, name)
-    return value
+    return bounded(value, source, pid, name)
+
+
+def bounded(text: str, source: object, pid: str | None, name: str) -> str:
+    """``text`` when it has at most ``MAX_TEXT_CHARS`` characters; else one line naming where it is."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise fail(source, f"has {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,} (MAX_TEXT_CHARS)",
+                   pid, name)
+    return text
 
 
 def problem_from_record(
@@ -134,6 +167,10 @@ def problem_from_record(
     choices = record.get("choices")
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         raise fail(source, "must be a list of at least two strings", pid, "choices")
+    if len(choices) > MAX_CHOICES:
+        raise fail(source, f"has {len(choices)} choices, more than the {MAX_CHOICES} option letters", pid, "choices")
+    for number, choice in enumerate(choices, start=1):
+        bounded(choice, source, pid, f"choices[{number}]")
     answer = record.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
         raise fail(source, f"must be an int in [0, {len(choices)}), got {answer!r}", pid, "answer")
@@ -178,7 +215,7 @@ def read_captions(path: str | Path) -> dict[str, str]:
     captions = raw.get("captions") if isinstance(raw, dict) else None
     if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
         raise fail(path, 'must be {"captions": {pid: text}}')
-    return {str(k): v for k, v in captions.items()}
+    return {str(k): bounded(v, path, str(k), "caption") for k, v in captions.items()}
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
@@ -196,12 +233,18 @@ def read_split(root: str | Path, split: str) -> list[str]:
 
 
 def image_path(problem: Problem, root: str | Path, must_exist: bool = False) -> Path | None:
-    """Official image location `root/images/<split>/<pid>/<image>`, or None for text-only problems."""
+    """Official image location `root/images/<split>/<pid>/<image>`, or None for text-only problems.
+
+    The path must resolve inside `root/images` (which may itself be a link to another disk): a
+    pid, split or image name with "..", an absolute name or a symlink out of it is refused."""
     if problem.image is None:
         return None
     if problem.split is None:
         raise fail(root, "problem has no split, so its image folder is unknown", problem.pid, "split")
-    path = Path(root) / "images" / problem.split / problem.pid / problem.image
+    images = (Path(root) / "images").resolve()
+    path = images / problem.split / problem.pid / problem.image
+    if not path.resolve().is_relative_to(images):
+        raise fail(root, f"image path {str(path)!r} leads outside the data folder's images/", problem.pid, "image")
     if must_exist and not path.is_file():
         raise fail(path, "image file not found", problem.pid, "image")
     return path

@@ -1,7 +1,9 @@
 """Loader for the Hugging Face copy of ScienceQA (`derek-thomas/ScienceQA`) through `datasets`.
 
 That layout has no pids and embeds images, so each problem gets a stable pid f"{split}-{row}"
-and keeps the encoded image in `Problem.image_bytes` for a later multimodal path.
+and keeps the encoded image in `Problem.image_bytes` for a later multimodal path. Only regular
+parquet files are opened, and an image stored by path (no bytes) is read only from a regular
+file inside the parquet files' folder; text fields are bounded as in `data.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from mm_adapter.scienceqa.data import METADATA_FIELDS, Problem, problem_from_record
+from mm_adapter.scienceqa.data import METADATA_FIELDS, Problem, not_regular, problem_from_record, require_file
 from mm_adapter.scienceqa.errors import ScienceQAError, fail
 
 # Our split names (those of pid_splits.json) -> the Hugging Face ones.
@@ -28,10 +30,12 @@ def _open(path_or_name: str | Path, split: str, cache_dir: str | None):
         files = sorted({*path.rglob(f"{hf_split}-*.parquet"), *path.rglob(f"{split}-*.parquet")})
         if not files:
             raise fail(path, f"no {hf_split}-*.parquet files for split {split!r}")
-    elif path.is_file():
+    elif path.exists():
         files = [path]
     else:
         files = None
+    for file in files or ():
+        require_file(file)
     try:
         if files is not None:
             data_files = {hf_split: [str(f) for f in files]}
@@ -43,7 +47,21 @@ def _open(path_or_name: str | Path, split: str, cache_dir: str | None):
         raise fail(path_or_name, f"cannot load split {split!r}: {e}") from None
 
 
-def _image_bytes(value: Any, source: str, pid: str) -> bytes | None:
+def _stored_file(name: str, folder: Path | None, source: str, pid: str) -> bytes | None:
+    """The bytes of an image the parquet names by path: a regular file inside ``folder`` (the parquet
+    files' folder; None for a hub copy, which embeds its images), or None when there is no such file."""
+    if folder is None or not (folder / name).exists():
+        return None
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise fail(source, f"image path {name!r} leads outside {folder}", pid, "image")
+    reason = not_regular(path.stat().st_mode)
+    if reason:
+        raise fail(path, reason, pid, "image")
+    return path.read_bytes()
+
+
+def _image_bytes(value: Any, source: str, pid: str, folder: Path | None = None) -> bytes | None:
     """Encoded image bytes from the column value: None, {"bytes", "path"}, raw bytes or a PIL image."""
     if value is None:
         return None
@@ -52,9 +70,7 @@ def _image_bytes(value: Any, source: str, pid: str) -> bytes | None:
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"])
-        if value.get("path") and Path(value["path"]).is_file():
-            return Path(value["path"]).read_bytes()
-        return None
+        return _stored_file(value["path"], folder, source, pid) if value.get("path") else None
     if hasattr(value, "save"):  # PIL.Image
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
@@ -74,10 +90,12 @@ def load_hf(path_or_name: str | Path, split: str, cache_dir: str | None = None) 
     if isinstance(ds.features.get("image"), datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))  # keep the encoded bytes
     our_split = "val" if split == "validation" else split
+    local = Path(path_or_name)
+    folder = local if local.is_dir() else local.parent if local.exists() else None
     problems = []
     for index, row in enumerate(ds):
         pid = f"{our_split}-{index}"
-        image = _image_bytes(row.get("image"), source, pid)
+        image = _image_bytes(row.get("image"), source, pid, folder)
         record = {name: row.get(name) for name in TEXT_COLUMNS}
         record.update(image="image.png" if image is not None else None, split=our_split)
         problems.append(problem_from_record(pid, record, source, image_bytes=image))

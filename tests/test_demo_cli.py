@@ -82,7 +82,7 @@ def test_the_job_answers_as_the_predictor_and_refuses_bad_input_before_loading(f
     monkeypatch.setattr(Predictor, "load", lambda *a, **k: pytest.fail("loaded a model for bad input"))
     with pytest.raises(MMAdapterError, match="need at least 2 choices"):
         demo(DemoConfig(question=QUESTION, choices=["only"], model=ModelOptions(base=str(files.base))))
-    with pytest.raises(MMAdapterError, match="image file not found"):
+    with pytest.raises(MMAdapterError, match="no such image file"):
         demo(DemoConfig(question=QUESTION, choices=list(CHOICES), image=str(files.red) + ".missing",
                         model=ModelOptions(base=str(files.base))))
 
@@ -121,8 +121,8 @@ def bad_inputs(files, tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     return {
         "truncated": (arguments(files, truncated, files.visual), f"{truncated}: damaged or truncated image"),
         "huge": (arguments(files, huge, files.visual), f"{huge}: image too large (10000 pixels"),
-        "missing": (arguments(files, folder / "nope.png", files.visual), "nope.png: image file not found"),
-        "folder": (arguments(files, folder, files.visual), "is a folder, not an image file"),
+        "missing": (arguments(files, folder / "nope.png", files.visual), "nope.png: no such image file"),
+        "folder": (arguments(files, folder, files.visual), f"{folder}: is a folder"),
         "one choice": (["--base", str(files.base), "--question", "Q?", "--choices", "only"],
                        "need at least 2 choices, got 1"),
         "no question": (["--choices", "a", "b"], "the following arguments are required: --question"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mm_adapter.demo.predictor as predictor_module
+import mm_adapter.feature_cache as feature_cache_module
 from mm_adapter.demo.predictor import Predictor, check_image, check_question
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, save_adapter
 from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, visual_extras
@@ -168,14 +168,14 @@ def test_bad_images_are_one_line(tmp_path, monkeypatch):
     """Every bad image (empty, not an image, truncated, missing, too many pixels, too many bytes) is refused in one
     line."""
     cases = {b"": "empty", b"GIF89a nonsense": "not an image", noise_png()[:300]: "truncated",
-             tmp_path / "missing.png": "not found", png("white", (64, 64)): "too large"}
+             tmp_path / "missing.png": "no such image file", png("white", (64, 64)): "too large"}
     for image, message in cases.items():
         if message == "too large":
             monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is then a decompression bomb
         with pytest.raises(MMAdapterError, match=message) as info:
             check_image(image)
         assert "\n" not in str(info.value)
-    monkeypatch.setattr(predictor_module, "MAX_IMAGE_BYTES", 100)
+    monkeypatch.setattr(feature_cache_module, "MAX_IMAGE_BYTES", 100)
     with pytest.raises(MMAdapterError, match=r"image file too large \(0.0 MiB"):
         check_image(noise_png(), "upload.png")
 

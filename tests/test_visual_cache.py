@@ -114,7 +114,7 @@ def test_bad_image_is_one_line_naming_the_file(encoder, bad_images, monkeypatch,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
     path = bad_images[kind]
     expected = {"not an image": "not an image", "truncated": "truncated", "too large": "too large",
-                "not found": "not found", "folder": "folder"}[kind]
+                "not found": "no such image file", "folder": "is a folder"}[kind]
     with pytest.raises(MMAdapterError) as info:
         image_features(encoder, [png("red"), path])
     message = str(info.value)
@@ -131,8 +131,8 @@ def test_skip_option_masks_bad_images_and_keeps_the_rest(encoder, bad_images, mo
     out = image_features(encoder, images, on_error="skip")
     assert out.mask.tolist() == [True, False, False, False, False]
     assert len(out.skipped) == 3
-    for kind in ("truncated", "not found", "too large"):
-        assert sum(line.startswith(f"{bad_images[kind]}: ") and kind in line for line in out.skipped) == 1
+    for kind, reason in (("truncated", "truncated"), ("not found", "no such image file"), ("too large", "too large")):
+        assert sum(line.startswith(f"{bad_images[kind]}: ") and reason in line for line in out.skipped) == 1
     assert torch.equal(out.features[1:], torch.zeros(4, encoder.feature_dim))
     with pytest.raises(MMAdapterError, match="on_error"):
         image_features(encoder, images, on_error="ignore")

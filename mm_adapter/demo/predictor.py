@@ -5,13 +5,14 @@ answered by score mode as the format states answers (``choice_scores``: option l
 the image goes through its frozen encoder and projection and is added to every adaption prompt
 (``prompt_offset``); otherwise the image is only checked and the prediction says it was ignored.
 
-Bad input (a choice list that is too short, an image that is not one, too large, truncated or
-missing) raises one ``MMAdapterError`` line, so callers can show it and carry on.
+Bad input (a choice list that is too short, an image that is not one, too large, truncated,
+missing or not a regular file, a question, context or option over ``MAX_TEXT_CHARS`` characters,
+or a prompt longer than the model's context) raises one ``MMAdapterError`` line, so callers can
+show it and carry on. Characters are checked before tokenising, tokens before the forward.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -23,14 +24,11 @@ import torch
 from ..base import DEFAULT_SPEC, load_base
 from ..errors import MMAdapterError
 from ..eval.run import resolve_format
-from ..eval.scoring import choice_scores, precision
-from ..feature_cache import ImageInput, image_features, load_image
-from ..scienceqa.data import Problem
+from ..eval.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
+from ..feature_cache import ImageInput, decode_image, image_bytes, image_features
+from ..scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
 from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
 from ..visual import ClipEncoder, VisualProjection, load_multimodal_adapter
-
-MAX_IMAGE_BYTES = 20 * 2**20  # an upload or file larger than this is refused before decoding
-MAX_CHOICES = 26  # option letters A..Z
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,24 @@ class Prediction:
                                                        self.probabilities)]}
 
 
-def check_question(question: str, choices: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """The question and choices stripped, or one line saying what is wrong with them."""
-    question = (question or "").strip()
-    cleaned = tuple((c or "").strip() for c in choices)
+def _bounded(text: str, what: str) -> str:
+    """``text`` stripped, when it has at most ``MAX_TEXT_CHARS`` characters (checked before any tokenising)."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise MMAdapterError(f"{what} is too long ({len(text):,} characters; at most {MAX_TEXT_CHARS:,})")
+    return text.strip()
+
+
+def check_question(question: str, choices: Sequence[str], context: str = "") -> tuple[str, tuple[str, ...]]:
+    """The question and choices stripped, or one line saying what is wrong with them (or with the context)."""
+    _bounded(context or "", "the context")
+    if len(choices) > MAX_CHOICES:
+        raise MMAdapterError(f"at most {MAX_CHOICES} choices (A-Z), got {len(choices)}")
+    question = _bounded(question or "", "the question")
+    cleaned = tuple(_bounded(c or "", f"choice {i}") for i, c in enumerate(choices, start=1))
     if not question:
         raise MMAdapterError("the question is empty")
     if len(cleaned) < 2:
         raise MMAdapterError(f"need at least 2 choices, got {len(cleaned)}")
-    if len(cleaned) > MAX_CHOICES:
-        raise MMAdapterError(f"at most {MAX_CHOICES} choices (A-Z), got {len(cleaned)}")
     empty = [i + 1 for i, c in enumerate(cleaned) if not c]
     if empty:
         raise MMAdapterError(f"choice {empty[0]} is empty")
@@ -73,25 +79,14 @@ def check_question(question: str, choices: Sequence[str]) -> tuple[str, tuple[st
 
 
 def check_image(image: ImageInput, name: str | None = None) -> None:
-    """Refuse an image that is empty, over ``MAX_IMAGE_BYTES``, or that PIL cannot fully decode."""
+    """Refuse an image that is empty, over ``MAX_IMAGE_BYTES``, not a regular file, or that PIL cannot fully decode."""
     if image is None:
         return
-    if isinstance(image, (bytes, bytearray)):
-        size, label = len(image), name or "uploaded image"
-    else:
-        label = name or str(image)
-        try:
-            size = os.path.getsize(image)
-        except FileNotFoundError:
-            raise MMAdapterError(f"{image}: image file not found") from None
-        except OSError as error:
-            raise MMAdapterError(f"{image}: cannot read image ({error.strerror or error})") from None
-    if size == 0:
+    default = "uploaded image" if isinstance(image, (bytes, bytearray)) else None
+    data, label = image_bytes(image, name or default)  # refuses folders, FIFOs, devices and files over the limit
+    if not data:
         raise MMAdapterError(f"{label}: the image is empty (0 bytes)")
-    if size > MAX_IMAGE_BYTES:
-        raise MMAdapterError(f"{label}: image file too large ({size / 2**20:.1f} MiB, limit "
-                             f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)")
-    load_image(image, label)  # one line for not-an-image, truncated, or over PIL's pixel limit
+    decode_image(data, label)  # one line for not-an-image, truncated, or over PIL's pixel limit
 
 
 @dataclass
@@ -163,11 +158,13 @@ class Predictor:
     def predict(self, image: ImageInput, question: str, choices: Sequence[str], context: str = "",
                 image_name: str | None = None) -> Prediction:
         """Answer ``question`` about ``image`` (a path, its bytes, or None) with one of ``choices``."""
-        question, choices = check_question(question, choices)
+        question, choices = check_question(question, choices, context)
         check_image(image, image_name)
         problem = Problem("demo", question, choices, 0, hint=(context or "").strip(),
                           image=None if image is None else "upload")
         prompt = build_prompt(problem, self.fmt).prompt
+        needed = tokens_needed(self.tokenizer, [prompt], [choices], self.fmt)
+        check_context(needed, context_tokens(self.model), ["the question"])
         use_image = image is not None and self.visual is not None
         with self._lock:  # prompt_offset sets state on the shared model: one forward at a time
             offsets = self.visual.offset(image, image_name) if use_image else None

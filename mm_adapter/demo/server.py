@@ -5,7 +5,13 @@
 Standard library only (``http.server`` and a self-contained page with inline CSS and JS): nothing is
 fetched from anywhere else, so the page loads fully offline. The model is loaded once at start and
 answers one request at a time (the predictor's lock). A bad upload (not an image, truncated, too
-large, empty, missing fields) gets a one-line message on the page; the server keeps serving.
+large, empty, missing fields, a question too long for the model) gets a one-line message on the
+page; the server keeps serving.
+
+Bounded and quiet: a body over ``MAX_BODY`` is refused (413) without being kept; a client silent
+for ``timeout`` seconds (while sending its request or its body) is answered 408 or dropped; a body
+shorter than its Content-Length is answered 400. Each request is logged in one line once its
+answer is sent; a client that disconnected or stalled is one line too, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import email.policy
 import html
 import json
+import sys
 import traceback
 from dataclasses import dataclass
 from email.parser import BytesParser
@@ -21,11 +28,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import MMAdapterError
-from .predictor import MAX_IMAGE_BYTES, Predictor
+from ..feature_cache import MAX_IMAGE_BYTES
+from .predictor import Predictor
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY = MAX_IMAGE_BYTES + 2**20  # the image plus room for the text fields
 DRAIN_LIMIT = 256 * 2**20  # a larger body is not read at all: the connection is closed after the answer
+DEFAULT_TIMEOUT = 60.0  # seconds a client may stay silent while sending its request
+CLIENT_GONE = (ConnectionError, TimeoutError)  # reset, broken pipe, aborted, stalled: the client, not a bug
 
 
 class BadRequest(MMAdapterError):
@@ -90,7 +100,11 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     server: "DemoServer"
     server_version = "mm-adapter-demo"
-    timeout = 60  # a client that stops sending mid-upload frees its thread
+    timeout = DEFAULT_TIMEOUT  # a client that stops sending mid-upload frees its thread (the server's overrides)
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # read by StreamRequestHandler.setup for the socket
+        super().setup()
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -126,9 +140,20 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._discard(size)
             raise BadRequest(f"upload too large ({size / 2**20:.1f} MiB; the image limit is "
                              f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)", 413)
-        body = self.rfile.read(size)
+        return self._receive(size)
+
+    def _receive(self, size: int) -> bytes:
+        """``size`` bytes of the body; a body cut short or a client silent past the timeout is a BadRequest
+        (the connection is closed after the answer, as its framing is lost)."""
+        try:
+            body = self.rfile.read(size)
+        except CLIENT_GONE as error:
+            self.close_connection = True
+            raise BadRequest(f"the upload stalled or broke off ({type(error).__name__}; the server waits "
+                             f"{self.timeout:g} s for data)", 408) from None
         if len(body) < size:
-            raise BadRequest("the upload was cut off before its end")
+            self.close_connection = True
+            raise BadRequest(f"the upload was cut off before its end ({len(body):,} of {size:,} bytes)")
         return body
 
     def _discard(self, size: int) -> None:
@@ -136,30 +161,42 @@ class DemoHandler(BaseHTTPRequestHandler):
         if size > DRAIN_LIMIT:
             self.close_connection = True
             return
-        while size > 0:
-            chunk = self.rfile.read(min(size, 2**20))
-            if not chunk:
-                break
-            size -= len(chunk)
+        try:
+            while size > 0:
+                size -= len(self._receive(min(size, 2**20)))
+        except BadRequest:  # it stalled or stopped sending: answer "too large" all the same
+            return
 
     def _send_json(self, status: int, payload: dict) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        """Answer, then log the request in one line; a client already gone is that one line instead."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+        except CLIENT_GONE as error:
+            self.close_connection = True
+            self.log_message('"%s" %s not sent: the client went away (%s)', self.requestline, status,
+                             type(error).__name__)
+        else:
+            super().log_request(status, len(body))
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Not at ``send_response``: ``_send`` logs once the answer is out (one line per request, sent or not)."""
 
 
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], predictor: Predictor):
+    def __init__(self, address: tuple[str, int], predictor: Predictor, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(address, DemoHandler)
         self.predictor = predictor
+        self.request_timeout = timeout
         self.page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(predictor.describe()))
 
     @property
@@ -167,10 +204,21 @@ class DemoServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that reset, closed or stalled is one line; anything else is a bug and keeps its traceback."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, CLIENT_GONE):
+            super().handle_error(request, client_address)
+            return
+        print(f"{client_address[0]} - - the client went away ({type(error).__name__}: {error})", file=sys.stderr,
+              flush=True)
 
-def build_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000) -> DemoServer:
-    """Listen on ``host:port`` with a loaded predictor; a busy port is one line."""
+
+def build_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
+                 timeout: float = DEFAULT_TIMEOUT) -> DemoServer:
+    """Listen on ``host:port`` with a loaded predictor; a busy port is one line. ``timeout``: seconds a client
+    may stay silent while sending its request before it is answered 408 or dropped."""
     try:
-        return DemoServer((host, port), predictor)
+        return DemoServer((host, port), predictor, timeout)
     except OSError as error:
         raise MMAdapterError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None

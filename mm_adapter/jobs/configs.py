@@ -186,12 +186,15 @@ class ServeConfig:
     """address to listen on (127.0.0.1: this machine only)"""
     port: int = 8000
     """port (0: any free port)"""
+    timeout: float = 60.0
+    """seconds a client may stay silent while sending its request; then it is answered 408 or dropped"""
     bf16: bool = False
     """bf16 autocast"""
     model: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self) -> None:
         check(self, "port", low=0, high=65535, integer=True)
+        check(self, "timeout", low=0, low_open=True)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Answer one multiple-choice question about an image (``mm-adapter demo``).
 
 Without an adapter (or with a text-only one) the image is checked but ignored, and the answer says so.
-Bad input (an image that is not one, truncated or too large, fewer than 2 choices, an adapter whose
-image encoder cannot be built) is one ``MMAdapterError`` line, raised before the model is loaded.
+Bad input (an image that is not one, truncated, too large or not a regular file, fewer than 2
+choices, a question, context or option over ``MAX_TEXT_CHARS`` characters, an adapter whose image
+encoder cannot be built) is one ``MMAdapterError`` line, raised before the model is loaded; a
+prompt longer than the model's context is refused once the model (and so its context) is known.
 """
 
 from __future__ import annotations
@@ -24,6 +26,6 @@ def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
 
 
 def demo(config: DemoConfig) -> Prediction:
-    check_question(config.question, config.choices)  # bad input fails before the model is loaded
+    check_question(config.question, config.choices, config.context)  # bad input fails before the model is loaded
     check_image(config.image)
     return load_predictor(config).predict(config.image, config.question, config.choices, config.context)

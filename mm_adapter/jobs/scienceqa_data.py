@@ -3,6 +3,10 @@
 A problem becomes ``prompt + target`` tokenised as ONE string (exactly how score mode reads the
 answer), with labels only on the target's tokens (found through the tokenizer's character
 offsets, so a token that straddles the prompt/target boundary is handled).
+
+Bounds: the loaders refuse a text field over ``MAX_TEXT_CHARS`` characters before anything is
+tokenised; a problem longer than ``max_seq_len`` tokens, or than the model's context when it is
+given, is left out (never cut: a cut target teaches a wrong answer) and counted by the caller.
 """
 
 from __future__ import annotations
@@ -53,10 +57,13 @@ def encode_problem(tokenizer, problem: Problem, fmt: str = "QCM-A", use_caption:
 
 
 def encode_problems(tokenizer, problems: Sequence[Problem], fmt: str = "QCM-A", use_caption: bool = True,
-                    max_seq_len: int = 512) -> tuple[list[Example], list[Problem]]:
-    """Examples and the problems they came from (problems longer than ``max_seq_len`` are left out)."""
-    kept = [(encode_problem(tokenizer, p, fmt, use_caption, max_seq_len), p) for p in problems]
+                    max_seq_len: int = 512, context: int | None = None) -> tuple[list[Example], list[Problem]]:
+    """Examples and the problems they came from; problems longer than ``max_seq_len`` tokens, or than
+    ``context`` (the model's, ``eval.scoring.context_tokens``) when given, are left out."""
+    limit = min(max_seq_len, context or max_seq_len)
+    kept = [(encode_problem(tokenizer, p, fmt, use_caption, limit), p) for p in problems]
     kept = [(example, problem) for example, problem in kept if example is not None]
     if not kept:
-        raise MMAdapterError(f"no problem fits max_seq_len={max_seq_len}")
+        bound = f"max_seq_len={max_seq_len}" + (f" and the model's context of {context}" if limit < max_seq_len else "")
+        raise MMAdapterError(f"no problem fits {bound}")
     return [e for e, _ in kept], [p for _, p in kept]

@@ -9,7 +9,7 @@ from .demo import load_predictor
 
 def serve(config: ServeConfig) -> None:
     """Load the model once, then answer requests at http://HOST:PORT/ until Ctrl-C."""
-    server = build_server(load_predictor(config), config.host, config.port)
+    server = build_server(load_predictor(config), config.host, config.port, config.timeout)
     print(f"demo at {server.url} ({server.predictor.describe()}); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
