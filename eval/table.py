@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from mm_adapter.atomic import atomic_write_text
 from mm_adapter.eval.config import TableConfig
+from mm_adapter.outputs import CONFIG_NAME, Output, check_no_overlap, output_folder, outputs_in, write_config
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.errors import ScienceQAError
 from mm_adapter.scienceqa.metrics import McNemar, Scores, compare, score
@@ -31,9 +33,6 @@ from mm_adapter.scienceqa.report import (
     to_dict,
 )
 
-from mm_adapter.atomic import atomic_write_text
-from mm_adapter.outputs import write_config
-
 PREDICTIONS_IN_FOLDER = "predictions.json"  # what `eval scienceqa --out FOLDER` writes
 
 
@@ -44,13 +43,6 @@ class TableResult:
     reference: dict
     markdown: str
     written: list[Path]
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Same path after resolving, or the same file through another name (links)."""
-    if a.resolve() == b.resolve():
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def prediction_path(given: str) -> Path:
@@ -71,15 +63,15 @@ def _outputs(config: TableConfig) -> dict[str, str | None]:
     return outputs
 
 
-def _check_outputs(config: TableConfig, outputs: dict[str, str | None], inputs: list[Path]) -> None:
+def _check_outputs(config: TableConfig, outputs: dict[str, str | None], inputs: dict[str, object]) -> None:
     """At most one output on stdout, and never write over one of the inputs."""
     if sum(value == "-" for value in outputs.values()) > 1:
         raise ScienceQAError("only one of --json/--markdown/--csv can be '-' (stdout)")
     if outputs["plot"] == "-":
         raise ScienceQAError("--plot needs a file name, not '-'")
-    for kind, value in outputs.items():
-        if value is not None and value != "-" and any(_same_file(Path(value), p) for p in inputs):
-            raise ScienceQAError(f"--{kind} {value} is one of the inputs; refusing to overwrite it")
+    written = [Output(f"--{kind}" if getattr(config, kind) == value else "--out", Path(value))
+               for kind, value in outputs.items() if value not in (None, "-")]
+    check_no_overlap(written + (outputs_in("--out", config.out, [CONFIG_NAME]) if config.out else []), inputs)
 
 
 def _unique_names(predictions: list[Predictions]) -> list[Predictions]:
@@ -102,7 +94,8 @@ def build_table(config: TableConfig) -> TableResult:
     problems_file = Path(config.problems)
     problems_file = problems_file / "problems.json" if problems_file.is_dir() else problems_file
     outputs = _outputs(config)
-    _check_outputs(config, outputs, [*paths, problems_file, *([Path(config.reference)] if config.reference else [])])
+    inputs = {"PREDICTIONS": paths, "--problems": problems_file, "--reference": config.reference}
+    _check_outputs(config, outputs, inputs)
     problems = read_problems(config.problems)
     predictions = _unique_names([load_predictions(p) for p in paths])
     reference = read_reference(config.reference) if config.reference else {}
@@ -113,6 +106,14 @@ def build_table(config: TableConfig) -> TableResult:
             print(f"note: {s.name}: {len(s.missing)} pids of its split(s) not predicted; scored the "
                   f"{s.scored} it covers", file=sys.stderr)
     table = markdown(scores, reference, tests)
+    with output_folder(config.out) if config.out is not None else nullcontext():  # locked: one writer
+        written = _write(config, outputs, scores, tests, reference, table)
+    return TableResult(scores, tests, reference, table, written)
+
+
+def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Scores], tests: list[McNemar],
+           reference: dict, table: str) -> list[Path]:
+    """Every requested output (files written atomically, "-" to stdout); returns the files written."""
     written: list[Path] = []
     if outputs["json"]:
         document = {"rows": [to_dict(s) for s in scores], "mcnemar": [dataclasses.asdict(t) for t in tests],
@@ -125,7 +126,7 @@ def build_table(config: TableConfig) -> TableResult:
         written.append(Path(outputs["plot"]))
     if config.out is not None:
         written.append(write_config(config.out, "table", config))
-    return TableResult(scores, tests, reference, table, written)
+    return written
 
 
 if __name__ == "__main__":  # the older spelling: python -m eval.table ...

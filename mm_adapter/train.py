@@ -7,6 +7,10 @@ cross-entropy over the labelled positions. The trainer owns everything else: Ada
 parameters that require grad, warmup + half-cycle cosine, accumulation, bf16 autocast, clipping,
 DDP under torchrun, metrics, atomic checkpoints and exact resume.
 
+SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) during training ends the run at the next step
+boundary with a checkpoint there (:class:`TrainingInterrupted`), so ``--resume`` continues to the
+same final adapter as a run never stopped; a second signal stops at once (from the last checkpoint).
+
 The loss of an optimizer step is the mean over every labelled token of the step (all micro-batches,
 all ranks), so accumulation and data parallelism give the same update as one big batch.
 """
@@ -19,9 +23,8 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,17 +37,18 @@ from torch import nn
 
 from .adapter import adapter_config, has_adapter
 from .checkpoint import BaseIdentity, save_adapter
-from .checkpointing import check_identity, checkpoint_dirs, load_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpointing import checkpoint_dirs, resume_checkpoint, save_checkpoint, step_dir
 from .errors import MMAdapterError
-from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
+from .outputs import Output, outputs_in
 from .progress import progress
 from .train_config import TrainConfig
-from .train_log import MetricsLog
+from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
+from .train_log import METRICS_NAME, PLOT_NAME, MetricsLog
+from .train_process import DistInfo, TrainingInterrupted, maybe_kill, setup_distributed, stop_requests
 
 ForwardLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 Collate = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
 ADAPTER_NAME, CHECKPOINTS = "adapter.safetensors", "checkpoints"
-KILL_ENV = "MM_ADAPTER_KILL_AT_STEP"  # fault injection for the crash-resume test: SIGKILL self after step N
 
 
 @dataclass
@@ -55,33 +59,8 @@ class TrainResult:
     adapter_path: Path | None
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 class TrainingDiverged(MMAdapterError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def setup_distributed(device: str | None = None) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-        return DistInfo(dist.get_rank(), dist.get_world_size(), target)
-    return DistInfo(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
 
 
 def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -165,27 +144,39 @@ def run_identity(model: nn.Module, examples: Sequence[Example], config: TrainCon
     return identity | (extra or {})
 
 
-def prepare_out_dir(out_dir: str | Path, resume: bool, is_main: bool, create: bool = True) -> None:
-    """Refuse an unwritable folder or one holding another run, before anything is written.
+def trainer_outputs(out_dir: str | Path, flag: str = "--out") -> list[Output]:
+    """Every path :func:`train` writes in ``out_dir`` (checkpoints/ it prunes as a whole), for the input check."""
+    return outputs_in(flag, out_dir, [ADAPTER_NAME, METRICS_NAME, PLOT_NAME], folders=[CHECKPOINTS])
 
-    ``create=False`` only checks (the folder, or its nearest existing parent, must be writable), so a
-    job can refuse a bad folder before its slow parts without leaving a new empty folder behind.
-    """
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse a path that is a file, or whose nearest existing folder is read-only, without creating anything."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MMAdapterError(f"{out_dir}: output path exists and is not a folder")
-    has_run = bool(checkpoint_dirs(out_dir / CHECKPOINTS)) or (out_dir / ADAPTER_NAME).exists()
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MMAdapterError(f"{out_dir}: output folder is not writable ({existing} is "
+                             f"{'not a folder' if not existing.is_dir() else 'read-only'})")
+
+
+def check_run_state(out_dir: str | Path, resume: bool) -> None:
+    """A fresh run needs a folder without a run; ``resume`` needs a checkpoint there."""
+    out_dir = Path(out_dir)
     if resume and not checkpoint_dirs(out_dir / CHECKPOINTS):
         raise MMAdapterError(f"{out_dir}: no checkpoint to resume from (expected {out_dir / CHECKPOINTS}/step-*)")
-    if not resume and has_run:
+    if not resume and (checkpoint_dirs(out_dir / CHECKPOINTS) or (out_dir / ADAPTER_NAME).exists()):
         raise MMAdapterError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another folder")
+
+
+def prepare_out_dir(out_dir: str | Path, resume: bool, is_main: bool) -> None:
+    """Refuse an unwritable folder or one holding another run, before anything is written (jobs check the
+    same earlier without creating anything: :func:`check_out_dir`, :func:`check_run_state`)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MMAdapterError(f"{out_dir}: output path exists and is not a folder")
+    check_run_state(out_dir, resume)
     if not is_main:
-        return
-    if not create:
-        existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise MMAdapterError(f"{out_dir}: output folder is not writable ({existing} is "
-                                 f"{'not a folder' if not existing.is_dir() else 'read-only'})")
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,11 +197,6 @@ def _autocast(device: torch.device, enabled: bool):
 
 def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-
-
-def _maybe_kill(step: int) -> None:
-    if os.environ.get(KILL_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _optimizer_and_schedule(model: nn.Module, config: TrainConfig, plan: BatchPlan, world_size: int,
@@ -241,6 +227,17 @@ def _backward_step(module: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
     if info.world_size > 1:
         dist.all_reduce(totals)
     return totals
+
+
+@contextlib.contextmanager
+def _closed_after(bar: Any, log: MetricsLog | None) -> Iterator[None]:
+    """Close the progress bar and the metrics log however the training loop ends."""
+    try:
+        yield
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
 
 
 def _refuse_non_finite(loss: float, step: int, out_dir: Path) -> None:
@@ -278,10 +275,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
     ident = run_identity(model, examples, config, info.world_size, identity)
     start = 0
     if config.resume:
-        checkpoint = load_checkpoint(checkpoint_dirs(out_dir / CHECKPOINTS)[-1])
-        check_identity(checkpoint, ident)
-        restore_checkpoint(checkpoint, model, optimizer, scheduler)
-        start = checkpoint.step
+        start = resume_checkpoint(out_dir / CHECKPOINTS, model, optimizer, scheduler, ident).step
     else:
         torch.manual_seed(config.seed + info.rank)
     use_bf16 = config.bf16 and bf16_supported(info.device)
@@ -295,8 +289,15 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
     bar = progress(plan.total_steps, "train", enabled=info.is_main and config.progress, initial=start, unit="step")
     trainable = [p for p in model.parameters() if p.requires_grad]
     last_loss, started = None, time.perf_counter()
+
+    def save(done: int) -> None:
+        save_checkpoint(out_dir / CHECKPOINTS, done, model, optimizer, scheduler, ident,
+                        extra={"epoch": plan.epoch_of(done), "micro_batches_done": done * plan.per_step},
+                        keep=config.keep_checkpoints)
+        log.plot()
+
     model.train()
-    try:
+    with _closed_after(bar, log), stop_requests() as stop:
         for step in range(start, plan.total_steps):
             tick = time.perf_counter()
             step_batches = plan.step_batches(step)
@@ -323,16 +324,15 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
                 log.write(record)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
                 bar.update(1)
-                if done % config.checkpoint_every == 0 or done == plan.total_steps:
-                    save_checkpoint(out_dir / CHECKPOINTS, done, model, optimizer, scheduler, ident,
-                                    extra={"epoch": plan.epoch_of(done), "micro_batches_done": done * plan.per_step},
-                                    keep=config.keep_checkpoints)
-                    log.plot()
-            _maybe_kill(done)
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+            due = done % config.checkpoint_every == 0 or done == plan.total_steps
+            if log is not None and due:
+                save(done)
+            maybe_kill(done)
+            stopped_by = stop.agreed(info) if done < plan.total_steps else 0  # the last step just finishes the run
+            if stopped_by:
+                if log is not None and not due:
+                    save(done)
+                raise TrainingInterrupted(stopped_by, done, plan.total_steps, step_dir(out_dir / CHECKPOINTS, done))
     model.eval()
     adapter_path = None
     if info.is_main and export is not None:

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "eval_scienceqa.py"
 
 
-def _official_layout(root: Path) -> Path:
+def official_layout(root: Path) -> Path:
+    """The tiny problems as an official-layout ScienceQA folder (all in val; also used by test_signals)."""
     records = {p.pid: {"question": p.question, "choices": list(p.choices), "answer": p.answer, "hint": p.hint,
                        "image": p.image, "subject": "natural science", "grade": "grade3", "split": "val"}
                for p in PROBLEMS}
@@ -61,7 +62,7 @@ def test_job_writes_the_output_folder_and_refuses_a_rerun(base_folder, tmp_path,
     """The job answers every problem into OUT/predictions.json (official shape, the base in its config), returns and
     writes the table (table.md, summary.json, config.yaml; no partial file left), says the run summary on stderr,
     and refuses to overwrite a finished run or one of its own inputs (even with overwrite)."""
-    data, out = _official_layout(tmp_path / "data"), tmp_path / "runs" / "tiny"
+    data, out = official_layout(tmp_path / "data"), tmp_path / "runs" / "tiny"
     result = eval_scienceqa(_config(base_folder, data, out))
     assert result.out == out and result.predictions == out / "predictions.json"
     assert "| **tiny** |" in result.table and "| ↳ n | 7 | 0 | 0 |" in result.table
@@ -87,7 +88,7 @@ def test_command_prints_the_table_and_its_config_file_reproduces_the_run(base_fo
     """``mm-adapter eval scienceqa`` prints the Markdown table on stdout and the run summary on stderr; the
     config.yaml it writes, passed back with --config (and another --out), gives the same predictions; a missing
     --split or a rerun into a finished folder is one "error:" line and exit 2."""
-    data, out = _official_layout(tmp_path / "data"), tmp_path / "first"
+    data, out = official_layout(tmp_path / "data"), tmp_path / "first"
     argv = ["eval", "scienceqa", "--base", str(base_folder), "--data", str(data), "--split", "val",
             "--batch-size", "3", "--out", str(out), "--bootstrap", "0", "--no-progress", "--name", "tiny",
             "--device", "cpu"]
@@ -110,7 +111,7 @@ def test_command_prints_the_table_and_its_config_file_reproduces_the_run(base_fo
 def test_documented_script_path_still_runs(base_folder, tmp_path):
     """``python scripts/eval_scienceqa.py`` (the documented command) runs the same job in a real process: the table on
     stdout, the predictions in the --out folder; a bad input is one line on stderr, exit 2, no traceback."""
-    data, out = _official_layout(tmp_path / "data"), tmp_path / "out"
+    data, out = official_layout(tmp_path / "data"), tmp_path / "out"
     argv = [sys.executable, str(SCRIPT), "--base", str(base_folder), "--data", str(data), "--split", "val",
             "--out", str(out), "--bootstrap", "0", "--no-progress", "--name", "tiny", "--device", "cpu",
             "--threads", "1"]

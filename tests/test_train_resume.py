@@ -26,7 +26,7 @@ from tiny_text import (
 from mm_adapter import read_adapter
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
-from mm_adapter.train import KILL_ENV
+from mm_adapter.train_process import KILL_ENV
 
 
 def finetune(*args, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -46,7 +46,7 @@ def _encodable(arg: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0 ok, 2 bad input, 1 bug, 130 interrupted)."""
+    """Run one command; returns the exit code (0 ok, 2 bad input, 1 bug, 130/143 stopped by SIGINT/SIGTERM)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get(DEBUG_ENV) == "1"
     if args[:1] == ["--debug"]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from .commands import Command
@@ -35,6 +37,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return MMAdapterError, ScienceQAError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which handles it itself): one line and exit 143, like Ctrl-C's 130."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
 def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
     """Parse, run the job, print its report; every failure becomes one line on stderr."""
     from .parse import parse, print_help
@@ -42,6 +54,8 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print_help(command)
         return 0
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         config = parse(command, argv)
         _quiet_libraries()
@@ -52,9 +66,9 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
             getattr(reports, command.report)(result)
         sys.stdout.flush()
         return 0
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM; a training run stopped so says where its checkpoint is
+        _say(str(error) or "interrupted")
+        return getattr(error, "exit_code", EXIT_INTERRUPTED)
     except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`): not an error of ours
         _detach_stdout()
         return 0

@@ -2,7 +2,8 @@
 
 The base gives the shapes every tensor is checked against and the fingerprint our files carry.
 Foreign pickles are read with ``weights_only=True`` (never code); everything written is
-safetensors. An existing OUTPUT is refused unless ``overwrite``, before the base is loaded.
+safetensors. An existing OUTPUT is refused unless ``overwrite``, and an OUTPUT that is INPUT or the
+base (or, for a PEFT folder, holds one of them) always, before the base is loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from ..base import load_base
 from ..interop import check_output
 from ..interop import convert as convert_adapter
+from ..outputs import Output, check_no_overlap
 from .configs import ConvertConfig
 from .runtime import prepare
 
@@ -24,6 +26,8 @@ def convert(config: ConvertConfig) -> Path:
         options["adapter_len"] = config.adapter_len
     if config.official_gate is not None:
         options["gate_activation"] = config.official_gate
+    written = Output("OUTPUT", Path(config.output), folder=config.target == "peft")  # a PEFT folder is replaced whole
+    check_no_overlap([written], {"INPUT": config.input, "--base": config.model.base})
     output = check_output(config.output, config.overwrite)  # before minutes of base loading
     model, _ = load_base(config.model.base, dtype=config.model.dtype)
     return convert_adapter(model, config.source, config.input, config.target, output, overwrite=config.overwrite,

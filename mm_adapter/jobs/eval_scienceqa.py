@@ -15,19 +15,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_write_json, atomic_write_text
 from ..base import load_base
 from ..checkpoint import BaseIdentity
-from ..errors import MMAdapterError
 from ..eval.features import ImageOffsets, compute_features, report_skipped
-from ..eval.run import RunSummary, partial_path, refuse_finished, resolve_format, run
-from ..outputs import config_dict, output_folder, write_config
+from ..eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
+from ..outputs import CONFIG_NAME, Output, config_dict, outputs_in, write_config
 from ..scienceqa.metrics import Scores, score
 from ..scienceqa.predictions import load_predictions
 from ..scienceqa.report import markdown, read_reference, to_dict
 from ..visual import load_multimodal_adapter
 from .configs import EvalScienceQAConfig
-from .runtime import prepare
+from .runtime import job_folder, prepare, source_inputs
 from .scienceqa_data import load_problems
 
 COMMAND = "eval scienceqa"
@@ -58,17 +59,10 @@ def _sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
-def _check_out(config: EvalScienceQAConfig, out: Path) -> None:
-    """Never write over one of the inputs, nor over a finished run unless asked."""
-    inputs = [config.adapter, config.reference, config.source.hf]
-    if config.source.data is not None:
-        inputs += [Path(config.source.data) / name for name in ("problems.json", "pid_splits.json", "captions.json")]
-    targets = [out / PREDICTIONS, partial_path(out / PREDICTIONS), out / TABLE, out / SUMMARY]
-    for target in targets:
-        if any(path is not None and Path(path).exists() and target.resolve() == Path(path).resolve()
-               for path in inputs):
-            raise MMAdapterError(f"--out {config.out}: {target} is one of the inputs; refusing to overwrite it")
-    refuse_finished(out / PREDICTIONS, config.overwrite)
+def eval_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
+    """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
+    names = [PREDICTIONS, partial_path(Path(PREDICTIONS)).name, TABLE, SUMMARY, CONFIG_NAME]
+    return outputs_in(flag, out, names)
 
 
 def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
@@ -78,13 +72,22 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
     out = Path(config.out)
     if str(config.out).endswith(".json"):
         _say(f"note: --out is a folder; the predictions go to {out / PREDICTIONS}")
-    _check_out(config, out)
+    inputs = {"--adapter": config.adapter, "--reference": config.reference, **source_inputs(config.source),
+              "--base": config.model.base}
+    with job_folder(out, eval_outputs(out), inputs):
+        refuse_finished(out / PREDICTIONS, config.overwrite)  # never over a finished run unless asked
+        return _evaluate(config, out, device, started)
+
+
+def _evaluate(config: EvalScienceQAConfig, out: Path, device: torch.device, started: float) -> EvalResult:
+    """The job inside its locked output folder: problems, base (and adapter), answers, table, summary."""
     fmt = resolve_format(config.eval.format, config.adapter, warn=_say)
     eval_config = dataclasses.replace(config.eval, format=fmt)
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
     model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
     model.to(device)
+    check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
     visual = load_multimodal_adapter(model, config.adapter, device) if config.adapter else None
     offsets = None
     if visual is not None:
@@ -99,10 +102,9 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
         identity["image_features"] = offsets.features.fingerprint(problems)
     adapter_name = Path(config.adapter).stem if config.adapter else "zero-shot"
     name = config.name or f"{config.model.base} {adapter_name} ({eval_config.mode})"
-    with output_folder(out):
-        write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
-        summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
-                      progress=config.progress, offsets=offsets)
+    write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
+    summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
+                  progress=config.progress, offsets=offsets)
     _say(f"{config.split}: {summary.total} problems ({summary.resumed} resumed), accuracy {summary.accuracy:.2%}, "
          f"{summary.no_answer} unparsed, {summary.questions_per_second:.2f} questions/s over {summary.computed} "
          f"computed in {summary.seconds:.1f} s -> {out / PREDICTIONS}")

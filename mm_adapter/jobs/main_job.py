@@ -18,18 +18,20 @@ from ..config import AdapterConfig, VisualConfig
 from ..demo.predictor import Prediction, Predictor
 from ..eval.config import EvalConfig
 from ..eval.table import TableResult, build_table
-from ..outputs import write_config
+from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
 from ..scienceqa.data import image_path, read_official
 from ..scienceqa.synthetic import generate
 from ..train_config import TrainConfig
 from .configs import EvalScienceQAConfig, MainConfig, TableConfig, TrainScienceQAConfig
-from .eval_scienceqa import EvalResult, eval_scienceqa
+from .eval_scienceqa import EvalResult, eval_outputs, eval_scienceqa
 from .options import ModelOptions, ScienceQASource
-from .runtime import resolve_device, use_threads
-from .train_scienceqa import ScienceQATrainResult, train_scienceqa
+from .runtime import job_folder, resolve_device, use_threads
+from .train_scienceqa import ScienceQATrainResult, scienceqa_outputs, train_scienceqa
 
 COMMAND = "main"
 HUB_HOST, HUB_DATASET = "huggingface.co", "derek-thomas/ScienceQA"
+ADAPTER_DIR, TEST_DIR, DATA_DIR = "adapter", "test", "data"
+TABLE_MD, TABLE_PNG, TABLE_JSON = "table.md", "table.png", "table.json"
 
 
 @dataclass
@@ -69,7 +71,7 @@ def choose_data(config: MainConfig, out: Path) -> tuple[ScienceQASource, str]:
     if config.hub and hub_reachable():
         return ScienceQASource(hf=HUB_DATASET), f"the hub copy {HUB_DATASET}"
     sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
-    folder = generate(out / "data", sizes, seed=config.seed)
+    folder = generate(out / DATA_DIR, sizes, seed=config.seed)
     return ScienceQASource(data=str(folder)), (f"generated image questions ({config.n_train} train / {config.n_val} "
                                                f"val / {config.n_test} test) in {folder}; no ScienceQA given or "
                                                "reachable")
@@ -84,26 +86,38 @@ def first_image_problem(source: ScienceQASource, split: str):
     return None, None
 
 
+def main_outputs(config: MainConfig, out: Path) -> list[Output]:
+    """Every path the job writes in ``out``, its training and test runs' included (none may be an input)."""
+    generated = [] if config.data else [DATA_DIR]
+    return (outputs_in("--out", out, [CONFIG_NAME, TABLE_MD, TABLE_PNG, TABLE_JSON], folders=generated)
+            + scienceqa_outputs(out / ADAPTER_DIR) + eval_outputs(out / TEST_DIR))
+
+
 def main_job(config: MainConfig) -> MainResult:
     started = time.perf_counter()
     use_threads(config.model.threads)
     out = Path(config.out) if config.out else fresh_folder(Path(config.runs))
-    out.mkdir(parents=True, exist_ok=True)
+    with job_folder(out, main_outputs(config, out), {"--data": config.data, "--base": config.model.base}):
+        return _main_in(config, out, started)
+
+
+def _main_in(config: MainConfig, out: Path, started: float) -> MainResult:
+    """The job inside its locked output folder: data, training, test table, one demo answer."""
     write_config(out, COMMAND, config)
     source, said = choose_data(config, out)
     print(f"[1/4] data: {said}", flush=True)
     model = ModelOptions(base=config.model.base, dtype="bf16", device=config.model.device,
                          threads=config.model.threads)
-    print(f"[2/4] training a multimodal adapter on {model.base} -> {out / 'adapter'}", flush=True)
+    print(f"[2/4] training a multimodal adapter on {model.base} -> {out / ADAPTER_DIR}", flush=True)
     trained = train_scienceqa(TrainScienceQAConfig(
-        out=str(out / "adapter"), source=source, format=config.format, images=True, model=model,
+        out=str(out / ADAPTER_DIR), source=source, format=config.format, images=True, model=model,
         adapter=AdapterConfig(adapter_layers=config.adapter_layers),
         train=TrainConfig(epochs=config.epochs, warmup_epochs=0.5, lr=config.lr, batch_size=8, seed=config.seed,
                           progress=config.progress),
         visual=VisualConfig(clip_model=config.clip_model, clip_layers=config.clip_layers, visual_standardize=True)))
-    print(f"[3/4] evaluating {trained.best_path.name} on test -> {out / 'test'}", flush=True)
+    print(f"[3/4] evaluating {trained.best_path.name} on test -> {out / TEST_DIR}", flush=True)
     evaluated = eval_scienceqa(EvalScienceQAConfig(
-        split="test", out=str(out / "test"), source=source, adapter=str(trained.best_path),
+        split="test", out=str(out / TEST_DIR), source=source, adapter=str(trained.best_path),
         name=f"mm-adapter ({model.base}, images)", progress=config.progress,
         model=ModelOptions(base=model.base, device=model.device, threads=model.threads),
         eval=EvalConfig(bf16=True)))
@@ -111,8 +125,8 @@ def main_job(config: MainConfig) -> MainResult:
     if source.data is not None:
         data_name = "generated image set" if config.data is None else "ScienceQA"
         table = build_table(TableConfig(predictions=[str(evaluated.predictions)], problems=source.data,
-                                        markdown=str(out / "table.md"), plot=str(out / "table.png"),
-                                        json=str(out / "table.json"), bootstrap=1000, title=f"{data_name}, test"))
+                                        markdown=str(out / TABLE_MD), plot=str(out / TABLE_PNG),
+                                        json=str(out / TABLE_JSON), bootstrap=1000, title=f"{data_name}, test"))
     problem, image = first_image_problem(source, "test")
     prediction = None
     if problem is not None:

@@ -1,11 +1,18 @@
-"""What every model job settles before its slow parts: CPU threads and a device this machine has."""
+"""What every model job settles before its slow parts: CPU threads, a device this machine has, and an
+output folder that overwrites none of its inputs and has no other writer."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from ..errors import MMAdapterError
-from .options import ModelOptions
+from ..outputs import Output, PathLike, check_no_overlap, output_folder
+from ..train import check_out_dir, check_run_state
+from .options import ModelOptions, ScienceQASource
 
 
 def use_threads(threads: int | None) -> None:
@@ -46,3 +53,24 @@ def rank_zero_print(is_main: bool):
 def finish_distributed() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def source_inputs(source: ScienceQASource) -> dict[str, str | None]:
+    """The ScienceQA files a job reads, by flag (a folder stands for the files in it)."""
+    return {"--data": source.data, "--hf": source.hf}
+
+
+@contextmanager
+def job_folder(out: PathLike, outputs: Iterable[Output], inputs: Mapping[str, PathLike | None], *,
+               lock: bool = True, resume: bool | None = None) -> Iterator[Path]:
+    """``out`` for the enclosed work, after the checks that write nothing (no output is an input, the folder can
+    be written), then locked against a second writer; ``resume`` (training jobs) checks the run state in it.
+
+    A job refused inside leaves no new folder behind. ``lock`` is off on the ranks > 0 of a torchrun job.
+    """
+    check_no_overlap(outputs, inputs)
+    check_out_dir(out)
+    with output_folder(out, lock=lock) as folder:
+        if resume is not None:
+            check_run_state(folder, resume)
+        yield folder

@@ -21,6 +21,8 @@ from ..adapter import attach_adapter, count_trainable
 from ..base import load_base
 from ..checkpoint import PROMPT_FORMAT_KEY, save_adapter
 from ..eval.config import EvalConfig
+from ..eval.run import check_fit
+from ..eval.scoring import context_tokens
 from ..eval.features import (
     ImageOffsets,
     compute_features,
@@ -33,18 +35,24 @@ from ..multimodal import (
     multimodal_loss,
     projection_lr_scales,
 )
-from ..outputs import output_folder, write_config
+from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
 from ..scienceqa.data import Problem
-from ..train import TrainResult, prepare_out_dir, setup_distributed, train
+from ..train import TrainResult, train, trainer_outputs
+from ..train_process import DistInfo, setup_distributed
 from ..train_data import BatchPlan, Example, PadCollator
 from ..visual import VisualProjection, build_encoder, trainable_summary
 from .configs import TrainScienceQAConfig
-from .runtime import finish_distributed, prepare, rank_zero_print
+from .runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
 from .scienceqa_data import encode_problems, load_problems
-from .validation import ValidationSelector
+from .validation import LOG_NAME, ValidationSelector
 
 COMMAND = "train scienceqa"
 BEST_NAME = "best.safetensors"
+
+
+def scienceqa_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
+    """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
+    return trainer_outputs(out, flag) + outputs_in(flag, out, [CONFIG_NAME, BEST_NAME, LOG_NAME])
 
 
 @dataclass
@@ -100,14 +108,29 @@ def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     device = prepare(config.model)
     config.source.require()
     info = setup_distributed(str(device))
+    inputs = {**source_inputs(config.source), "--base": config.model.base}
+    with job_folder(config.out, scienceqa_outputs(config.out), inputs, lock=info.is_main,
+                    resume=config.train.resume) as out:  # refused before the slow parts
+        result, selector = _train_in(out, config, device, info)
+    finish_distributed()
+    return ScienceQATrainResult(result, selector.best, selector.best_step, out / BEST_NAME)
+
+
+def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
+              info: DistInfo) -> tuple[TrainResult, ValidationSelector]:
+    """The job inside its locked output folder: data, base, adapter (and projection), training."""
     say = rank_zero_print(info.is_main)
-    prepare_out_dir(config.out, config.train.resume, info.is_main, create=False)  # refuse before the slow parts
     train_problems = load_problems(config.source, config.train_split, config.captions, config.limit, say)
     val_problems = load_problems(config.source, config.val_split, config.captions, config.val_limit, say)
     model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
-    examples, kept = encode_problems(tokenizer, train_problems, config.format, config.captions, config.max_seq_len)
+    context = context_tokens(model)
+    examples, kept = encode_problems(tokenizer, train_problems, config.format, config.captions, config.max_seq_len,
+                                     context=context)
     if len(kept) < len(train_problems):
-        say(f"left out {len(train_problems) - len(kept)} problem(s) longer than max_seq_len={config.max_seq_len}")
+        say(f"left out {len(train_problems) - len(kept)} problem(s) longer than max_seq_len={config.max_seq_len}"
+            f"{f' or the model context ({context} tokens)' if context else ''}")
+    # a val problem the model cannot read would stop the run at its first validation, an epoch from now
+    check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
     torch.manual_seed(config.train.seed)
     attach_adapter(model, config.adapter)
     images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
@@ -122,18 +145,17 @@ def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
                      config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
     every = config.val_every or max(1, plan.total_steps // config.train.epochs)
-    with output_folder(config.out) as out:
-        if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
-            write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
-        selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
-                                      EvalConfig(format=config.format, captions=config.captions,
-                                                 bf16=config.train.bf16, batch_size=16),
-                                      is_main=info.is_main, offsets=images and images.offsets, extras=file_extras)
-        identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
-                    "captions": config.captions} | (images.identity if images else {})
-        extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
-        result = train(model, images.examples if images else examples, config.train,
-                       PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
-                       identity=identity, export=lambda m, path: save_adapter(m, path, *file_extras()), **extra)
-    finish_distributed()
-    return ScienceQATrainResult(result, selector.best, selector.best_step, out / BEST_NAME)
+    if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
+        write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
+    selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
+                                  EvalConfig(format=config.format, captions=config.captions,
+                                             bf16=config.train.bf16, batch_size=16),
+                                  is_main=info.is_main, offsets=images and images.offsets, extras=file_extras,
+                                  resume=config.train.resume)
+    identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
+                "captions": config.captions} | (images.identity if images else {})
+    extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
+    result = train(model, images.examples if images else examples, config.train,
+                   PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
+                   identity=identity, export=lambda m, path: save_adapter(m, path, *file_extras()), **extra)
+    return result, selector

@@ -8,9 +8,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import save_adapter
+from ..errors import MMAdapterError
 from ..eval.config import EvalConfig
 from ..eval.run import Offsets, accuracy, evaluate
 from ..scienceqa.data import Problem
+
+LOG_NAME = "validation.jsonl"
+
+
+def _row(line: str) -> tuple[float, int] | None:
+    """(val_acc, step) of one log line, or None when it is not a row this selector wrote."""
+    try:
+        row = json.loads(line)
+        score, step = float(row["val_acc"]), row["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (score, step) if isinstance(step, int) and 0 <= score <= 1 else None
+
+
+def best_logged(log: Path) -> tuple[float, int] | None:
+    """The best (val_acc, step) an earlier part of the run logged, read line by line; a torn last line (a kill
+    mid-write) is ignored, any other bad line is one error naming the file and the line."""
+    rows, bad = [], None
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if bad is not None:
+                raise MMAdapterError(f"{log}: line {bad} is not a validation row of this trainer; fix or delete "
+                                     "the line to resume")
+            row = _row(line)
+            rows += [row] if row is not None else []
+            bad = number if row is None else None
+    return max(rows, key=lambda row: row[0], default=None)  # the first step that reached the best score
 
 
 @dataclass
@@ -20,6 +50,8 @@ class ValidationSelector:
     Writes ``best.safetensors`` and ``validation.jsonl`` in ``out_dir`` (rank 0 only). With images,
     ``offsets`` gives each val batch its projected features and ``extras()`` the visual tensors and
     metadata that best.safetensors must carry (as the trainer's export does for adapter.safetensors).
+    ``resume`` continues the log of the run's earlier part; a fresh run drops a log left by a run that
+    died before its first checkpoint (its best score is not this run's).
     """
 
     tokenizer: object
@@ -31,17 +63,18 @@ class ValidationSelector:
     is_main: bool = True
     offsets: Offsets | None = None
     extras: Callable[[], tuple[dict, dict]] | None = None
+    resume: bool = False
     best: float = -1.0
     best_step: int = 0
 
     def __post_init__(self) -> None:
         """A resumed run continues from the best score its earlier part logged, so best.safetensors only improves."""
-        log = Path(self.out_dir) / "validation.jsonl"
-        if log.is_file():
-            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            if rows:
-                top = max(rows, key=lambda row: row["val_acc"])
-                self.best, self.best_step = top["val_acc"], top["step"]
+        log = Path(self.out_dir) / LOG_NAME
+        if not self.resume:
+            if self.is_main:
+                log.unlink(missing_ok=True)
+        elif log.is_file():
+            self.best, self.best_step = best_logged(log) or (self.best, self.best_step)
 
     def __call__(self, step: int, epoch: float, model) -> dict | None:
         if step % self.every and step != self.total_steps:
@@ -53,6 +86,6 @@ class ValidationSelector:
                 tensors, metadata = self.extras() if self.extras else ({}, {})
                 save_adapter(model, self.out_dir / "best.safetensors", tensors,
                              metadata | {"val_accuracy": f"{val:.4f}", "step": str(step)})
-            with open(self.out_dir / "validation.jsonl", "a") as handle:
+            with open(self.out_dir / LOG_NAME, "a") as handle:
                 handle.write(json.dumps({"step": step, "epoch": round(epoch, 4), "val_acc": val}) + "\n")
         return {"val_acc": val}
