@@ -29,16 +29,19 @@ SUPPORTED_INNER = ("sdpa", "eager")
 
 
 def activate_gate(gate: torch.Tensor, activation: str) -> torch.Tensor:
-    """The effective per-head gate: ``tanh(gate)`` (official training code) or the raw gate (PEFT)."""
+    """The effective gate (per head, or one per layer): ``tanh(gate)`` (official training code) or the raw gate
+    (official inference code, PEFT)."""
     return torch.tanh(gate) if activation == "tanh" else gate
 
 
 def gate_values(value_p: torch.Tensor, gate: torch.Tensor, activation: str) -> torch.Tensor:
     """``act(gate_h) * V_p`` per head: the one place the gate enters, for training and inference alike.
 
-    Scaling V_p (heads x adapter_len x head_dim) instead of the attention output (heads x seq x
-    head_dim) is the same product, since the prompt softmax is linear in V_p, and much smaller.
-    A zero gate gives zero values, so the prompt branch adds exactly zero.
+    ``gate`` holds one value per head, or one for the layer (``gate_granularity="layer"``), which
+    broadcasts to every head: both are the same view. Scaling V_p (heads x adapter_len x head_dim)
+    instead of the attention output (heads x seq x head_dim) is the same product, since the prompt
+    softmax is linear in V_p, and much smaller. A zero gate gives zero values, so the prompt branch
+    adds exactly zero.
     """
     return value_p * activate_gate(gate, activation).to(value_p.dtype).view(1, -1, 1, 1)
 

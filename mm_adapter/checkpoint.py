@@ -189,7 +189,8 @@ def _check_layers(path: Path, config: AdapterConfig, base: BaseIdentity, layers:
     if config.adapter_layers > base.num_layers or len(layers) != len(top) or any(i not in top for i in layers):
         raise MMAdapterError(f"{path}: adapted layers {sorted(layers)} do not match the config's top "
                              f"{config.adapter_layers} of {base.num_layers}")
-    shapes = {"prompt": (config.adapter_len, base.hidden_size), "gate": (base.num_heads,)}
+    # one gate per head, or one per layer; files from before gate_granularity existed hold per-head gates
+    shapes = {"prompt": (config.adapter_len, base.hidden_size), "gate": (config.gates_per_layer(base.num_heads),)}
     for index, entry in sorted(layers.items()):
         for name, shape in shapes.items():
             key = f"layers.{index}.{name}"

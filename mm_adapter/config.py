@@ -16,6 +16,7 @@ from .options import ConfigError, check, check_type, option
 from .textio import parse_json
 
 GATE_ACTIVATIONS = ("tanh", "identity")
+GATE_GRANULARITIES = ("head", "layer")
 PROMPT_INITS = ("normal", "norm_scaled")
 PROJECTIONS = ("mlp", "linear")
 
@@ -50,13 +51,21 @@ class AdapterConfig:
     prompt_init: str = option("normal", choices=PROMPT_INITS)
     """normal (the original) or norm_scaled: times the layer's input norm weight, so prompts look like the
     normalised hidden states the projections expect (SmolLM2's norm weights are ~0.03-0.4)"""
+    gate_granularity: str = option("head", choices=GATE_GRANULARITIES)
+    """head: one zero-initialised gate per attention head (the paper); layer: one per layer, PEFT's
+    adaption_gate, so a trained adapter exports to PEFT"""
 
     def __post_init__(self) -> None:
         check(self, "adapter_len", low=1, integer=True)
         check(self, "adapter_layers", low=1, integer=True)
         check(self, "gate_activation", choices=GATE_ACTIVATIONS)
+        check(self, "gate_granularity", choices=GATE_GRANULARITIES)
         check(self, "prompt_init", choices=PROMPT_INITS)
         check(self, "prompt_init_std", low=0, low_open=True)
+
+    def gates_per_layer(self, num_heads: int) -> int:
+        """How many gate values one adapted layer holds on a base with ``num_heads`` query heads."""
+        return num_heads if self.gate_granularity == "head" else 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

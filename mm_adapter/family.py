@@ -111,20 +111,27 @@ def family_spec(model_type: str) -> FamilySpec:
     return spec
 
 
+def head_layout(config) -> HeadLayout:
+    """The attention heads of a model with ``config`` (any family), or a one-line refusal where GQA cannot group them."""
+    config = text_config(config)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if heads % kv_heads:
+        raise unsupported(config.model_type, f"{heads} query heads do not split into {kv_heads} key/value heads")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return HeadLayout(heads, kv_heads, head_dim)
+
+
 def resolve_family(config, inner_attention: str) -> Family:
     """The family of a model with ``config``, whose token block runs ``inner_attention``, or a one-line refusal."""
     config = text_config(config)
     spec = family_spec(config.model_type)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if heads % kv_heads:
-        raise unsupported(spec.model_type, f"{heads} query heads do not split into {kv_heads} key/value heads")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads = head_layout(config)
     softcap = getattr(config, spec.logit_softcap) if spec.logit_softcap else None
     if softcap is not None and inner_attention == "sdpa":
         raise unsupported(spec.model_type, f"attention logits are softcapped ({spec.logit_softcap}={softcap}) "
                                            "and SDPA cannot softcap; load it with attn_implementation='eager'")
-    return Family(spec=spec, heads=HeadLayout(heads, kv_heads, head_dim), softcap=softcap)
+    return Family(spec=spec, heads=heads, softcap=softcap)
 
 
 def check_layer(family: Family, index: int, layer: nn.Module) -> None:

@@ -55,7 +55,7 @@ def _cap(scores, cap):
 
 def reference_logits(model, input_ids, attention_mask, position_ids, adapters, gate_activation="tanh",
                      prompt_key_norm=True, prompt_softcap=True):
-    """adapters: {layer_index: {"prompt": (L, hidden), "gate": (heads,)}} -> logits (batch, seq, vocab)."""
+    """adapters: {layer_index: {"prompt": (L, hidden), "gate": (heads,) or (1,) for all heads}} -> logits."""
     config = model.config
     gemma = config.model_type == "gemma2"
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -104,7 +104,7 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
             if prompt_softcap:
                 prompt_scores = _cap(prompt_scores, softcap)
             g = torch.tanh(gate) if gate_activation == "tanh" else gate
-            out = out + g.view(1, heads, 1, 1) * (prompt_scores.softmax(-1) @ vp)
+            out = out + g.view(1, -1, 1, 1).expand(1, heads, 1, 1) * (prompt_scores.softmax(-1) @ vp)
         out = linear(attn.o_proj, out.transpose(1, 2).reshape(batch, seq, -1))
         mlp = layer.mlp
         if gemma:

@@ -28,10 +28,13 @@ def test_zero_init_is_exactly_the_base_model(family, attn):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("activation", ["tanh", "identity"])
-def test_parity_with_explicit_formula_under_left_padding(family, attn, activation):
+@pytest.mark.parametrize("activation,granularity", [("tanh", "head"), ("identity", "head"), ("identity", "layer")])
+def test_parity_with_explicit_formula_under_left_padding(family, attn, activation, granularity):
+    """Our logits equal the explicit formula's, for either gate activation, with per-head gates and with one gate
+    per layer (broadcast to every head)."""
     model = tiny_model(family, attn_implementation=attn)
-    attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3, gate_activation=activation))
+    attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3, gate_activation=activation,
+                                        gate_granularity=granularity))
     randomise_adapter(model)
     ids, mask, positions = left_padded_batch()
     ours = logits(model, ids, mask, positions)

@@ -1,23 +1,21 @@
-"""Official v1 and litgpt adapters: parity with explicit references of their published forwards, and
-one-line refusals naming the key or size that is wrong.
+"""Official v1 adapters: parity with an explicit reference of the published forward, and one-line refusals
+naming the key or size that is wrong (litgpt: ``test_interop_litgpt.py``).
 
-The references below are written from OpenGVLab/LLaMA-Adapter ``llama/model.py`` (Meta weight
-layout, complex interleaved rotary, gate * softmax over prompts) and Lightning-AI/litgpt
-``litgpt/adapter.py`` (prefix through the fused qkv in litgpt's per-group layout, gating_factor
-(1, 1, n_head, 1) on the (B, T, n_head, hs) output); they share no code with mm_adapter.
+The reference below is written from OpenGVLab/LLaMA-Adapter ``llama/model.py`` (Meta weight layout,
+complex interleaved rotary, gate * softmax over prompts); it shares no code with mm_adapter.
 """
 
 import math
 
 import pytest
 import torch
-from reference import linear, rms_norm, rotary
+from reference import linear, rms_norm
 from safetensors.torch import save_file
 from test_base_loading import hf_to_meta_rotary, meta_rotary
 from tiny import tiny_model
 
-from mm_adapter import MMAdapterError, apply_adapter
-from mm_adapter.interop import import_litgpt, import_official, load_foreign_adapter
+from mm_adapter import MMAdapterError
+from mm_adapter.interop import import_official, load_foreign_adapter
 
 L, SEQ = 3, 9
 
@@ -76,43 +74,6 @@ def official_reference(model, tokens, queries, gates, adapter_len, tanh=False):
     return decoder(model, tokens, attention)
 
 
-def litgpt_qkv(attn, heads, groups, d):
-    """litgpt's fused qkv weight: per query group, its q heads, then its k, then its v."""
-    per = heads // groups
-    q = attn.q_proj.weight.view(groups, per * d, -1)
-    k, v = attn.k_proj.weight.view(groups, d, -1), attn.v_proj.weight.view(groups, d, -1)
-    return torch.cat([q, k, v], dim=1).reshape(-1, q.shape[-1])
-
-
-def litgpt_reference(model, tokens, state, start):
-    """litgpt adapter: prefix keys/values from the fused qkv, raw ``gating_factor * ay`` per head."""
-    heads, groups = model.config.num_attention_heads, model.config.num_key_value_heads
-    d, theta = model.config.hidden_size // heads, model.config.rope_parameters["rope_theta"]
-    per = heads // groups
-
-    def attention(index, layer, x):
-        batch, seq, _ = x.shape
-        qkv = (x @ litgpt_qkv(layer.self_attn, heads, groups, d).T).view(batch, seq, groups, per + 2, d)
-        q, k, v = qkv.permute(0, 2, 3, 1, 4).split((per, 1, 1), dim=2)
-        q = q.reshape(batch, heads, seq, d)
-        k, v = k.repeat_interleave(per, dim=2).reshape_as(q), v.repeat_interleave(per, dim=2).reshape_as(q)
-        positions = torch.arange(seq).expand(batch, seq)
-        q, k = rotary(q, positions, theta), rotary(k, positions, theta)
-        y = (torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + causal(seq), -1) @ v).transpose(1, 2)
-        if index >= start:
-            prefix = state[f"transformer.h.{index}.attn.adapter_wte.weight"]
-            a_t = prefix.shape[0]
-            aqkv = (prefix[None] @ litgpt_qkv(layer.self_attn, heads, groups, d).T).view(1, a_t, groups, per + 2, d)
-            _, ak, av = aqkv.permute(0, 2, 3, 1, 4).split((per, 1, 1), dim=2)
-            ak = ak.repeat_interleave(per, dim=2).view(1, heads, a_t, d)
-            av = av.repeat_interleave(per, dim=2).view(1, heads, a_t, d)
-            ay = (torch.softmax(q @ ak.transpose(-1, -2) / math.sqrt(d), -1) @ av).transpose(1, 2)
-            y = y + state[f"transformer.h.{index}.attn.gating_factor"] * ay
-        return y.reshape(batch, seq, -1)
-
-    return decoder(model, tokens, attention)
-
-
 def official_state(model, n_adapted=2, adapter_len=L, seed=5, scalar_layer=None):
     """An official-format dict: adapter_query.weight and a gate for *every* layer, as the extraction script saves."""
     g = torch.Generator().manual_seed(seed)
@@ -142,27 +103,6 @@ def test_official_release_matches_the_official_forward_on_meta_weights(tmp_path,
     torch.testing.assert_close(ours(model, tokens), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours(tiny_model("llama-mha"), tokens), base, atol=1e-4, rtol=1e-4)  # reference's own check
     assert (expected - base).abs().max() > 1e-2  # the adapter really changes the outputs
-
-
-@pytest.mark.parametrize("family,gate_shape", [("llama-gqa", (1, 1, 4, 1)), ("llama-mha", (1, 4, 1, 1))])
-def test_litgpt_adapter_matches_litgpt_forward(tmp_path, family, gate_shape):
-    model = tiny_model(family)
-    g = torch.Generator().manual_seed(9)
-    start = 1  # adapter_start_layer: layers 1..3 adapted
-    state = {}
-    for i in range(start, 4):
-        state[f"transformer.h.{i}.attn.adapter_wte.weight"] = torch.randn(L, 64, generator=g)
-        state[f"transformer.h.{i}.attn.gating_factor"] = torch.randn(gate_shape, generator=g)
-    torch.save({"model": state}, tmp_path / "lit_model.pth.adapter")  # fabric.save's layout
-    load_foreign_adapter(model, "litgpt", tmp_path / "lit_model.pth.adapter")
-    reference_state = {k: v.reshape(1, 1, 4, 1) if "gating" in k else v for k, v in state.items()}
-    tokens = ids()
-    with torch.no_grad():
-        expected = litgpt_reference(model, tokens, reference_state, start)
-        base = litgpt_reference(model, tokens, reference_state, start=4)
-    torch.testing.assert_close(ours(model, tokens), expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ours(tiny_model(family), tokens), base, atol=1e-4, rtol=1e-4)  # reference's own check
-    assert (expected - base).abs().max() > 1e-2
 
 
 def refused(function, *args, match, **kwargs):
@@ -210,38 +150,3 @@ def test_official_bad_input_names_the_key_or_size(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes()[:200])
     refused(import_official, model, tmp_path / "cut.safetensors", adapter_len=L, match="truncated or corrupt")
     assert sorted(import_official(model, tmp_path / "ok.safetensors", adapter_len=L).layers) == [2, 3]
-
-
-def test_litgpt_bad_input_names_the_key_or_size(tmp_path):
-    model = tiny_model("llama-gqa")
-    good = {f"transformer.h.{i}.attn.{name}": tensor for i in (2, 3)
-            for name, tensor in (("adapter_wte.weight", torch.randn(L, 64)), ("gating_factor", torch.ones(1, 1, 4, 1)))}
-
-    def write(name, state):
-        torch.save({"model": state}, tmp_path / name)
-        return tmp_path / name
-
-    refused(import_litgpt, model, write("gate.pth", dict(good, **{"transformer.h.2.attn.gating_factor":
-                                                                   torch.ones(1, 1, 8, 1)})),
-            match=r"transformer.h.2.attn.gating_factor has shape \[1, 1, 8, 1\], expected \[1, 1, 4, 1\]")
-    middle = {k.replace("h.3.", "h.1."): v for k, v in good.items()}
-    refused(import_litgpt, model, write("middle.pth", middle),
-            match=r"adapted layers must be the top ones of the base's 4; found 1-2, missing layer\(s\) 3")
-    deep = dict(good, **{k.replace("h.3.", "h.7."): v for k, v in good.items() if "h.3." in k})
-    refused(import_litgpt, model, write("deep.pth", deep),
-            match=r"transformer.h.7.attn.adapter_wte.weight is for layer 7, but the base has only 4 layers")
-    refused(import_litgpt, model, write("missing.pth", {k: v for k, v in good.items() if k != "transformer.h.2."
-                                                         "attn.gating_factor"}),
-            match=r"missing key 'transformer.h.2.attn.gating_factor'")
-    refused(import_litgpt, model, write("full.pth", dict(good, **{"transformer.wte.weight": torch.zeros(97, 64)})),
-            match=r"unexpected key 'transformer.wte.weight'")
-    wide = {k: torch.randn(L, 96) if "wte" in k else v for k, v in good.items()}
-    refused(import_litgpt, model, write("wide.pth", wide),
-            match=r"adapter_wte.weight has shape \[3, 96\], but the base's hidden size is 64")
-    ragged = dict(good, **{"transformer.h.3.attn.adapter_wte.weight": torch.randn(L + 1, 64)})
-    refused(import_litgpt, model, write("ragged.pth", ragged), match=r"h.3.attn.adapter_wte.weight has 4 prompts, "
-                                                                       r"but layer 2 has 3")
-    path = write("ok.pth", good)
-    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:-300])
-    refused(import_litgpt, model, tmp_path / "cut.pth", match="truncated or corrupt")
-    apply_adapter(model, import_litgpt(model, path))  # the good one goes on

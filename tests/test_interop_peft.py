@@ -1,7 +1,9 @@
 """PEFT adaption_prompt: adapters made by PEFT itself give PEFT's logits on our stack, ours exported
-to PEFT give our logits in PEFT, and what PEFT cannot express is refused by layer and spread."""
+to PEFT give our logits in PEFT, and what PEFT cannot express is refused by layer and spread; on a base
+whose o_proj has a bias, what PEFT computes differently (that bias a second time) is named."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -23,10 +25,10 @@ def logits(model):
     return out[mask.bool()]  # padded rows are not outputs either implementation promises
 
 
-def peft_adapter(family, folder, seed=4, **save):
-    """A PEFT adaption_prompt adapter with random non-zero prompts and gates, saved by PEFT."""
-    model = get_peft_model(tiny_model(family), AdaptionPromptConfig(adapter_len=3, adapter_layers=2,
-                                                                    task_type="CAUSAL_LM"))
+def peft_adapter(family, folder, seed=4, base=None, **save):
+    """A PEFT adaption_prompt adapter with random non-zero prompts and gates, saved by PEFT (on ``base`` if given)."""
+    model = get_peft_model(base or tiny_model(family), AdaptionPromptConfig(adapter_len=3, adapter_layers=2,
+                                                                            task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -85,8 +87,12 @@ def test_export_round_trip_through_peft_from_pretrained(tmp_path, activation):
 
 
 def test_export_refuses_what_peft_cannot_express(tmp_path):
+    """Per-head gates that differ (one line naming the layer and spread, pointing to gate_granularity="layer"), a
+    model type PEFT does not know, an existing folder: refused, nothing written."""
     differing = trained("llama-gqa", "tanh", {2: torch.full((4,), 0.5), 3: torch.tensor([0.1, 0.1, 0.4, 0.1])})
-    with pytest.raises(MMAdapterError, match=r"^layer 3: per-head gates differ .* spread 0\.28") as error:
+    with pytest.raises(MMAdapterError, match=r"^layer 3: per-head gates differ .* spread 0\.28\); PEFT has one gate "
+                                             r"per layer, .* train with gate_granularity=\"layer\" "
+                                             r"\(--gate-granularity layer\)") as error:
         export_peft(differing, tmp_path / "out")
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
     qwen = tiny_model("qwen2-gqa")
@@ -98,6 +104,48 @@ def test_export_refuses_what_peft_cannot_express(tmp_path):
     with pytest.raises(MMAdapterError, match="already exists"):
         export_peft(same, tmp_path / "taken")
     assert export_peft(same, tmp_path / "taken", overwrite=True) == tmp_path / "taken"
+
+
+def biased(family="llama-gqa"):
+    """A tiny Llama with attention_bias=True and random non-zero o_proj biases (transformers initialises them to 0)."""
+    model = tiny_model(family, attention_bias=True)
+    generator = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.bias.copy_(torch.randn(64, generator=generator))
+    return model
+
+
+def test_o_proj_bias_is_named_on_export_and_import(tmp_path, caplog):
+    """PEFT adds the prompt output after o_proj, so on a base whose o_proj has a bias its logits are ours plus that
+    bias once more per adapted layer (checked against PEFT's own model); export refuses such an adapter in one line,
+    and import says in one logged line that it computes the formula, not PEFT's numbers."""
+    peft_model = peft_adapter("llama-gqa", tmp_path / "peft", base=biased())
+    ours = biased()
+    with caplog.at_level(logging.WARNING, logger="mm_adapter.interop.peft"):
+        load_foreign_adapter(ours, "peft", tmp_path / "peft")
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage()
+    assert "o_proj has a bias in adapted layer(s) 2-3" in record.getMessage()
+    assert "so on this base its logits differ from PEFT's by the second bias" in record.getMessage()
+    expected = logits(peft_model)
+    assert (logits(ours) - expected).abs().max() > 1e-2  # PEFT's numbers are not the formula's here
+    layers = ours.model.layers
+    hooks = [layers[i].self_attn.o_proj.register_forward_hook(lambda m, _, out: out + m.bias) for i in (2, 3)]
+    torch.testing.assert_close(logits(ours), expected, **TOLERANCE)  # and the second bias is all that differs
+    for hook in hooks:
+        hook.remove()
+    with pytest.raises(MMAdapterError, match=r"^o_proj has a bias in adapted layer\(s\) 2-3 \(largest \|value\| "
+                                             r"[\d.]+\), and PEFT adds the prompt output after o_proj, so it adds that "
+                                             r"bias a second time in each adapted layer, even with zero gates; PEFT would "
+                                             r"not compute this adapter, so it is not exported$") as error:
+        export_peft(ours, tmp_path / "out")
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+    zero = tiny_model("llama-gqa", attention_bias=True)  # a bias of zeros adds nothing: exported, PEFT agrees
+    attach_adapter(zero, AdapterConfig(adapter_len=3, adapter_layers=2, gate_granularity="layer"))
+    torch.testing.assert_close(logits(PeftModel.from_pretrained(tiny_model("llama-gqa", attention_bias=True),
+                                                                export_peft(zero, tmp_path / "zero")).eval()),
+                               logits(zero), **TOLERANCE)
 
 
 def test_peft_bad_input_names_the_key_or_size(tmp_path):

@@ -1,9 +1,11 @@
 """The one path every foreign format takes into ours: named tensors -> checked layers -> AdapterFile.
 
 A format module only knows its key names and shapes; it hands over, per absolute layer index, one
-prompt (adapter_len x hidden) and one gate (a scalar, broadcast to every head, or one value per
-head), each with the key it came from so every refusal can name it. Everything about the base
-(width, layer count, which layers an adapter may occupy) is checked here, once.
+prompt (adapter_len x hidden) and one gate (a scalar, or one value per head), each with the key it
+came from so every refusal can name it, and says whether the format gates per head (a scalar is
+then broadcast to every head) or per layer (PEFT: kept as our ``gate_granularity="layer"``).
+Everything about the base (width, layer count, which layers an adapter may occupy) is checked
+here, once.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def expect_shape(path: Path, key: str, tensor: torch.Tensor, *shapes: tuple[int,
 
 
 def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
-                  gate_activation: str = "identity") -> AdapterFile:
+                  gate_activation: str = "identity", gate_granularity: str = "head") -> AdapterFile:
     """Check foreign layers against ``model`` and return them as our :class:`AdapterFile` for it.
 
     Our adapter occupies the top ``adapter_layers`` layers, so the foreign layers must be exactly
@@ -85,8 +87,11 @@ def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
     if indices != top:
         missing = sorted(set(range(indices[0], n_layers)) - set(indices))
         raise MMAdapterError(f"{path}: adapted layers must be the top ones of the base's {n_layers}; found "
-                             f"{_ranges(indices)}, missing layer(s) {_ranges(missing)}")
+                             f"{layer_ranges(indices)}, missing layer(s) {layer_ranges(missing)}")
     adapter_len = layers[indices[0]].prompt.shape[0]
+    config = AdapterConfig(adapter_len=adapter_len, adapter_layers=len(indices), gate_activation=gate_activation,
+                           gate_granularity=gate_granularity)
+    gates = config.gates_per_layer(heads)
     out: dict[int, dict[str, torch.Tensor]] = {}
     for index in indices:
         layer = layers[index]
@@ -98,18 +103,18 @@ def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
             raise MMAdapterError(f"{path}: {layer.prompt_key} has {prompt.shape[0]} prompts, but layer "
                                  f"{indices[0]} has {adapter_len}")
         gate = layer.gate.reshape(-1)
-        if gate.numel() not in (1, heads):
+        if gate.numel() not in (1, gates):
+            wanted = "1 or one per head" if gate_granularity == "head" else "1: one gate per layer"
             raise MMAdapterError(f"{path}: {layer.gate_key} has {gate.numel()} values, but the base has {heads} "
-                                 "heads (expected 1 or one per head)")
+                                 f"heads (expected {wanted})")
         check_tensor(path, layer.prompt_key, prompt)
         check_tensor(path, layer.gate_key, gate)
         out[index] = {"prompt": prompt.detach().to("cpu", torch.float32).contiguous(),
-                      "gate": gate.detach().to("cpu", torch.float32).expand(heads).contiguous()}
-    config = AdapterConfig(adapter_len=adapter_len, adapter_layers=len(indices), gate_activation=gate_activation)
+                      "gate": gate.detach().to("cpu", torch.float32).expand(gates).contiguous()}
     return AdapterFile(path=path, config=config, base=identity, layers=out)
 
 
-def _ranges(indices: list[int]) -> str:
+def layer_ranges(indices: list[int]) -> str:
     """[2, 3, 4, 7] -> '2-4, 7' (30 layer numbers stay readable on one line)."""
     parts, start = [], None
     for i, index in enumerate(indices):

@@ -8,17 +8,26 @@ Format (peft 0.21.2, ``peft/tuners/adaption_prompt``; checked by saving one with
 * per adapted layer ``base_model.model.<path to layers.{i}.self_attn>.adaption_prompt``
   [1, adapter_len, hidden] and ``....adaption_gate`` [1];
 * the top ``adapter_layers`` layers; the prompt's attention is softmaxed on its own and scaled by
-  the raw scalar gate (no tanh), i.e. our ``gate_activation="identity"`` with one gate for all heads.
+  the raw scalar gate (no tanh), i.e. our ``gate_activation="identity"`` with
+  ``gate_granularity="layer"`` (one gate for all heads), which is what an import gives;
+* the prompt output goes through ``o_proj`` and is added after it (``layer.py``,
+  ``AdaptedAttention.forward``): the same sum as ours where ``o_proj`` has no bias, but with a bias
+  PEFT adds it a second time in every adapted layer, whatever the gate.
 
-Export is possible only where every head of a layer has the same effective gate (``tanh(g)`` for
-"tanh" adapters, ``g`` for "identity"); PEFT's adaption_prompt knows only llama and mistral.
+Export needs one effective gate per layer: ``gate_granularity="layer"`` adapters always have it,
+per-head ones only while all heads agree. The raw gate PEFT gets is the effective one (``tanh(g)``
+for "tanh" adapters, exact at inference). PEFT's adaption_prompt knows only llama and mistral, and
+an ``o_proj`` with a non-zero bias is refused (PEFT would add it twice); importing such an adapter
+says so in one logged line and gives the formula's numbers, not PEFT's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -30,13 +39,14 @@ from ..atomic import atomic_dir
 from ..checkpoint import AdapterFile
 from ..errors import MMAdapterError
 from ..textio import POSITIVE_INT, check_fields, read_json
-from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+from .common import ForeignLayer, build_adapter, expect_shape, layer_ranges, read_tensors, split_keys
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_TYPE = "ADAPTION_PROMPT"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")  # PEFT's TRANSFORMERS_MODEL_CONFIG, less gpt2 (not ours)
 KEY = re.compile(r"^base_model\.model\.(?:.+\.)?layers\.(\d+)\.self_attn\.(adaption_prompt|adaption_gate)$")
+log = logging.getLogger(__name__)
 
 
 def import_peft(model: nn.Module, folder: str | Path) -> AdapterFile:
@@ -60,7 +70,12 @@ def import_peft(model: nn.Module, folder: str | Path) -> AdapterFile:
     if len(layers) != config["adapter_layers"]:
         raise MMAdapterError(f"{weights}: holds {len(layers)} adapted layers, but {CONFIG_NAME} says "
                              f"adapter_layers={config['adapter_layers']}")
-    return build_adapter(model, weights, layers, "identity")
+    adapter = build_adapter(model, weights, layers, "identity", gate_granularity="layer")
+    note = second_bias(model, adapter.layers)
+    if note:
+        log.warning("%s: %s; imported as the LLaMA-Adapter formula (that bias once), so on this base its logits "
+                    "differ from PEFT's by the second bias", weights, note)
+    return adapter
 
 
 def _read_config(folder: Path) -> dict:
@@ -77,26 +92,51 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
+def second_bias(model: nn.Module, indices: Iterable[int]) -> str | None:
+    """Where PEFT departs from the formula on this base, or ``None``: it adds the prompt output after ``o_proj``,
+    so ``o_proj``'s bias a second time in every adapted layer (``indices``), even with zero gates."""
+    layers = decoder_layers(model)
+    biases = {index: getattr(layers[index].self_attn.o_proj, "bias", None) for index in indices}
+    largest = {index: bias.detach().abs().max().item() for index, bias in biases.items() if bias is not None}
+    largest = {index: value for index, value in largest.items() if value > 0}
+    if not largest:
+        return None
+    return (f"o_proj has a bias in adapted layer(s) {layer_ranges(sorted(largest))} (largest |value| "
+            f"{max(largest.values()):.3g}), and PEFT adds the prompt output after o_proj, so it adds that bias a "
+            "second time in each adapted layer, even with zero gates")
+
+
+def _layer_gate(index: int, adapter: nn.Module) -> torch.Tensor:
+    """The one effective gate of an adapted layer, as PEFT's raw ``adaption_gate`` [1] (``tanh(g)`` for "tanh"
+    adapters: the same outputs), or a one-line refusal where its heads differ."""
+    gate = adapter.activated_gate().detach().to("cpu", torch.float32)
+    spread = (gate.max() - gate.min()).item()
+    if spread != 0:
+        raise MMAdapterError(
+            f"layer {index}: per-head gates differ (effective {adapter.gate_activation} gate from "
+            f"{gate.min().item():.6g} to {gate.max().item():.6g}, spread {spread:.3g}); PEFT has one gate per "
+            "layer, so this adapter cannot be exported without changing its outputs; train with "
+            'gate_granularity="layer" (--gate-granularity layer) for an adapter PEFT can hold')
+    return gate[:1].clone()
+
+
 def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Our attached adapter as PEFT's state dict, or a one-line refusal where PEFT cannot express it."""
     model_type = model.config.get_text_config().model_type
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise MMAdapterError(f"PEFT's adaption_prompt supports model types {', '.join(SUPPORTED_MODEL_TYPES)}, "
                              f"not {model_type!r}")
+    adapters = adaption_prompts(model)
+    note = second_bias(model, adapters)
+    if note:
+        raise MMAdapterError(f"{note}; PEFT would not compute this adapter, so it is not exported")
     names = {id(module): name for name, module in model.named_modules()}
     layers = decoder_layers(model)
     tensors = {}
-    for index, adapter in adaption_prompts(model).items():
-        gate = adapter.activated_gate().detach().to("cpu", torch.float32)
-        spread = (gate.max() - gate.min()).item()
-        if spread != 0:
-            raise MMAdapterError(
-                f"layer {index}: per-head gates differ (effective {adapter.gate_activation} gate from "
-                f"{gate.min().item():.6g} to {gate.max().item():.6g}, spread {spread:.3g}); PEFT has one gate per "
-                "layer, so this adapter cannot be exported without changing its outputs")
+    for index, adapter in adapters.items():
         prefix = f"base_model.model.{names[id(layers[index].self_attn)]}"
         tensors[f"{prefix}.adaption_prompt"] = adapter.prompt.detach().to("cpu", torch.float32)[None].contiguous()
-        tensors[f"{prefix}.adaption_gate"] = gate[:1].clone()
+        tensors[f"{prefix}.adaption_gate"] = _layer_gate(index, adapter)
     return tensors
 
 
