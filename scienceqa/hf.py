@@ -41,10 +41,11 @@ def _open(path_or_name: str | Path, split: str, cache_dir: str | None):
             data_files = {hf_split: [str(f) for f in files]}
             return datasets.load_dataset("parquet", data_files=data_files, split=hf_split, cache_dir=cache_dir)
         return datasets.load_dataset(str(path_or_name), split=hf_split, cache_dir=cache_dir)
-    except (OSError, ValueError) as e:  # DatasetNotFoundError, connection errors, bad parquet
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:  # not found, offline, bad parquet
         if isinstance(e, ScienceQAError):
             raise
-        raise fail(path_or_name, f"cannot load split {split!r}: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise fail(path_or_name, f"cannot load split {split!r}: {first}") from None
 
 
 def _stored_file(name: str, folder: Path | None, source: str, pid: str) -> bytes | None:

@@ -19,6 +19,13 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.train_data import IGNORE_INDEX
 
 
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """datasets' Arrow cache (under MM_ADAPTER_CACHE/datasets) in this test's folder, not the user's cache (not for
+    the SmolLM2 test: its converted weights live in the real one)."""
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+
+
 def test_templates_are_the_originals_and_input_block_only_when_given():
     """The two Alpaca templates, verbatim, chosen by whether the input is non-blank."""
     with_input = format_prompt("Add.", "2 and 3")
@@ -72,6 +79,7 @@ def test_truncation_and_records_without_any_label_are_dropped():
     assert all(len(e["input_ids"]) <= 38 for e in examples)
 
 
+@pytest.mark.usefixtures("own_cache")
 @pytest.mark.parametrize("jsonl", [False, True])
 def test_json_list_and_jsonl_read_the_same(tmp_path, jsonl):
     """A JSON list and JSONL of the same records read to the same records, none skipped."""
@@ -80,14 +88,15 @@ def test_json_list_and_jsonl_read_the_same(tmp_path, jsonl):
     assert [r.__dict__ for r in data.records] == items and data.skipped == 0
 
 
+@pytest.mark.usefixtures("own_cache")
 @pytest.mark.parametrize("bad, field", [
     ({"instruction": "x", "output": "y"}, "'input' is missing"),
-    ({"instruction": "x", "input": 3, "output": "y"}, "'input' is int"),
+    ({"instruction": None, "input": "", "output": "y"}, "'instruction' is missing (or null)"),
     ({"instruction": "x", "input": "", "output": "  "}, "'output' is empty"),
-    (["not", "an", "object"], "found list"),
 ])
 def test_bad_record_names_file_index_and_field(tmp_path, bad, field):
-    """A malformed record stops with file, record index and field; skip_bad drops it and counts it."""
+    """A record with a missing, null or empty field stops with file, record index and field; skip_bad drops it and
+    counts it."""
     path = write_records(tmp_path / "d.json", records(3) + [bad] + records(2))
     with pytest.raises(MMAdapterError) as error:
         read_alpaca(path)
@@ -96,20 +105,39 @@ def test_bad_record_names_file_index_and_field(tmp_path, bad, field):
     assert data.skipped == 1 and len(data.records) == 5
 
 
+@pytest.mark.usefixtures("own_cache")
+@pytest.mark.parametrize("bad, problem", [
+    ({"instruction": "x", "input": 3, "output": "y"}, "field 'input' is a JSON number, expected a string"),
+    ({"instruction": ["x"], "input": "", "output": "y"}, "field 'instruction' is a JSON array, expected a string"),
+    (["not", "an", "object"], "is a JSON array, expected an object"),
+])
+def test_a_record_that_is_not_text_refuses_the_file_naming_it(tmp_path, bad, problem):
+    """A record that is not an object, or a field that is not a string: datasets cannot read that file as rows of
+    text (a column mixing strings and numbers comes back as JSON, where "3" and 3 look alike), so the file is
+    refused even with skip_bad, in one line naming file, record index and field."""
+    path = write_records(tmp_path / "d.json", records(3) + [bad, {**records(1)[0], "output": "3"}])
+    for skip_bad in (False, True):
+        with pytest.raises(MMAdapterError) as error:
+            read_alpaca(path, skip_bad=skip_bad)
+        assert str(error.value).startswith(f"{path}: record 3: {problem}") and "\n" not in str(error.value)
+
+
+@pytest.mark.usefixtures("own_cache")
 def test_jsonl_line_that_is_not_json(tmp_path):
-    """A JSONL line that is not JSON names the file, record and line; skip_bad counts it out."""
+    """A JSONL line that is not JSON refuses the file (datasets reads it whole) naming file, record and line."""
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(records(1)[0]) + "\n{broken\n" + json.dumps(records(1)[0]) + "\n")
-    with pytest.raises(MMAdapterError, match=r"d\.jsonl: record 1: line 2 is not JSON"):
-        read_alpaca(path)
-    assert read_alpaca(path, skip_bad=True).skipped == 1
+    for skip_bad in (False, True):
+        with pytest.raises(MMAdapterError, match=r"d\.jsonl: record 1: line 2 is not JSON \(Expecting property"):
+            read_alpaca(path, skip_bad=skip_bad)
 
 
+@pytest.mark.usefixtures("own_cache")
 def test_broken_json_list_and_missing_file(tmp_path):
-    """A truncated JSON list names the file and line; a missing file is one clear error."""
+    """A truncated JSON list names the file, line and column; a missing file is one clear error."""
     path = tmp_path / "d.json"
     path.write_text('[{"instruction": "a",\n "input": ""')
-    with pytest.raises(MMAdapterError, match=r"d\.json: not valid JSON \(line 2"):
+    with pytest.raises(MMAdapterError, match=r"d\.json: data file is not valid JSON \(.* at line 2, column"):
         read_alpaca(path)
     with pytest.raises(MMAdapterError, match="no such data file"):
         read_alpaca(tmp_path / "missing.json")

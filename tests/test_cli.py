@@ -86,6 +86,7 @@ def test_a_written_config_reproduces_the_run(tmp_path, command):
         "generate": ["--adapter", "a.safetensors", "b.safetensors", "--use", "b", "--temperature", "0"],
         "serve": ["--port", "0", "--host", "0.0.0.0", "--format", "QCM-T"],
         "convert": ["in.pth", "out.safetensors", "--from", "official", "--adapter-len", "4"],
+        "push": ["--adapter", "runs/skill", "--repo", "org/skill", "--private"],
         "main": ["--n-train", "12", "--clip-layers", "2", "--no-hub", "--threads", "1"],
     }[command.name]
     config = parse(command, argv)
@@ -142,6 +143,7 @@ def test_a_bad_config_file_is_one_line_naming_file_and_key(tmp_path, capsys, tex
     (["eval", "scienceqa", "--data", "d", "--out", "o"], "required: --split"),
     (["serve", "--port", "70000"], "--port: must be <= 65535"),
     (["convert", "--from", "nope", "a", "b"], "invalid choice: 'nope'"),
+    (["push", "--adapter", "a"], "required: --repo"),
     (["train", "alpaca", "--data", "a", "--out", "o", "--lora-rank", "4"], "unrecognized arguments: --lora-rank"),
     (["train", "alpaca", "--data", "a", "--out", "o", "--config", "no-such-recipe"], "no such file or recipe"),
     (["fly"], "unknown command 'fly'"),
@@ -218,3 +220,13 @@ def test_command_line_text_that_is_not_utf8_is_refused_in_one_line():
     done = subprocess.run([sys.executable, "-m", "mm_adapter", "demo", "--question", b"caf\xe9?", "--choices", "a", "b"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not valid UTF-8" in done.stderr, done.stderr
+
+
+def test_gate_granularity_flag_reaches_the_adapter_config(capsys):
+    """--gate-granularity, generated from AdapterConfig.gate_granularity, lands in the adapter config of both training
+    commands (default head, the paper's); a value other than head or layer is one line naming the flag, exit 2."""
+    assert parse(TRAIN_ALPACA, ["--data", "a", "--out", "o"]).adapter.gate_granularity == "head"
+    for command, argv in ((TRAIN_ALPACA, ["--data", "a", "--out", "o"]), (TRAIN_SQA, ["--data", "d", "--out", "o"])):
+        assert parse(command, [*argv, "--gate-granularity", "layer"]).adapter.gate_granularity == "layer"
+    code, _, err = run_cli(capsys, "train", "alpaca", "--data", "a", "--out", "o", "--gate-granularity", "channel")
+    assert code == 2 and err.count("\n") == 1 and "--gate-granularity" in err and "'channel'" in err, err

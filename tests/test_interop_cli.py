@@ -10,14 +10,17 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
+from test_interop_litgpt import litgpt_file
 from tiny_text import REPO, tiny_base_folder
 
-from mm_adapter import load_adapter, load_base
+from mm_adapter import load_adapter, load_base, read_adapter
 from mm_adapter.cli import main
 from mm_adapter.interop import load_foreign_adapter
-from mm_adapter.jobs.configs import ConvertConfig
+from mm_adapter.interop.litgpt import LAYOUTS, import_litgpt
+from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig
 from mm_adapter.jobs.convert import convert as convert_job
 from mm_adapter.jobs.options import ModelOptions
+from mm_adapter.options import ConfigError
 
 SCRIPT = REPO / "scripts" / "convert_adapter.py"
 
@@ -115,3 +118,27 @@ def test_bad_input_is_one_line_and_exit_2(base, tmp_path, capsys, case, match):
                            source, tmp_path / "out", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and re.match(f"error: .*{match}", err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_litgpt_layout_flag_reaches_the_importer(base, tmp_path, capsys):
+    """--litgpt-layout reaches the litgpt importer: without it, a litgpt file on this GQA base is one line naming the
+    flag (exit 2, nothing written); with it, the written adapter is the library's import in that layout, and the
+    two layouts give different adapters. The flag's choices are the importer's."""
+    litgpt = tmp_path / "lit_model.pth.adapter"
+    litgpt_file(litgpt)
+    code, _, err = convert("--from", "litgpt", "--base", base, litgpt, tmp_path / "none.safetensors", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "pass --litgpt-layout pre-0.5.5 or --litgpt-layout 0.5.5+" in err
+    assert not (tmp_path / "none.safetensors").exists()
+    prompts = {}
+    for layout in LAYOUTS:
+        output = tmp_path / f"{layout}.safetensors"
+        code, _, err = convert("--from", "litgpt", "--litgpt-layout", layout, "--base", base, litgpt, output,
+                               capsys=capsys)
+        assert (code, err) == (0, "")
+        expected = import_litgpt(load_base(str(base))[0], litgpt, layout=layout)
+        prompts[layout] = read_adapter(output).layers[3]["prompt"]
+        assert torch.equal(prompts[layout], expected.layers[3]["prompt"])
+    assert not torch.allclose(*prompts.values())
+    assert LITGPT_LAYOUTS == LAYOUTS
+    with pytest.raises(ConfigError, match="litgpt_layout: must be one of pre-0.5.5, 0.5.5\\+, got '0.5.4'"):
+        ConvertConfig(input="a", output="b", source="litgpt", litgpt_layout="0.5.4")

@@ -51,7 +51,10 @@ COMMANDS = (
     Command(("serve",), "ServeConfig", "mm_adapter.jobs.serve:serve",
             "serve the demo as a local web page"),
     Command(("convert",), "ConvertConfig", "mm_adapter.jobs.convert:convert",
-            "convert adapters between the official release, PEFT, litgpt and ours", report="converted"),
+            "convert adapters between the official release, PEFT, litgpt, ours and adapter folders",
+            report="converted"),
+    Command(("push",), "PushConfig", "mm_adapter.jobs.push:push",
+            "upload an adapter folder to the Hugging Face hub (needs a token)", report="pushed"),
     Command(("main",), "MainConfig", "mm_adapter.jobs.main_job:main_job",
             "the main job: data -> multimodal adapter -> test table -> one demo answer", report="main"),
 )

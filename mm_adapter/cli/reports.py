@@ -51,6 +51,10 @@ def converted(path) -> None:
     print(f"wrote {path}")
 
 
+def pushed(url: str) -> None:
+    print(f"pushed: {url}")
+
+
 def main(result) -> None:
     """The test table, where its files went, the demo answer, the wall time."""
     sys.stdout.write(result.eval.table)

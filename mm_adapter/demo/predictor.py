@@ -26,6 +26,7 @@ from ..errors import MMAdapterError
 from ..eval.run import resolve_format
 from ..eval.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
 from ..feature_cache import ImageInput, decode_image, image_bytes, image_features
+from ..pretrained import adapter_name, resolve_adapter
 from ..scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
 from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
 from ..visual import ClipEncoder, VisualProjection, load_multimodal_adapter
@@ -134,10 +135,12 @@ class Predictor:
     @classmethod
     def load(cls, base: str = DEFAULT_SPEC, adapter: str | Path | None = None, device: torch.device | str = "cpu",
              fmt: str | PromptFormat | None = None, dtype: str | None = None, bf16: bool = False) -> "Predictor":
-        """``fmt``: the prompt format; by default the one the adapter file records (else QCM-A)."""
-        fmt = resolve_format(fmt, adapter, warn=lambda line: print(line, file=sys.stderr))
-        model, tokenizer, visual = load_model(base, adapter, device, dtype)
-        return cls(model, tokenizer, visual, Path(adapter).stem if adapter else None, base, PromptFormat.parse(fmt),
+        """``adapter``: our file, an adapter folder or a hub id; ``fmt``: the prompt format, by default the one the
+        adapter records (else QCM-A)."""
+        weights = resolve_adapter(adapter) if adapter else None
+        fmt = resolve_format(fmt, weights, warn=lambda line: print(line, file=sys.stderr))
+        model, tokenizer, visual = load_model(base, weights, device, dtype)
+        return cls(model, tokenizer, visual, adapter_name(adapter) if adapter else None, base, PromptFormat.parse(fmt),
                    bf16)
 
     def describe(self) -> str:

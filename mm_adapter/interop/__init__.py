@@ -12,32 +12,38 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import AdapterFile, apply_adapter, read_adapter, save_adapter
+from ..checkpoint import AdapterFile, apply_adapter, save_adapter
 from ..errors import MMAdapterError
+from ..pretrained import base_metadata, read_pretrained, save_pretrained
 from .litgpt import import_litgpt
 from .official import import_official
 from .peft import export_peft, import_peft
 
-SOURCES = ("official", "peft", "litgpt", "ours")
-TARGETS = ("ours", "peft")
+SOURCES = ("official", "peft", "litgpt", "ours", "folder")
+TARGETS = ("ours", "peft", "folder")
+OURS = ("ours", "folder")  # our single file or an adapter folder (or a hub id): read the same way
+
+
+OPTIONS = {"official": {"adapter_len", "gate_activation"}, "litgpt": {"layout"}}  # per-format importer options
 
 
 def import_adapter(model: nn.Module, source: str, path: str | Path, **options) -> AdapterFile:
     """Read ``path`` in format ``source`` as our adapter for ``model`` (not yet applied).
 
-    ``options`` go to the format's importer (official: ``adapter_len``, ``gate_activation``).
+    ``options`` go to the format's importer (official: ``adapter_len``, ``gate_activation``; litgpt: ``layout``).
     """
+    if source not in SOURCES:
+        raise MMAdapterError(f"unknown adapter format {source!r}; expected one of {', '.join(SOURCES)}")
+    foreign = sorted(set(options) - OPTIONS.get(source, set()))
+    if foreign:
+        raise MMAdapterError(f"options {', '.join(foreign)} do not apply to --from {source}")
     if source == "official":
         return import_official(model, path, **options)
-    if options:
-        raise MMAdapterError(f"options {', '.join(sorted(options))} apply only to --from official")
+    if source == "litgpt":
+        return import_litgpt(model, path, **options)
     if source == "peft":
         return import_peft(model, path)
-    if source == "litgpt":
-        return import_litgpt(model, path)
-    if source == "ours":
-        return read_adapter(path)
-    raise MMAdapterError(f"unknown adapter format {source!r}; expected one of {', '.join(SOURCES)}")
+    return read_pretrained(path)
 
 
 def load_foreign_adapter(model: nn.Module, source: str, path: str | Path, **options) -> AdapterFile:
@@ -57,16 +63,21 @@ def check_output(output: str | Path, overwrite: bool) -> Path:
 
 def convert(model: nn.Module, source: str, path: str | Path, target: str, output: str | Path,
             overwrite: bool = False, **options) -> Path:
-    """Import ``path`` onto ``model`` and write it as ``target`` ("ours": one safetensors file; "peft": a folder)."""
+    """Import ``path`` onto ``model`` and write it as ``target`` ("ours": one safetensors file; "peft": a PEFT
+    folder; "folder": our adapter folder). Ours keeps what the input carries besides prompts and gates (a visual
+    projection, the prompt format) and records the base."""
     if target not in TARGETS:
         raise MMAdapterError(f"unknown output format {target!r}; expected one of {', '.join(TARGETS)}")
     output = check_output(output, overwrite)
-    load_foreign_adapter(model, source, path, **options)
+    adapter = load_foreign_adapter(model, source, path, **options)
     if target == "peft":
         return export_peft(model, output, overwrite=overwrite)
+    metadata = {**adapter.extra_metadata, "imported_from": f"{source}:{Path(path).name}"}
+    if target == "folder":
+        return save_pretrained(model, output, adapter.extra_tensors, metadata)
     if output.is_dir():
-        raise MMAdapterError(f"{output}: is a folder; our adapter format is one .safetensors file")
-    return save_adapter(model, output, extra_metadata={"imported_from": f"{source}:{Path(path).name}"})
+        raise MMAdapterError(f"{output}: is a folder; our adapter format is one .safetensors file (or --to folder)")
+    return save_adapter(model, output, adapter.extra_tensors, {**metadata, **base_metadata(model)})
 
 
 __all__ = ["SOURCES", "TARGETS", "check_output", "convert", "export_peft", "import_adapter", "import_litgpt", "import_official",

@@ -18,8 +18,9 @@ from ..sampling import SamplingConfig
 from ..train_config import TrainConfig
 from .options import ModelOptions, ScienceQASource
 
-CONVERT_SOURCES = ("official", "peft", "litgpt", "ours")
-CONVERT_TARGETS = ("ours", "peft")
+CONVERT_SOURCES = ("official", "peft", "litgpt", "ours", "folder")
+CONVERT_TARGETS = ("ours", "peft", "folder")
+LITGPT_LAYOUTS = ("pre-0.5.5", "0.5.5+")  # mm_adapter.interop.litgpt.LAYOUTS (that module imports torch)
 
 
 def _positive(config: object, *names: str) -> None:
@@ -32,9 +33,12 @@ class TrainAlpacaConfig:
     """Fine-tune a LLaMA-Adapter on Alpaca instruction data; defaults are the paper's (recipe alpaca-paper)."""
 
     data: str
-    """Alpaca JSON list or JSONL of {instruction, input, output} records"""
+    """{instruction, input, output} records: a local file (JSON list, JSONL or .parquet) or, when no such file
+    exists, a Hugging Face hub dataset id such as tatsu-lab/alpaca (offline: its copy in the hub cache)"""
     out: str
     """output folder: adapter.safetensors, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
+    split: str = "train"
+    """split of a hub dataset; a local file is one split, train"""
     limit: int | None = option(None, alias="--max-records")
     """use only the first N records"""
     skip_bad: bool = False
@@ -107,7 +111,8 @@ class EvalScienceQAConfig:
     summary.json, config.yaml"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     adapter: str | None = None
-    """adapter file (.safetensors); one trained with images also encodes each problem's image"""
+    """adapter: our .safetensors file, an adapter folder or a hub id org/name[@revision]; one trained with images
+    also encodes each problem's image"""
     limit: int | None = None
     """only the first N problems of the split"""
     name: str | None = None
@@ -135,9 +140,11 @@ class GenerateConfig:
     """Answer an Alpaca-style instruction with the base and one of several adapters, streamed."""
 
     adapter: list[str] = option(default_factory=list, nargs="*")
-    """adapter files; all are read and checked against the base up front"""
+    """adapters: our .safetensors files, adapter folders or hub ids org/name[@revision]; all are read and checked
+    against the base up front"""
     use: str | None = None
-    """which adapter to apply (file name without .safetensors); needed with several"""
+    """which adapter to apply (file name without .safetensors, folder name, or hub repo name); needed with
+    several"""
     instruction: str | None = None
     """omit for an interactive session (one instruction per line; ':use NAME' switches adapter)"""
     input: str = ""
@@ -166,7 +173,8 @@ class DemoConfig:
     context: str = ""
     """optional hint text shown with the question"""
     adapter: str | None = None
-    """adapter file (.safetensors); one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
+    id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     bf16: bool = False
@@ -179,7 +187,8 @@ class ServeConfig:
     """The demo as a local web page: upload an image, type a question and options, see the answer."""
 
     adapter: str | None = None
-    """adapter file (.safetensors); one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
+    id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     host: str = "127.0.0.1"
@@ -199,12 +208,15 @@ class ServeConfig:
 
 @dataclass
 class ConvertConfig:
-    """Convert an adapter between the official LLaMA-Adapter v1 release, PEFT, litgpt and our format."""
+    """Convert an adapter between the official LLaMA-Adapter v1 release, PEFT, litgpt and ours (one file, or a
+    folder like PEFT's)."""
 
     input: str = option(positional=True, metavar="INPUT")
-    """foreign file (official, litgpt, ours) or PEFT folder"""
+    """foreign file (official, litgpt), PEFT folder, or ours: a .safetensors file, an adapter folder or a hub id
+    (--from ours or folder)"""
     output: str = option(positional=True, metavar="OUTPUT")
-    """our .safetensors file, or a PEFT folder"""
+    """our .safetensors file, a PEFT folder, or an adapter folder (--to folder: adapter_config.json,
+    adapter_model.safetensors, README.md)"""
     source: str = option("ours", alias="--from", choices=CONVERT_SOURCES)
     """format of INPUT"""
     target: str = option("ours", alias="--to", choices=CONVERT_TARGETS)
@@ -213,6 +225,9 @@ class ConvertConfig:
     """official only: prompts per layer (not stored in the file; default 10)"""
     official_gate: str | None = option(None, choices=GATE_ACTIVATIONS)
     """official only: identity = its inference code (default), tanh = its training code"""
+    litgpt_layout: str | None = option(None, choices=LITGPT_LAYOUTS)
+    """litgpt only: the fused qkv layout of the litgpt that wrote INPUT (its files do not say); needed where the two
+    differ, i.e. on a base with more than one key/value head"""
     overwrite: bool = False
     """replace an existing OUTPUT"""
     model: ModelOptions = field(default_factory=ModelOptions)
@@ -221,6 +236,19 @@ class ConvertConfig:
         _positive(self, "adapter_len")
         check(self, "source", choices=CONVERT_SOURCES)
         check(self, "target", choices=CONVERT_TARGETS)
+        check(self, "litgpt_layout", choices=LITGPT_LAYOUTS, optional=True)
+
+
+@dataclass
+class PushConfig:
+    """Upload an adapter folder to the Hugging Face hub (needs a token: HF_TOKEN or `hf auth login`)."""
+
+    adapter: str
+    """adapter folder (adapter_config.json + adapter_model.safetensors + README.md), e.g. from convert --to folder"""
+    repo: str
+    """hub repo id org/name (created if it does not exist)"""
+    private: bool = False
+    """create the repo as private (an existing repo keeps its visibility)"""
 
 
 @dataclass

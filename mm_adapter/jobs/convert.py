@@ -3,7 +3,9 @@
 The base gives the shapes every tensor is checked against and the fingerprint our files carry.
 Foreign pickles are read with ``weights_only=True`` (never code); everything written is
 safetensors. An existing OUTPUT is refused unless ``overwrite``, and an OUTPUT that is INPUT or the
-base (or, for a PEFT folder, holds one of them) always, before the base is loaded.
+base (or, for a PEFT or adapter folder, holds one of them) always, before the base is loaded. Ours may be
+a single file, an adapter folder or a hub id (``--from ours`` or ``folder``); ``--to folder`` writes the
+folder ``mm_adapter.save_pretrained`` writes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..base import load_base
-from ..interop import check_output
+from ..interop import OURS, check_output
 from ..interop import convert as convert_adapter
 from ..outputs import Output, check_no_overlap
+from ..pretrained import resolve_adapter
 from .configs import ConvertConfig
 from .runtime import prepare
 
@@ -26,8 +29,11 @@ def convert(config: ConvertConfig) -> Path:
         options["adapter_len"] = config.adapter_len
     if config.official_gate is not None:
         options["gate_activation"] = config.official_gate
-    written = Output("OUTPUT", Path(config.output), folder=config.target == "peft")  # a PEFT folder is replaced whole
-    check_no_overlap([written], {"INPUT": config.input, "--base": config.model.base})
+    if config.litgpt_layout is not None:
+        options["layout"] = config.litgpt_layout
+    written = Output("OUTPUT", Path(config.output), folder=config.target != "ours")  # a folder is replaced whole
+    source = resolve_adapter(config.input) if config.source in OURS else config.input  # a hub id: fetched here
+    check_no_overlap([written], {"INPUT": source, "--base": config.model.base})
     output = check_output(config.output, config.overwrite)  # before minutes of base loading
     model, _ = load_base(config.model.base, dtype=config.model.dtype)
     return convert_adapter(model, config.source, config.input, config.target, output, overwrite=config.overwrite,

@@ -23,6 +23,7 @@ from ..checkpoint import BaseIdentity
 from ..eval.features import ImageOffsets, compute_features, report_skipped
 from ..eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from ..outputs import CONFIG_NAME, Output, config_dict, outputs_in, write_config
+from ..pretrained import adapter_name, resolve_adapter
 from ..scienceqa.metrics import Scores, score
 from ..scienceqa.predictions import load_predictions
 from ..scienceqa.report import markdown, read_reference, to_dict
@@ -72,23 +73,26 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
     out = Path(config.out)
     if str(config.out).endswith(".json"):
         _say(f"note: --out is a folder; the predictions go to {out / PREDICTIONS}")
-    inputs = {"--adapter": config.adapter, "--reference": config.reference, **source_inputs(config.source),
+    adapter = resolve_adapter(config.adapter) if config.adapter else None  # a hub id is fetched (or refused) here
+    inputs = {"--adapter": adapter, "--reference": config.reference, **source_inputs(config.source),
               "--base": config.model.base}
     with job_folder(out, eval_outputs(out), inputs):
         refuse_finished(out / PREDICTIONS, config.overwrite)  # never over a finished run unless asked
-        return _evaluate(config, out, device, started)
+        return _evaluate(config, adapter, out, device, started)
 
 
-def _evaluate(config: EvalScienceQAConfig, out: Path, device: torch.device, started: float) -> EvalResult:
-    """The job inside its locked output folder: problems, base (and adapter), answers, table, summary."""
-    fmt = resolve_format(config.eval.format, config.adapter, warn=_say)
+def _evaluate(config: EvalScienceQAConfig, adapter: Path | None, out: Path, device: torch.device,
+              started: float) -> EvalResult:
+    """The job inside its locked output folder: problems, base (and ``adapter``, the file config.adapter names),
+    answers, table, summary."""
+    fmt = resolve_format(config.eval.format, adapter, warn=_say)
     eval_config = dataclasses.replace(config.eval, format=fmt)
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
     model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
     model.to(device)
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
-    visual = load_multimodal_adapter(model, config.adapter, device) if config.adapter else None
+    visual = load_multimodal_adapter(model, adapter, device) if adapter else None
     offsets = None
     if visual is not None:
         encoder, projection = visual
@@ -97,11 +101,11 @@ def _evaluate(config: EvalScienceQAConfig, out: Path, device: torch.device, star
         _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}")
         offsets = ImageOffsets(projection, features)
     identity = {"base": config.model.base, "base_fingerprint": BaseIdentity.of(model).fingerprint,
-                "adapter": _sha256(config.adapter) if config.adapter else None}
+                "adapter": _sha256(adapter) if adapter else None}
     if offsets is not None:  # which images were used (a skipped one changes answers)
         identity["image_features"] = offsets.features.fingerprint(problems)
-    adapter_name = Path(config.adapter).stem if config.adapter else "zero-shot"
-    name = config.name or f"{config.model.base} {adapter_name} ({eval_config.mode})"
+    label = adapter_name(config.adapter) if config.adapter else "zero-shot"
+    name = config.name or f"{config.model.base} {label} ({eval_config.mode})"
     write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
     summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
                   progress=config.progress, offsets=offsets)

@@ -16,10 +16,11 @@ import torch
 
 from ..alpaca import prompt_text
 from ..base import load_base
-from ..checkpoint import AdapterFile, BaseIdentity, apply_adapter, read_adapter
+from ..checkpoint import AdapterFile, BaseIdentity, apply_adapter
 from ..errors import MMAdapterError
 from ..eval.scoring import precision
 from ..generate import generate_text
+from ..pretrained import adapter_name, check_base, read_pretrained
 from .configs import GenerateConfig
 from .runtime import prepare
 
@@ -44,16 +45,16 @@ def choose(adapters: dict[str, AdapterFile], name: str | None) -> str | None:
     return name
 
 
-def read_all(paths: list[str], model) -> dict[str, AdapterFile]:
-    """Read every adapter and refuse any made for another base, before generating anything."""
+def read_all(specs: list[str], model) -> dict[str, AdapterFile]:
+    """Read every adapter (file, folder or hub id), by name, and refuse any made for another base, before
+    generating anything."""
     identity, adapters = BaseIdentity.of(model), {}
-    for path in paths:
-        adapter = read_adapter(path)
-        if adapter.name in adapters:
-            raise MMAdapterError(f"{path}: two adapters are named {adapter.name!r}; rename one")
-        if adapter.base.mismatch(identity):
-            raise MMAdapterError(f"{path}: made for {adapter.base.describe()}, but this base is {identity.describe()}")
-        adapters[adapter.name] = adapter
+    for spec in specs:
+        adapter, name = read_pretrained(spec), adapter_name(spec)
+        if name in adapters:
+            raise MMAdapterError(f"{spec}: two adapters are named {name!r}; rename one")
+        check_base(adapter, identity)
+        adapters[name] = adapter
     return adapters
 
 

@@ -15,9 +15,11 @@ from torch import nn
 from ..adapter import attach_adapter, count_trainable
 from ..alpaca import encode_alpaca, read_alpaca
 from ..base import load_base
+from ..checkpoint import save_adapter
 from ..errors import MMAdapterError
 from ..eval.scoring import context_tokens
 from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
+from ..pretrained import base_metadata
 from ..train import TrainResult, train, trainer_outputs
 from ..train_process import setup_distributed
 from ..train_data import Example, PadCollator
@@ -34,16 +36,16 @@ def alpaca_outputs(out: str | Path) -> list[Output]:
 
 def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -> tuple[nn.Module, Any, list[Example]]:
     """Read the records, load the base, encode, attach the adapter (the slow parts)."""
-    data = read_alpaca(config.data, skip_bad=config.skip_bad)
+    data = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split)
     if data.skipped:
-        say(f"skipped {data.skipped} bad record(s) in {data.path}")
+        say(f"skipped {data.skipped} bad record(s) in {data.source}")
     records = data.records[:config.limit] if config.limit else data.records
     model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
     examples, too_long = encode_alpaca(tokenizer, records, config.max_seq_len, context=context_tokens(model))
     if too_long:
         say(f"dropped {too_long} record(s) whose prompt fills max_seq_len={config.max_seq_len}")
     if not examples:
-        raise MMAdapterError(f"{data.path}: no record fits max_seq_len={config.max_seq_len}")
+        raise MMAdapterError(f"{data.source}: no record fits max_seq_len={config.max_seq_len}")
     torch.manual_seed(config.train.seed)  # same adapter initialisation on every rank
     attach_adapter(model, config.adapter)
     return model, tokenizer, examples
@@ -63,6 +65,7 @@ def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
         if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
             write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
         result = train(model, examples, config.train, PadCollator(tokenizer.pad_token_id), out, device=str(device),
-                       identity={"base_dtype": config.model.dtype})
+                       identity={"base_dtype": config.model.dtype},
+                       export=lambda m, path: save_adapter(m, path, extra_metadata=base_metadata(m)))
     finish_distributed()
     return result

@@ -36,6 +36,7 @@ from ..multimodal import (
     projection_lr_scales,
 )
 from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
+from ..pretrained import base_metadata
 from ..scienceqa.data import Problem
 from ..train import TrainResult, train, trainer_outputs
 from ..train_process import DistInfo, setup_distributed
@@ -138,9 +139,10 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
 
     def file_extras() -> tuple[dict, dict]:
-        """What every adapter file of this run carries besides prompts and gates (the visual parts, the format)."""
+        """What every adapter file of this run carries besides prompts and gates (the visual parts, the format,
+        the base it was made for)."""
         tensors, metadata = images.export.extras() if images else ({}, {})
-        return tensors, metadata | {PROMPT_FORMAT_KEY: config.format}
+        return tensors, metadata | {PROMPT_FORMAT_KEY: config.format} | base_metadata(model)
 
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
                      config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
