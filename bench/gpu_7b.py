@@ -32,7 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.common import emit, header
 from bench.steps import build_step
-from mm_adapter import count_trainable, detach_adapter
+from mm_adapter import detach_adapter
 from mm_adapter.train_data import IGNORE_INDEX
 
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -43,8 +43,11 @@ PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 COLUMNS = ["variant", "step_s", "tokens_per_s", "model_tflops", "mfu", "peak_mem_gb", "trainable"]
 
 
-def model_config(tiny: bool) -> LlamaConfig:
-    config = LlamaConfig(**(TINY if tiny else LLAMA_7B))
+def model_config(tiny: bool, layers: int | None = None) -> LlamaConfig:
+    """LLaMA-7B's shape (or the toy's), with ``layers`` decoder layers instead of all of them where given."""
+    shape = TINY if tiny else LLAMA_7B
+    config = LlamaConfig(**{**shape, "num_hidden_layers": min(layers or shape["num_hidden_layers"],
+                                                              shape["num_hidden_layers"])})
     config._attn_implementation = "sdpa"
     return config
 
@@ -66,13 +69,16 @@ def materialise(config: LlamaConfig, device: torch.device, dtype: torch.dtype = 
     return model
 
 
-def step_flops(config: LlamaConfig, batch: int, seq: int, labelled: int) -> float:
-    """Useful FLOPs of one adapter training step (see the module docstring)."""
+def step_flops(config: LlamaConfig, batch: int, seq: int, labelled: int, weight_grads: bool = False) -> float:
+    """Useful FLOPs of one adapter training step (see the module docstring); ``weight_grads``: full fine-tuning,
+    whose backward also computes every weight's gradient (6 instead of 4 FLOPs per parameter and token)."""
     d, layers = config.hidden_size, config.num_hidden_layers
     kv = d * config.num_key_value_heads // config.num_attention_heads
     body = layers * (2 * d * d + 2 * d * kv + 3 * d * config.intermediate_size)
     tokens = batch * seq
-    return 4.0 * body * tokens + 12.0 * layers * d * seq * tokens + 4.0 * config.vocab_size * d * labelled
+    per_parameter = 6.0 if weight_grads else 4.0
+    return (per_parameter * body * tokens + 12.0 * layers * d * seq * tokens
+            + per_parameter * config.vocab_size * d * labelled)
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -114,8 +120,36 @@ def time_step(step, batch: dict, device: torch.device, warmup: int, repeats: int
     return statistics.median(times), peak
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _release(model, variant: str) -> None:
+    """Undo what ``build_step(variant)`` did to a shared model, so the next variant starts from the frozen base."""
+    if variant == "ours":
+        detach_adapter(model)
+    elif variant == "full":
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+
+
+def run_variants(model, variants, config: LlamaConfig, batch: dict, args: argparse.Namespace, device: torch.device,
+                 peak: float | None, adapter_layers: int):
+    """Time each variant in place on one model, in order (PEFT wraps the model: put it last); returns the model
+    (PEFT-wrapped if it ran) and one row per variant."""
+    rows = {}
+    for variant in variants:
+        model, step = build_step(variant, model, torch.bfloat16, args.adapter_len, adapter_layers, copy_base=False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        seconds, memory = time_step(step, batch, device, args.warmup, args.repeats)
+        flops = step_flops(config, args.batch, args.seq, batch["n_labels"], weight_grads=variant == "full")
+        rows[variant] = {"variant": variant, "layers": config.num_hidden_layers, "step_s": seconds,
+                         "tokens_per_s": args.batch * args.seq / seconds, "model_tflops": flops / seconds / 1e12,
+                         "mfu": flops / seconds / 1e12 / peak if peak else "-",
+                         "peak_mem_gb": memory if memory is not None else "-", "trainable": trainable}
+        _release(model, variant)
+        del step
+    return model, rows
+
+
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The flags this script shares with ``bench.gpu_suite``: the toy switch, the batch and the timing."""
     parser.add_argument("--tiny", action="store_true", help="a 4-layer toy on CPU (smoke test of this script)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
@@ -125,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, help="device peak dense bf16 TFLOP/s (default: from its name)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_args(parser)
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA device; this benchmark needs one GPU (use --tiny for the CPU smoke path)", file=sys.stderr)
@@ -143,20 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                       "model_tflop_per_step": round(flops / 1e12, 3), "peak_tflops": peak,
                       "materialise_s": round(time.perf_counter() - started, 1)}), flush=True)
     header(COLUMNS)
-    rows = {}
-    for variant in ("ours", "frozen", "peft"):  # in place on one model: ours is detached before PEFT wraps it
-        model, step = build_step(variant, model, torch.bfloat16, args.adapter_len, adapter_layers, copy_base=False)
-        trainable = count_trainable(model) if variant == "ours" else sum(
-            p.numel() for p in model.parameters() if p.requires_grad)
-        seconds, memory = time_step(step, batch, device, args.warmup, args.repeats)
-        rows[variant] = seconds
-        emit({"variant": variant, "step_s": seconds, "tokens_per_s": args.batch * args.seq / seconds,
-              "model_tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak if peak else "-",
-              "peak_mem_gb": memory if memory is not None else "-", "trainable": trainable}, COLUMNS)
-        if variant == "ours":
-            detach_adapter(model)
-        del step
-    print(json.dumps({"ours_over_peft": rows["ours"] / rows["peft"], "ours_over_frozen": rows["ours"] / rows["frozen"],
+    # in place on one model: ours is detached before PEFT wraps it
+    _, rows = run_variants(model, ("ours", "frozen", "peft"), config, batch, args, device, peak, adapter_layers)
+    for row in rows.values():
+        emit(row, COLUMNS)
+    print(json.dumps({"ours_over_peft": rows["ours"]["step_s"] / rows["peft"]["step_s"],
+                      "ours_over_frozen": rows["ours"]["step_s"] / rows["frozen"]["step_s"],
                       "total_s": round(time.perf_counter() - started, 1)}), flush=True)
     return 0
 

@@ -18,9 +18,9 @@ import argparse
 import torch
 
 from bench.batches import SHAPES, describe, load_batches
-from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians,
-                          memory_in_subprocess, report_memory, set_threads, verdict)
-from bench.steps import VARIANTS, build_step, dtype_of
+from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess,
+                          set_threads, verdict)
+from bench.steps import VARIANTS, build_step, dtype_of, memory_child
 from mm_adapter import load_base
 
 COLUMNS = ["shape", "dtype", "batch", "width", "labelled", "ours_s", "peft_s", "frozen_s", "frozen_routed_s",
@@ -61,10 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     base, tokenizer = load_base(args.base)
     if args.memory_of:  # child: one variant, one shape, one dtype, nothing else in this process
-        batches = load_batches(args.shapes[0], tokenizer, base.config.vocab_size, args.batch, args.batches, args.seq)
-        _, step = build_step(args.memory_of, base, dtype_of(args.dtypes[0]), args.adapter_len, args.adapter_layers,
-                             copy_base=False)
-        report_memory(lambda: [step(b) for b in batches])
+        memory_child(args, base, tokenizer)
         return
     print(f"torch threads: {torch.get_num_threads()}; micro-batch {args.batch}; adapter "
           f"{args.adapter_len} x {args.adapter_layers}; {args.batches} batches x {args.repeats} passes")

@@ -218,6 +218,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, state["step"], tensors, state)
 
 
+def saved_identity(folder: Path) -> dict[str, Any] | None:
+    """The run identity of the newest checkpoint in ``folder``, read before anything heavy (None: no checkpoint, or
+    a damaged one, which the resume itself reports)."""
+    found = checkpoint_dirs(folder)
+    try:
+        return _read_state(found[-1])["identity"] if found else None
+    except CorruptCheckpoint:
+        return None
+
+
 def check_identity(checkpoint: Checkpoint, identity: dict[str, Any]) -> None:
     """Refuse to resume a run whose settings, model or data differ from the checkpoint's."""
     saved = checkpoint.state["identity"]

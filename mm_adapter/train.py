@@ -5,7 +5,9 @@ What differs between them is only the data: give :func:`train` tokenised example
 more than text (e.g. image features), a ``forward_loss(model, batch)`` that returns the summed
 cross-entropy over the labelled positions. The trainer owns everything else: AdamW over the
 parameters that require grad, warmup + half-cycle cosine, accumulation, bf16 autocast, clipping,
-DDP under torchrun, metrics, atomic checkpoints and exact resume.
+activation checkpointing, DDP or FSDP under torchrun (``fsdp.py``: a base built by
+``load_training_base(..., strategy fsdp)`` is sharded over the processes), metrics, atomic
+checkpoints and exact resume.
 
 SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) during training ends the run at the next step
 boundary with a checkpoint there (:class:`TrainingInterrupted`), so ``--resume`` continues to the
@@ -37,14 +39,23 @@ from torch import nn
 
 from .adapter import adapter_config, has_adapter
 from .checkpoint import BaseIdentity, save_adapter
-from .checkpointing import checkpoint_dirs, resume_checkpoint, save_checkpoint, step_dir
+from .checkpointing import checkpoint_dirs, resume_checkpoint, save_checkpoint, saved_identity, step_dir
 from .errors import MMAdapterError
+from .fsdp import ShardedRun, place_model
 from .outputs import Output, outputs_in
 from .progress import progress
 from .train_config import TrainConfig
 from .train_data import IGNORE_INDEX, BatchPlan, Example, labelled_positions
 from .train_log import METRICS_NAME, PLOT_NAME, MetricsLog
-from .train_process import DistInfo, TrainingInterrupted, maybe_kill, setup_distributed, stop_requests
+from .train_process import (
+    DistInfo,
+    TrainingInterrupted,
+    check_world_fits,
+    maybe_kill,
+    peak_memory_mb,
+    setup_distributed,
+    stop_requests,
+)
 
 ForwardLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 Collate = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
@@ -211,19 +222,23 @@ def _optimizer_and_schedule(model: nn.Module, config: TrainConfig, plan: BatchPl
 
 
 def _backward_step(module: nn.Module, batches: Iterable[dict[str, torch.Tensor]], count: int, n_labels: int,
-                   info: DistInfo, use_bf16: bool) -> torch.Tensor:
+                   info: DistInfo, use_bf16: bool, sharded: ShardedRun | None) -> torch.Tensor:
     """Forward and backward of this rank's micro-batches of one optimizer step (gradients synced once, at the
     last); returns the (loss sum, real tokens) of the step over all ranks."""
+    ddp = isinstance(module, nn.parallel.DistributedDataParallel)
+    # DDP averages gradients over ranks, FSDP's all-reduce sums them: either way the result is the mean over all
+    # labelled tokens of the step.
+    scale = (info.world_size if ddp else 1) / n_labels
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     for micro, batch in enumerate(batches):
-        last_micro = micro == count - 1
-        no_sync = module.no_sync() if info.world_size > 1 and not last_micro else contextlib.nullcontext()
+        no_sync = module.no_sync() if ddp and micro < count - 1 else contextlib.nullcontext()
         with no_sync:
             with _autocast(info.device, use_bf16):
                 loss_sum = module(batch)
-            # DDP averages gradients over ranks; scale so the result is the mean over all labelled tokens.
-            (loss_sum * (info.world_size / n_labels)).backward()
+            (loss_sum * scale).backward()
         totals += torch.stack([loss_sum.detach().double(), batch["attention_mask"].sum().double()])
+    if sharded is not None:
+        sharded.sync_gradients()
     if info.world_size > 1:
         dist.all_reduce(totals)
     return totals
@@ -257,32 +272,37 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
 
     ``out_dir`` receives the adapter, metrics and checkpoints; ``device`` (default: cuda if
     available, else cpu; under torchrun the local rank's) is where the model trains.
-    ``export(model, path)`` writes the final result (default: :func:`save_adapter`); ``identity``
-    adds caller facts that must match on resume (e.g. a visual encoder's name); ``on_step_end(step,
-    epoch, model)`` runs on every rank after each optimizer step and may return metrics to log.
+    ``export(model, path)`` writes the final result (default: :func:`save_adapter`; under fsdp it
+    gets ``fsdp.export_view``: the live adapter on a meta-device copy of the base that carries its
+    fingerprint); ``identity`` adds caller facts that must match on resume (e.g. a visual encoder's
+    name); ``on_step_end(step, epoch, model)`` runs on every rank after each optimizer step and may
+    return metrics to log (not under fsdp yet).
     """
     info = setup_distributed(device)
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, config.resume, info.is_main)
-    model.to(info.device)
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.batch_size, config.seed, config.epochs,
                      info.world_size, config.accum_steps, config.group_batches)
     if plan.total_steps == 0:
         raise MMAdapterError(f"{len(examples)} examples make no full optimizer step of "
                              f"{plan.per_step} micro-batches of {config.batch_size}")
+    if config.resume:
+        check_world_fits(saved_identity(out_dir / CHECKPOINTS), config, info.world_size)
+    use_bf16 = config.bf16 and bf16_supported(info.device)
+    if config.bf16 and not use_bf16 and info.is_main:
+        print(f"bf16 autocast is not supported on {info.device}; training in the model's dtype")
+    sharded = place_model(model, config, info, use_bf16, validates=on_step_end is not None)
+    view = sharded.view if sharded else model  # what the run identity and the exported adapter read
     label_counts = [labelled_positions(e) for e in examples]
     optimizer, scheduler = _optimizer_and_schedule(model, config, plan, info.world_size, lr_scales)
-    ident = run_identity(model, examples, config, info.world_size, identity)
+    ident = run_identity(view, examples, config, info.world_size, identity)
     start = 0
     if config.resume:
         start = resume_checkpoint(out_dir / CHECKPOINTS, model, optimizer, scheduler, ident).step
     else:
         torch.manual_seed(config.seed + info.rank)
-    use_bf16 = config.bf16 and bf16_supported(info.device)
-    if config.bf16 and not use_bf16 and info.is_main:
-        print(f"bf16 autocast is not supported on {info.device}; training in the model's dtype")
     module = _LossModule(model, forward_loss)
-    if info.world_size > 1:
+    if info.world_size > 1 and sharded is None:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
     log = MetricsLog(out_dir, start if config.resume else None) if info.is_main else None
@@ -304,7 +324,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
             n_labels = max(1, sum(label_counts[i] for batch in step_batches for i in batch))
             mine = step_batches[info.rank * config.accum_steps:(info.rank + 1) * config.accum_steps]
             batches = (_to_device(collate([examples[i] for i in indices]), info.device) for indices in mine)
-            totals = _backward_step(module, batches, len(mine), n_labels, info, use_bf16)
+            totals = _backward_step(module, batches, len(mine), n_labels, info, use_bf16, sharded)
             loss = totals[0].item() / n_labels
             _refuse_non_finite(loss, step, out_dir)
             if config.grad_clip:
@@ -317,7 +337,8 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
             tokens_per_s = totals[1].item() / max(time.perf_counter() - tick, 1e-9)
             record = {"step": done, "epoch": round(plan.epoch_of(done), 4), "loss": loss, "lr": step_lr,
                       "tokens": int(totals[1].item()), "tokens_per_s": round(tokens_per_s, 1),
-                      "elapsed_s": round(time.perf_counter() - started, 2)}
+                      "step_s": round(time.perf_counter() - tick, 4), "elapsed_s": round(time.perf_counter() - started, 2),
+                      "peak_mb": round(peak_memory_mb(info.device), 1)}
             if on_step_end is not None:
                 record |= on_step_end(done, plan.epoch_of(done), model) or {}
             if log is not None:
@@ -337,7 +358,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
     adapter_path = None
     if info.is_main and export is not None:
         adapter_path = out_dir / ADAPTER_NAME
-        export(model, adapter_path)
+        export(view, adapter_path)
     return TrainResult(plan.total_steps, last_loss, out_dir, adapter_path)
 
 

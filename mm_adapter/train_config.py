@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import ConfigError, check
+from .options import ConfigError, check, check_type, option
+
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -45,9 +47,18 @@ class TrainConfig:
     """continue the run in the output folder from its last checkpoint"""
     progress: bool = True
     """show progress (a bar on a terminal, a line every ~10% otherwise)"""
+    strategy: str = option("auto", choices=STRATEGIES)
+    """how the processes of a torchrun launch share the base: ddp keeps a whole copy on each; fsdp splits the frozen
+    base over them (each loads only its part from safetensors files; for bases too big for one device); auto: fsdp
+    when launched with several processes and the base's bf16 weights exceed half of one device's memory, else ddp"""
+    activation_checkpointing: bool = False
+    """recompute each decoder layer in the backward instead of keeping its activations (less memory, ~1/3 more
+    compute; the result is the same)"""
 
-    # Settings that do not change the trajectory, so a resume may change them.
-    NON_IDENTITY = ("checkpoint_every", "keep_checkpoints", "resume", "progress", "accum_steps")
+    # Settings that do not change the trajectory, so a resume may change them (a checkpoint written under either
+    # strategy resumes under the other: the adapter and its optimizer state are saved whole either way).
+    NON_IDENTITY = ("checkpoint_every", "keep_checkpoints", "resume", "progress", "accum_steps", "strategy",
+                    "activation_checkpointing")
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -60,5 +71,7 @@ class TrainConfig:
         check(self, "weight_decay", low=0)
         check(self, "grad_clip", low=0, low_open=True, optional=True)
         check(self, "seed", low=0, integer=True)
+        check(self, "strategy", choices=STRATEGIES)
+        check_type(self, "activation_checkpointing", bool)
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ConfigError("betas", f"must be two numbers in [0, 1), got {list(self.betas)}")

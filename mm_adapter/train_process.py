@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .errors import MMAdapterError
+from .train_config import TrainConfig
 
 # Fault injection for the crash and stop tests: "N" SIGKILLs this process after step N, "N:SIGTERM" sends that signal.
 KILL_ENV = "MM_ADAPTER_KILL_AT_STEP"
@@ -95,7 +100,32 @@ def setup_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
 
 
+def check_world_fits(identity: dict[str, Any] | None, config: TrainConfig, world_size: int) -> None:
+    """A resumed run keeps its optimizer step: the checkpoint's M micro-batches of its batch size (its effective
+    batch, M x batch). ``world_size`` processes continue it only if each takes M / world_size of them (its
+    ``--accum-steps``); refuse, in one line saying what would fit, a world size that does not divide M or an
+    ``--accum-steps`` that is not that quotient (before any weight is sharded or trained)."""
+    saved = (identity or {}).get("micro_batches_per_step")
+    if not isinstance(saved, int) or saved == config.accum_steps * world_size:
+        return
+    batch = (identity or {}).get("batch_size", config.batch_size)
+    step = f"this run's optimizer steps are {saved} micro-batches of {batch} (effective batch {saved * batch})"
+    if saved % world_size:
+        raise MMAdapterError(f"cannot resume with {world_size} processes: {step}, which {world_size} processes "
+                             f"cannot split evenly; resume with a number of processes that divides {saved}")
+    raise MMAdapterError(f"cannot resume with --accum-steps {config.accum_steps}: {step}; with {world_size} "
+                         f"process(es) pass --accum-steps {saved // world_size}")
+
+
 def maybe_kill(step: int) -> None:
     at, _, name = os.environ.get(KILL_ENV, "").partition(":")
     if at == str(step):
         os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: the CUDA allocator's peak on a GPU, else the peak resident set size
+    (what a comparison of methods' memory needs; ru_maxrss is in KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

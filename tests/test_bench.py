@@ -1,15 +1,17 @@
-"""The benchmark suite's own plumbing, on toys: the GPU script's CPU smoke path, its 7B shapes on the
-meta device, batch building and the interleaved timer. Fast; no real model or GPU needed."""
+"""The benchmark suite's own plumbing, on toys: the GPU scripts' CPU smoke paths, their 7B shapes on the
+meta device, the full fine-tuning comparison, batch building and the interleaved timer. Fast; no real model or
+GPU needed."""
 
 import json
 
 import torch
 from transformers import LlamaForCausalLM
 
-from bench import gpu_7b
+from bench import full_ft, gpu_7b, gpu_suite
 from bench.batches import describe, random_examples, trainer_batches
 from bench.common import interleaved_medians, verdict
 from mm_adapter import AdapterConfig, attach_adapter, count_trainable
+from tiny_text import tiny_base_folder
 
 
 def test_gpu_script_runs_its_tiny_cpu_path_and_reports_every_variant(capsys):
@@ -56,3 +58,55 @@ def test_interleaved_medians_and_verdicts():
     assert calls == [1, 1, 2, 2] * 4 and set(medians) == {"a", "b"}
     assert verdict(0.4, 0.5).startswith("met") and verdict(0.6, 0.5).startswith("MISSED")
     assert verdict(21, 20, at_most=False).startswith("met")
+
+
+def _rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_gpu_suite_runs_every_section_on_its_tiny_cpu_path(capsys):
+    """One command: trainer rows (fsdp one line where the trainer lacks it), ours/frozen/PEFT steps, full
+    fine-tuning vs ours on a slice, decoding with and without adapters; each row with a positive rate."""
+    torch.set_num_threads(1)
+    argv = ["--tiny", "--batch", "2", "--seq", "16", "--warmup", "1", "--repeats", "1", "--train-steps", "3",
+            "--full-layers", "2", "--prompt", "8", "--new-tokens", "4"]
+    assert gpu_suite.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    trainer = {row["strategy"]: row for row in rows if "strategy" in row}
+    assert "ddp" in trainer and ("fsdp" in trainer or "trainer fsdp: skipped: " in out)
+    steps = [row for row in rows if "step_s" in row and "variant" in row]
+    assert {(row["variant"], row["layers"]) for row in steps} == {("ours", 4), ("frozen", 4), ("peft", 4),
+                                                                   ("full", 2), ("ours", 2)}
+    full = next(row for row in steps if row["variant"] == "full")
+    assert full["trainable"] == sum(p.numel() for p in LlamaForCausalLM(gpu_7b.model_config(True, 2)).parameters())
+    decode = {row["variant"]: row for row in rows if "over_base" in row}
+    assert set(decode) == {"base", "ours", "peft"} and all(row["tokens_per_s"] > 0 for row in decode.values())
+    assert "full_over_ours" in rows[-1]
+
+
+def test_full_fine_tuning_flops_count_weight_gradients():
+    """Full fine-tuning's backward also computes weight gradients: 6 instead of 4 FLOPs per parameter and token."""
+    config = gpu_7b.model_config(tiny=False, layers=8)
+    frozen = gpu_7b.step_flops(config, 4, 512, 0)
+    full = gpu_7b.step_flops(config, 4, 512, 0, weight_grads=True)
+    attention = 12.0 * 8 * 4096 * 512 * 4 * 512
+    assert (full - attention) / (frozen - attention) == 1.5
+
+
+def test_adapter_vs_full_fine_tuning_reports_time_memory_optimizer_and_checkpoints(tmp_path, capsys):
+    """bench.full_ft on a tiny base and synthetic batches: full trains every parameter and its optimizer holds two
+    fp32 moments each (8 bytes); the adapter's optimizer state, export and resume checkpoint are far smaller."""
+    torch.set_num_threads(1)
+    base = tiny_base_folder(tmp_path / "base")
+    rows = {row["variant"]: row for row in full_ft.main(
+        ["--base", str(base), "--shapes", "random", "--seq", "12", "--batches", "1", "--repeats", "1",
+         "--adapter-len", "4", "--adapter-layers", "3", "--no-memory", "--threads", "1"])}
+    assert set(rows) == {"ours", "peft", "full"} and rows["ours"]["over_ours"] == 1.0
+    params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base).parameters())
+    assert rows["full"]["trainable"] == params
+    assert rows["full"]["optimizer_mb"] * 2**20 == 8 * params
+    assert rows["ours"]["optimizer_mb"] * 2**20 == 8 * rows["ours"]["trainable"]
+    for size in ("optimizer_mb", "export_mb", "resume_mb"):
+        assert rows["ours"][size] < rows["full"][size] / 5
+    assert "| random | bf16 | full |" in capsys.readouterr().out
