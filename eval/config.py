@@ -32,6 +32,10 @@ class EvalConfig:
     """generate mode: tokens decoded per answer"""
     stop_at_newline: bool = True
     """generate mode: stop an answer at its first newline"""
+    calibrate: bool = False
+    """score mode: subtract from each option's score its score after the content-free prompt (question and context
+    "N/A", the same options, no image), so options the model favours whatever the question lose that edge; one
+    more forward per batch"""
 
     def __post_init__(self) -> None:
         check(self, "mode", choices=MODES)
@@ -42,6 +46,12 @@ class EvalConfig:
                 raise ConfigError("format", str(error)) from None
         check(self, "batch_size", low=1, integer=True)
         check(self, "max_new_tokens", low=1, integer=True)
+        if self.calibrate and self.mode != "score":
+            raise ConfigError("calibrate", "calibrates score mode's option scores; generate mode has none")
+        if self.mode == "score" and not PromptFormat.parse(self.prompt_format).answer_first:
+            raise ConfigError("format", f"{self.prompt_format} states the answer after the lecture and solution, "
+                                        "so score mode cannot read it; answer with --mode generate (and "
+                                        "--max-new-tokens 512), or train on QCM-ALE (the answer first)")
 
     @property
     def prompt_format(self) -> str:
@@ -51,6 +61,8 @@ class EvalConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that change the answers (batch size does not, beyond float rounding)."""
         found = {"mode": self.mode, "format": self.prompt_format, "captions": self.captions, "bf16": self.bf16}
+        if self.calibrate:  # only when on: partial files of uncalibrated runs keep their identity
+            found["calibrate"] = True
         if self.mode == "generate":
             found |= {"max_new_tokens": self.max_new_tokens, "stop_at_newline": self.stop_at_newline}
         return found
@@ -82,6 +94,11 @@ class TableConfig:
     """bootstrap seed"""
     mcnemar: bool = False
     """McNemar test between every pair of files"""
+    mcnemar_against: str | None = None
+    """McNemar test of every other row against the row of this method name only (implies the test)"""
+    costs: bool = False
+    """extra columns from each eval folder's training run: trainable parameters, training wall time, median s/step,
+    peak memory, adapter size"""
     title: str = "ScienceQA"
     """title of the chart (name the data set)"""
 

@@ -7,13 +7,17 @@ no row here and gets an offset of exactly 0.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
+
 from mm_adapter.scienceqa.data import Problem, image_path
 from mm_adapter.scienceqa.errors import ScienceQAError
 
@@ -21,6 +25,8 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.feature_cache import ImageInput, image_features
 from mm_adapter.train_data import Example
 from mm_adapter.visual import ClipEncoder, VisualProjection
+
+BLANK_GRAY, BLANK_SIZE = (128, 128, 128), 224
 
 
 def problem_image(problem: Problem, root: str | Path | None) -> ImageInput:
@@ -72,15 +78,28 @@ class ProblemFeatures:
         return digest.hexdigest()[:16]
 
 
+@functools.cache
+def blank_image() -> bytes:
+    """PNG bytes of one mid-gray 224x224 picture: what every image becomes when images are blanked."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (BLANK_SIZE, BLANK_SIZE), BLANK_GRAY).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: str | Path | None,
-                     skip_bad: bool = False, batch_size: int = 32) -> ProblemFeatures:
+                     skip_bad: bool = False, batch_size: int = 32, blank: bool = False) -> ProblemFeatures:
     """Features of every problem's image, through the disk cache (encoder runs only on cache misses).
 
     A missing or damaged image (or one whose path leads outside ``root/images``) is one error line
     naming it, or with ``skip_bad`` the problem is kept as a problem without an image and the reason
-    is listed in ``skipped``.
+    is listed in ``skipped``. ``blank`` (the images-blanked ablation): every problem that has an image gets
+    the features of one mid-gray picture instead, its own file is not read; the model still sees which
+    problems have an image, but nothing of what it shows.
     """
-    images, outside = _problem_images(problems, root, skip_bad)
+    if blank:
+        images, outside = [blank_image() if p.has_image else None for p in problems], []
+    else:
+        images, outside = _problem_images(problems, root, skip_bad)
     names = [f"problem {p.pid} (image bytes)" if p.image_bytes is not None else None for p in problems]
     try:
         found = image_features(encoder, images, cache=True, on_error="skip" if skip_bad else "raise",

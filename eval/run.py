@@ -4,7 +4,9 @@ Two modes (see ``eval/scoring.py``): ``score`` compares the option letters' log-
 after "The answer is" (one forward per batch; no parsing, always an answer) or, for the text format
 QCM-T, the options' cloze scores (one forward over every option of the batch), ``generate`` decodes
 greedily and reads the answer with ``scienceqa.prompts.extract_answer``; a generation it cannot
-read is stored as -1 and counted, never replaced by a guess.
+read is stored as -1 and counted, never replaced by a guess. ``calibrate`` (score mode) subtracts each
+option's score after the problem's content-free prompt (``Question: N/A``, ``Context: N/A``, the same
+options, no image), a second forward per batch.
 
 Before anything is computed or written, every problem must fit the model's context
 (``max_position_embeddings``): its prompt with its longest option (score mode) or with
@@ -34,10 +36,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from mm_adapter.atomic import atomic_write_json, atomic_write_text
-from mm_adapter.checkpoint import read_adapter
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
 from mm_adapter.eval.scoring import (
+    calibrated_scores,
     check_context,
     choice_scores,
     context_tokens,
@@ -45,12 +47,14 @@ from mm_adapter.eval.scoring import (
     precision,
     tokens_needed,
 )
+from mm_adapter.pretrained import recorded_format
 from mm_adapter.progress import progress as progress_bar
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import NO_ANSWER, make_predictions
 from mm_adapter.scienceqa.prompts import (
     PromptFormat,
     build_prompt,
+    content_free,
     extract_answer,
     stated_answer,
 )
@@ -75,7 +79,7 @@ def resolve_format(requested: str | None, adapter: str | Path | None,
                    warn: Callable[[str], None] = print) -> str:
     """The prompt format to answer in: the one asked for, else the one the adapter file records, else QCM-A.
     Asking for another format than the adapter was trained on is allowed (a study) but said."""
-    recorded = read_adapter(adapter).prompt_format if adapter else None
+    recorded = recorded_format(adapter) if adapter else None
     chosen = PromptFormat.parse(requested or recorded or DEFAULT_FORMAT).value
     if recorded and chosen != recorded:
         warn(f"note: {Path(adapter).name} was trained on {recorded}; answering in {chosen} as asked")
@@ -91,24 +95,39 @@ def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Pro
 
 def check_fit(model, tokenizer, problems: Sequence[Problem], config: EvalConfig) -> None:
     """Refuse, in one line naming the first pid, problems too long for the model's context."""
-    prompts = [build_prompt(p, config.prompt_format, config.captions).prompt for p in problems]
+    prompts = _prompts(problems, config)
     new_tokens = config.max_new_tokens if config.mode == "generate" else 0
     lengths = tokens_needed(tokenizer, prompts, [p.choices for p in problems], config.prompt_format, new_tokens)
     check_context(lengths, context_tokens(model), [f"problem {p.pid}" for p in problems])
 
 
+def _prompts(problems: Sequence[Problem], config: EvalConfig) -> list[str]:
+    return [build_prompt(p, config.prompt_format, config.captions).prompt for p in problems]
+
+
+def score_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Score mode's option scores of one batch; with ``config.calibrate``, minus those after each problem's
+    content-free prompt (``scienceqa.prompts.content_free``: a second forward, without image offsets)."""
+    prompts, choices = _prompts(problems, config), [p.choices for p in problems]
+    if not config.calibrate:
+        return choice_scores(model, tokenizer, prompts, choices, config.prompt_format, offsets)
+    neutral = _prompts([content_free(p) for p in problems], config)
+    return calibrated_scores(model, tokenizer, prompts, neutral, choices, config.prompt_format, offsets)
+
+
 def answer_batch(model, tokenizer, problems: Sequence[Problem], config: EvalConfig,
                  offsets: torch.Tensor | None = None) -> list[Answer]:
-    """Answer one batch (one forward in score mode, one ``generate`` call in generate mode)."""
-    prompts = [build_prompt(p, config.prompt_format, config.captions).prompt for p in problems]
+    """Answer one batch (one forward in score mode, two when calibrated; one ``generate`` call in generate mode)."""
     with precision(model, config.bf16):
         if config.mode == "score":
-            scores = choice_scores(model, tokenizer, prompts, [p.choices for p in problems], config.prompt_format, offsets)
+            scores = score_batch(model, tokenizer, problems, config, offsets)
             probs = torch.softmax(scores, dim=-1)
             choices = scores.argmax(dim=-1).tolist()
             return [Answer(p.pid, c, stated_answer(p.choices, c, config.prompt_format), probs[i, :len(p.choices)].tolist())
                     for i, (p, c) in enumerate(zip(problems, choices))]
-        texts = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, offsets, config.stop_at_newline)
+        texts = greedy_generate(model, tokenizer, _prompts(problems, config), config.max_new_tokens, offsets,
+                                config.stop_at_newline)
     by_text = PromptFormat.parse(config.prompt_format).answers_by_text
     choices = [extract_answer(t, len(p.choices), p.choices, by_text) for t, p in zip(texts, problems)]
     return [Answer(p.pid, NO_ANSWER if c is None else c, t) for p, c, t in zip(problems, choices, texts)]

@@ -24,6 +24,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from mm_adapter import prompt_offset
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
+from mm_adapter.virtual_tokens import virtual_tokens
 
 SCORED_SUFFIX = " " + ANSWER_PREFIX
 
@@ -203,11 +204,23 @@ def choice_scores(model, tokenizer, prompts: Sequence[str], choices: Sequence[Se
     return option_log_probs(model, tokenizer, prompts, [len(c) for c in choices], offsets)
 
 
+def calibrated_scores(model, tokenizer, prompts: Sequence[str], content_free: Sequence[str],
+                      choices: Sequence[Sequence[str]], fmt: "str | PromptFormat" = PromptFormat.QCM_A,
+                      offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`choice_scores` minus the same options' scores after each question's ``content_free`` prompt, which
+    runs without image offsets (the image is content too): a log-probability ratio, so an option the model
+    favours whatever it is asked loses that edge. -inf past a question's options, as before."""
+    scores = choice_scores(model, tokenizer, prompts, choices, fmt, offsets)
+    prior = choice_scores(model, tokenizer, content_free, choices, fmt)
+    return torch.where(prior.isfinite(), scores - prior, scores)  # -inf - -inf would be nan
+
+
 def context_tokens(model) -> int | None:
-    """The most tokens the model reads at once (its text config's ``max_position_embeddings``); None if unstated."""
+    """The most tokens of text the model reads at once (its text config's ``max_position_embeddings``, less the
+    positions a PEFT prompt-learning method's virtual tokens take); None if unstated."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     found = getattr(config, "max_position_embeddings", None)
-    return found if isinstance(found, int) and found > 0 else None
+    return found - virtual_tokens(model) if isinstance(found, int) and found > 0 else None
 
 
 def tokens_needed(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],

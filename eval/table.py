@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mm_adapter.atomic import atomic_write_text
 from mm_adapter.eval.config import TableConfig
+from mm_adapter.eval.run_costs import run_costs
 from mm_adapter.outputs import CONFIG_NAME, Output, check_no_overlap, output_folder, outputs_in, write_config
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.errors import ScienceQAError
@@ -100,26 +101,48 @@ def build_table(config: TableConfig) -> TableResult:
     predictions = _unique_names([load_predictions(p) for p in paths])
     reference = read_reference(config.reference) if config.reference else {}
     scores = [score(p, problems, n_boot=config.bootstrap, seed=config.seed) for p in predictions]
-    tests = [compare(a, b, problems) for a, b in combinations(predictions, 2)] if config.mcnemar else []
+    tests = _tests(config, predictions, problems)
     for s in scores:
         if s.missing:
             print(f"note: {s.name}: {len(s.missing)} pids of its split(s) not predicted; scored the "
                   f"{s.scored} it covers", file=sys.stderr)
-    table = markdown(scores, reference, tests)
+    extra = _costs(paths, predictions) if config.costs else {}
+    table = markdown(scores, reference, tests, extra)
     with output_folder(config.out) if config.out is not None else nullcontext():  # locked: one writer
-        written = _write(config, outputs, scores, tests, reference, table)
+        written = _write(config, outputs, scores, tests, reference, table, extra)
     return TableResult(scores, tests, reference, table, written)
 
 
+def _tests(config: TableConfig, predictions: list[Predictions], problems) -> list[McNemar]:
+    """Every pair (--mcnemar), or every row against one method (--mcnemar-against NAME)."""
+    if config.mcnemar_against is not None:
+        anchor = [p for p in predictions if p.name == config.mcnemar_against]
+        if not anchor:
+            raise ScienceQAError(f"--mcnemar-against {config.mcnemar_against}: no row has that name "
+                                 f"(rows: {', '.join(p.name for p in predictions)})")
+        return [compare(anchor[0], p, problems) for p in predictions if p is not anchor[0]]
+    return [compare(a, b, problems) for a, b in combinations(predictions, 2)] if config.mcnemar else []
+
+
+def _costs(paths: list[Path], predictions: list[Predictions]) -> dict[str, dict[str, str]]:
+    """Each row's training costs, where its predictions came from an eval folder of a trained adapter."""
+    found = {}
+    for path, prediction in zip(paths, predictions):
+        costs = run_costs(path)
+        if costs is not None:
+            found[prediction.name] = costs.cells()
+    return found
+
+
 def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Scores], tests: list[McNemar],
-           reference: dict, table: str) -> list[Path]:
+           reference: dict, table: str, extra: dict[str, dict[str, str]]) -> list[Path]:
     """Every requested output (files written atomically, "-" to stdout); returns the files written."""
     written: list[Path] = []
     if outputs["json"]:
-        document = {"rows": [to_dict(s) for s in scores], "mcnemar": [dataclasses.asdict(t) for t in tests],
-                    "reference": reference}
+        document = {"rows": [to_dict(s) | ({"costs": extra[s.name]} if s.name in extra else {}) for s in scores],
+                    "mcnemar": [dataclasses.asdict(t) for t in tests], "reference": reference}
         _emit(outputs["json"], json.dumps(document, indent=2) + "\n", written)
-    _emit(outputs["csv"], csv_text(scores, reference) if outputs["csv"] else "", written)
+    _emit(outputs["csv"], csv_text(scores, reference, extra) if outputs["csv"] else "", written)
     _emit(outputs["markdown"], table if outputs["markdown"] else "", written)
     if outputs["plot"]:
         plot(scores, outputs["plot"], reference, title=config.title)

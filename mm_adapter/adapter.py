@@ -43,7 +43,8 @@ class AdapterRuntime:
 
 class AdaptionPrompt(nn.Module):
     """Learnable prompts (adapter_len x hidden) and zero-initialised gates for one layer: one per head, or one for
-    the whole layer (``gate_granularity="layer"``, PEFT's parameterisation)."""
+    the whole layer (``gate_granularity="layer"``, PEFT's parameterisation). ``gate_init="random"`` draws the gates
+    from N(0, gate_init_std^2) instead (the paper's ablation of zero-init attention)."""
 
     def __init__(self, hidden_size: int, config: AdapterConfig, runtime: AdapterRuntime,
                  device: torch.device | str | None = None):
@@ -54,6 +55,8 @@ class AdaptionPrompt(nn.Module):
         self.gate_activation = config.gate_activation
         if self.prompt.device.type != "meta":
             nn.init.normal_(self.prompt, mean=0.0, std=config.prompt_init_std)
+            if config.gate_init == "random":  # the ablation: the model no longer starts as the base model
+                nn.init.normal_(self.gate, mean=0.0, std=config.gate_init_std)
         object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_offset: torch.Tensor | None = None  # the prompt offset _cached_kv was computed with

@@ -17,6 +17,7 @@ from .textio import parse_json
 
 GATE_ACTIVATIONS = ("tanh", "identity")
 GATE_GRANULARITIES = ("head", "layer")
+GATE_INITS = ("zero", "random")
 PROMPT_INITS = ("normal", "norm_scaled")
 PROJECTIONS = ("mlp", "linear")
 
@@ -54,6 +55,11 @@ class AdapterConfig:
     gate_granularity: str = option("head", choices=GATE_GRANULARITIES)
     """head: one zero-initialised gate per attention head (the paper); layer: one per layer, PEFT's
     adaption_gate, so a trained adapter exports to PEFT"""
+    gate_init: str = option("zero", choices=GATE_INITS)
+    """zero: the model starts as exactly the base model (the paper's zero-init attention); random: gates start as
+    N(0, gate_init_std^2), the paper's ablation of it"""
+    gate_init_std: float = 1.0
+    """std of the random gate initialisation (gate_init=random only)"""
 
     def __post_init__(self) -> None:
         check(self, "adapter_len", low=1, integer=True)
@@ -62,6 +68,8 @@ class AdapterConfig:
         check(self, "gate_granularity", choices=GATE_GRANULARITIES)
         check(self, "prompt_init", choices=PROMPT_INITS)
         check(self, "prompt_init_std", low=0, low_open=True)
+        check(self, "gate_init", choices=GATE_INITS)
+        check(self, "gate_init_std", low=0, low_open=True)
 
     def gates_per_layer(self, num_heads: int) -> int:
         """How many gate values one adapted layer holds on a base with ``num_heads`` query heads."""

@@ -1,5 +1,6 @@
 """Adapter folders as PEFT users expect them: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, and the
-one place that turns what a user names as an adapter (our single file, a folder, a hub id) into the file to read.
+one place that turns what a user names as an adapter (our single file, a folder, a hub id) into the file to read
+(or, for the folder of another ``--method``, with ``mm_adapter.json``, into that folder: ``method_folders.py``).
 
 A folder holds ``adapter_model.safetensors`` (exactly our single-file format, so ``read_adapter`` reads it),
 ``adapter_config.json`` (readable without torch: what the adapter is and which base it was made for: the
@@ -28,6 +29,7 @@ from .base import CONFIG_NAME as MODEL_CONFIG_NAME
 from .base import base_source
 from .checkpoint import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
 from .errors import MMAdapterError
+from .method_folders import RECORD_NAME, read_record
 from .safe_load import one_line, open_safetensors
 from .textio import STRING, Rule, check_fields, parse_json, read_json
 
@@ -56,18 +58,44 @@ _AGREES_WITH = {"adapter_config": "config", "base_identity": "base"}
 # ----- which file an adapter name means -----------------------------------------------------------------------
 
 def resolve_adapter(spec: str | os.PathLike, revision: str | None = None) -> Path:
-    """The adapter file ``spec`` names: our single ``.safetensors`` file (returned as given: ``read_adapter`` says
-    what is wrong with it), a folder (its ``adapter_config.json`` checked), or a hub id ``org/name[@revision]``
+    """The LLaMA-Adapter file ``spec`` names (see :func:`locate_adapter`); another method's folder is refused in one
+    line. Every place that takes only our adapters calls this."""
+    method, path = locate_adapter(spec, revision)
+    if method != METHOD:
+        raise MMAdapterError(f"{spec}: a {method} folder ({RECORD_NAME}), not a LLaMA-Adapter; only eval scienceqa, "
+                             "demo, serve and generate load other methods")
+    return path
+
+
+def locate_adapter(spec: str | os.PathLike, revision: str | None = None) -> tuple[str, Path]:
+    """``(method, path)`` of what ``spec`` names: our single ``.safetensors`` file (returned as given:
+    ``read_adapter`` says what is wrong with it), a folder (another method's, with ``mm_adapter.json``: the
+    folder; ours: its weights, after its ``adapter_config.json`` is checked), or a hub id ``org/name[@revision]``
     fetched into (or, offline, found in) the hub cache. Every place that takes an adapter calls this."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        return folder_weights(path)
+        return _in_folder(path)
     if os.path.lexists(path) or not is_hub_id(str(spec)):
         if revision is not None:
             raise MMAdapterError(f"{spec}: a revision applies only to an adapter on the hub (org/name)")
-        return path
+        return METHOD, path
     repo_id, pinned = split_revision(str(spec))
-    return folder_weights(hub_snapshot(repo_id, revision or pinned), label=str(spec))
+    return _in_folder(hub_snapshot(repo_id, revision or pinned), label=str(spec))
+
+
+def _in_folder(folder: Path, label: str | None = None) -> tuple[str, Path]:
+    """``(method, path)`` of an adapter folder: another method's folder itself, or our folder's weights file."""
+    if os.path.lexists(folder / RECORD_NAME):
+        return read_record(folder)["method"], folder
+    return METHOD, folder_weights(folder, label)
+
+
+def recorded_format(adapter: str | os.PathLike) -> str | None:
+    """The prompt format an adapter (our file, or a method folder from :func:`locate_adapter`) was trained on."""
+    path = Path(adapter)
+    if path.is_dir():
+        return read_record(path).get("prompt_format")
+    return read_adapter(path).prompt_format
 
 
 def is_hub_id(text: str) -> bool:
@@ -122,7 +150,7 @@ def hub_snapshot(repo_id: str, revision: str | None) -> Path:
     where = f"{repo_id}{'@' + revision if revision else ''}"
     reason = "not in the hub cache (HF_HUB_OFFLINE=1)" if offline else "not fetched from the hub"
     with hub_errors(f"{where}: no such adapter file or folder here, and {reason}"):
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(FOLDER_FILES),
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*FOLDER_FILES, RECORD_NAME],
                                       local_files_only=offline, cache_dir=os.environ.get("HF_HUB_CACHE") or None))
 
 
@@ -348,7 +376,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     if not folder.is_dir():
         raise MMAdapterError(f"{folder}: not an adapter folder; write one with save_pretrained or "
                              "mm-adapter convert --to folder")
-    folder_weights(folder)
+    resolve_adapter(folder)  # another method's folder is refused in one line
     if not _HUB_ID.match(repo_id):
         raise MMAdapterError(f"{repo_id!r}: not a hub repo id; expected org/name")
     from huggingface_hub import HfApi, get_token
@@ -368,4 +396,5 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 
 
 __all__ = ["CONFIG_NAME", "FOLDER_FILES", "WEIGHTS_NAME", "Loaded", "adapter_name", "base_metadata", "check_base",
-           "from_pretrained", "loaded_adapter", "push_to_hub", "read_pretrained", "resolve_adapter", "save_pretrained"]
+           "from_pretrained", "loaded_adapter", "locate_adapter", "push_to_hub", "read_pretrained", "recorded_format",
+           "resolve_adapter", "save_pretrained"]

@@ -12,6 +12,7 @@ is what its pretraining knows how to rank, and score mode then compares the opti
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Sequence
 from mm_adapter.scienceqa.data import Problem
 
 ANSWER_PREFIX = "The answer is"
+CONTENT_FREE = "N/A"  # the question of the content-free prompt (calibrated scoring); an empty context reads the same
 
 
 class PromptFormat(str, Enum):
@@ -33,6 +35,12 @@ class PromptFormat(str, Enum):
     @property
     def answers_by_text(self) -> bool:
         return self is PromptFormat.QCM_T
+
+    @property
+    def answer_first(self) -> bool:
+        """The target starts with "The answer is", where score mode reads it (all but QCM-LEA, whose answer follows
+        the lecture and solution the model would first have to write)."""
+        return self is not PromptFormat.QCM_LEA
 
     @classmethod
     def parse(cls, name: "str | PromptFormat") -> "PromptFormat":
@@ -56,6 +64,14 @@ class PromptPair:
     @property
     def text(self) -> str:
         return self.prompt + self.target
+
+
+def content_free(problem: Problem) -> Problem:
+    """The problem with its content taken out: question "N/A", no hint, caption, image, lecture or solution; the
+    same options. Its prompt (``Question: N/A\\nContext: N/A\\nOptions: (A) ...\\nAnswer:``) measures how much the
+    model favours each option whatever the question, which calibrated scoring subtracts."""
+    return dataclasses.replace(problem, question=CONTENT_FREE, hint="", caption=None, image=None, image_bytes=None,
+                               lecture="", solution="")
 
 
 def option_letters(n: int) -> list[str]:
@@ -95,7 +111,10 @@ def build_prompt(
     escape_newlines: bool = True,
 ) -> PromptPair:
     """Prompt and target for one problem. `escape_newlines` writes lecture/solution newlines as a
-    literal "\\n", as the official code does to keep the explanation one paragraph."""
+    literal "\\n", as the official code does to keep the explanation one paragraph.
+
+    QCM-LEA / QCM-ALE with an empty lecture or solution (most ScienceQA problems have neither) leave no gap; with
+    neither, the target is the answer alone (no dangling "BECAUSE:"), so such a problem trains as QCM-A."""
     fmt = PromptFormat.parse(fmt)
     question, context = problem.question, context_text(problem, use_caption)
     options = options_text(problem.choices)

@@ -77,9 +77,19 @@ def _footnotes(scores: Sequence[Scores]) -> list[str]:
     return notes
 
 
-def markdown(scores: Sequence[Scores], reference: Reference | None = None, tests: Sequence[McNemar] = ()) -> str:
-    """The table (with an n row under each computed row), footnotes and McNemar tests."""
-    lines = ["| Method | " + " | ".join(COLUMN_NAMES) + " |", "|---" + "|---:" * len(COLUMN_NAMES) + "|"]
+Extra = Mapping[str, Mapping[str, str]]  # method name -> {column: text}, e.g. what a method cost to train
+
+
+def _extra_columns(extra: Extra | None) -> list[str]:
+    return list(dict.fromkeys(column for cells in (extra or {}).values() for column in cells))
+
+
+def markdown(scores: Sequence[Scores], reference: Reference | None = None, tests: Sequence[McNemar] = (),
+             extra: Extra | None = None) -> str:
+    """The table (with an n row under each computed row), ``extra`` columns after Avg, footnotes, McNemar tests."""
+    more = _extra_columns(extra)
+    lines = ["| Method | " + " | ".join([*COLUMN_NAMES, *more]) + " |",
+             "|---" + "|---:" * (len(COLUMN_NAMES) + len(more)) + "|"]
     for label, values, s in _ordered_rows(scores, reference or {}):
         cells = []
         for name in COLUMN_NAMES:
@@ -88,10 +98,11 @@ def markdown(scores: Sequence[Scores], reference: Reference | None = None, tests
             if col and col.ci:
                 text += f" [{col.ci[0]:.2f}, {col.ci[1]:.2f}]"
             cells.append(text + (PARTIAL_MARK if col and col.partial else ""))
+        cells += [(extra or {}).get(s.name, {}).get(column, "") if s else "" for column in more]
         lines.append(f"| {'**' + label + '**' if s else label} | " + " | ".join(cells) + " |")
         if s:
             counts = [f"{s.columns[n].n}{PARTIAL_MARK if s.columns[n].partial else ''}" for n in COLUMN_NAMES]
-            lines.append("| ↳ n | " + " | ".join(counts) + " |")
+            lines.append("| ↳ n | " + " | ".join(counts + [""] * len(more)) + " |")
     notes = _footnotes(scores)
     if any(c.ci for s in scores for c in s.columns.values()):
         notes.append("[low, high]: 95% bootstrap interval.")
@@ -104,16 +115,19 @@ def markdown(scores: Sequence[Scores], reference: Reference | None = None, tests
     return "\n".join(lines) + "\n"
 
 
-def csv_text(scores: Sequence[Scores], reference: Reference | None = None) -> str:
-    """One CSV row per computed/published method: percents, then n_<column> for computed rows."""
-    header = ["method", "kind", *COLUMN_NAMES, *(f"n_{c}" for c in COLUMN_NAMES)]
+def csv_text(scores: Sequence[Scores], reference: Reference | None = None, extra: Extra | None = None) -> str:
+    """One CSV row per computed/published method: percents, n_<column> for computed rows, then ``extra``."""
+    more = _extra_columns(extra)
+    header = ["method", "kind", *COLUMN_NAMES, *(f"n_{c}" for c in COLUMN_NAMES), *more]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for label, values, s in _ordered_rows(scores, reference or {}):
         counts = [s.columns[c].n for c in COLUMN_NAMES] if s else [""] * len(COLUMN_NAMES)
         name = s.name if s else label.removesuffix(" (published)")
-        writer.writerow([name, "computed" if s else "published", *(values.get(c, "") for c in COLUMN_NAMES), *counts])
+        cells = [(extra or {}).get(name, {}).get(column, "") if s else "" for column in more]
+        writer.writerow([name, "computed" if s else "published", *(values.get(c, "") for c in COLUMN_NAMES), *counts,
+                         *cells])
     return buffer.getvalue()
 
 

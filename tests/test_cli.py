@@ -82,12 +82,14 @@ def test_a_written_config_reproduces_the_run(tmp_path, command):
         "train alpaca": ["--data", "a.json", "--out", "o", "--epochs", "2", "--adapter-layers", "4", "--no-bf16"],
         "train scienceqa": ["--data", "d", "--out", "o", "--images", "--clip-layers", "3,6", "--lr", "0.01"],
         "eval scienceqa": ["--split", "test", "--hf", "x", "--out", "o", "--mode", "generate", "--limit", "5"],
+        "ablate scienceqa": ["--data", "d", "--out", "o", "--images", "--layers", "8", "16", "--lengths", "--calibrate"],
         "table": ["a.json", "b.json", "--problems", "p.json", "--bootstrap", "10", "--mcnemar"],
         "generate": ["--adapter", "a.safetensors", "b.safetensors", "--use", "b", "--temperature", "0"],
         "serve": ["--port", "0", "--host", "0.0.0.0", "--format", "QCM-T"],
         "convert": ["in.pth", "out.safetensors", "--from", "official", "--adapter-len", "4"],
         "push": ["--adapter", "runs/skill", "--repo", "org/skill", "--private"],
         "main": ["--n-train", "12", "--clip-layers", "2", "--no-hub", "--threads", "1"],
+        "plan": ["llama7b-alpaca", "--gpus", "4", "--gpu-memory", "40"],
     }[command.name]
     config = parse(command, argv)
     written = write_config(tmp_path, command.name, config)
@@ -144,7 +146,8 @@ def test_a_bad_config_file_is_one_line_naming_file_and_key(tmp_path, capsys, tex
     (["serve", "--port", "70000"], "--port: must be <= 65535"),
     (["convert", "--from", "nope", "a", "b"], "invalid choice: 'nope'"),
     (["push", "--adapter", "a"], "required: --repo"),
-    (["train", "alpaca", "--data", "a", "--out", "o", "--lora-rank", "4"], "unrecognized arguments: --lora-rank"),
+    (["train", "alpaca", "--data", "a", "--out", "o", "--lora-rank", "4"],
+     "--lora-rank: applies to --method lora, not llama-adapter"),
     (["train", "alpaca", "--data", "a", "--out", "o", "--config", "no-such-recipe"], "no such file or recipe"),
     (["fly"], "unknown command 'fly'"),
 ])
@@ -230,3 +233,13 @@ def test_gate_granularity_flag_reaches_the_adapter_config(capsys):
         assert parse(command, [*argv, "--gate-granularity", "layer"]).adapter.gate_granularity == "layer"
     code, _, err = run_cli(capsys, "train", "alpaca", "--data", "a", "--out", "o", "--gate-granularity", "channel")
     assert code == 2 and err.count("\n") == 1 and "--gate-granularity" in err and "'channel'" in err, err
+
+
+def test_a_null_in_a_config_file_means_none_unless_a_flag_says_otherwise(tmp_path):
+    """`lr: null` in a recipe selects base_lr scaling (None), though train scienceqa's own default is 5e-3; a flag
+    given on the command line still wins over the file's null."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("out: o\ntrain:\n  lr: null\n  grad_clip: 1.0\n")
+    config = parse(TRAIN_SQA, ["--config", str(recipe), "--data", "d"])
+    assert config.train.lr is None and config.train.grad_clip == 1.0
+    assert parse(TRAIN_SQA, ["--config", str(recipe), "--data", "d", "--lr", "0.1"]).train.lr == 0.1

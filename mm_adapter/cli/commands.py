@@ -42,6 +42,9 @@ COMMANDS = (
             recipes="scienceqa", report="trained"),
     Command(("eval", "scienceqa"), "EvalScienceQAConfig", "mm_adapter.jobs.eval_scienceqa:eval_scienceqa",
             "evaluate a base model (with or without an adapter) on a ScienceQA split", report="evaluated"),
+    Command(("ablate", "scienceqa"), "AblateConfig", "mm_adapter.jobs.ablate:ablate_scienceqa",
+            "the paper's ablations on ScienceQA: a training run per variant, val accuracy table and chart",
+            recipes="scienceqa", report="ablated"),
     Command(("table",), "TableConfig", "mm_adapter.eval.table:build_table",
             "score prediction files into the official ScienceQA table"),
     Command(("generate",), "GenerateConfig", "mm_adapter.jobs.generate:generate",
@@ -57,6 +60,9 @@ COMMANDS = (
             "upload an adapter folder to the Hugging Face hub (needs a token)", report="pushed"),
     Command(("main",), "MainConfig", "mm_adapter.jobs.main_job:main_job",
             "the main job: data -> multimodal adapter -> test table -> one demo answer", report="main"),
+    Command(("plan",), "PlanConfig", "mm_adapter.jobs.plan:plan",
+            "parameter counts, per-GPU memory and GPUs needed for a training recipe (no weights downloaded)",
+            report="planned"),
 )
 BY_WORDS = {command.words: command for command in COMMANDS}
 

@@ -185,6 +185,33 @@ def _spell_out_bools(cls: type, argv: list[str]) -> list[str]:
     return spelled
 
 
+def _null_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths whose value in a config file is null (``train: {lr: null}`` -> ("train", "lr"))."""
+    found = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            found += _null_paths(value, (*prefix, key))
+        elif value is None:
+            found.append((*prefix, key))
+    return found
+
+
+def _replaced(config: Any, path: tuple[str, ...], value: Any) -> Any:
+    head, *rest = path
+    inner = _replaced(getattr(config, head), tuple(rest), value) if rest else value
+    return dataclasses.replace(config, **{head: inner})
+
+
+def _with_file_nulls(config: Any, defaults: dict[str, Any], argv: list[str]) -> Any:
+    """A null in a config file means None (``lr: null``: base_lr scaling), not "keep the default": simple_parsing
+    reads an unset flag's None as absent and would restore the dataclass default. Flags given still win."""
+    for path in _null_paths(defaults):
+        flag = flag_name(path[-1])
+        if not any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+            config = _replaced(config, path, None)
+    return config
+
+
 def parse(command: Command, argv: list[str]) -> Any:
     """The command's config from ``--config`` (if any) and the flags; one-line :class:`UsageError` otherwise."""
     path, rest = _config_argument(argv, command)
@@ -193,7 +220,8 @@ def parse(command: Command, argv: list[str]) -> Any:
     check_keys(command.config_class(), defaults, str(path))
     parser = build_parser(command, defaults)
     try:
-        return parser.parse_args(_spell_out_bools(command.config_class(), rest)).job
+        config = parser.parse_args(_spell_out_bools(command.config_class(), rest)).job
+        return _with_file_nulls(config, defaults, rest)
     except UsageError:
         raise
     except ConfigError as error:

@@ -30,6 +30,14 @@ def evaluated(result) -> None:
     sys.stdout.write(result.table)
 
 
+def ablated(result) -> None:
+    """The ablation table, where its files went, and which variants this call trained."""
+    sys.stdout.write(result.markdown)
+    print(f"table: {result.out / 'table.md'}, {result.out / 'table.json'}; chart: {result.out / 'table.png'}")
+    print(f"done in {result.seconds:.0f} s: {len(result.trained)} variant(s) trained, {len(result.finished)} "
+          "finished earlier")
+
+
 def format_prediction(prediction: Prediction) -> str:
     """The answer line, one line per option (probability and a bar; '*' marks the answer), then any note."""
     letters = option_letters(len(prediction.choices))
@@ -66,3 +74,43 @@ def main(result) -> None:
         print("      " + format_prediction(result.demo).replace("\n", "\n      "))
         print(f"      correct: ({chr(65 + problem.answer)}) {problem.choices[problem.answer]}")
     print(f"done in {result.seconds:.0f} s; outputs in {result.out}")
+
+
+def planned(result) -> None:
+    """The plan of a recipe: counts, data and schedule, each term of one GPU's memory, and the GPUs it takes."""
+    def size(n: float) -> str:
+        return f"{n / 2**30:8.2f} GiB" if n >= 2**29 else f"{n / 2**20:8.1f} MiB"
+
+    counts, run, data, train = result.counts, result.run, result.data, result.recipe.config
+    print(f"recipe: {result.recipe.path} (mm-adapter {result.recipe.command})")
+    print(f"base: {train.model.base}: {result.architecture.source}; no weights read")
+    print(f"adapter: {train.adapter.adapter_len} prompts x top {train.adapter.adapter_layers} of {result.layers} layers, "
+          f"gates per {train.adapter.gate_granularity}")
+    visual = f" + visual projection {counts.visual:,}" if counts.visual else ""
+    print(f"parameters: trainable {counts.trainable:,} (adapter {counts.adapter:,}{visual}), frozen {counts.frozen:,}")
+    tokens = ("unknown" if data.tokens is None else f"{data.tokens:,} (tokenised by the base's tokenizer)"
+              if data.exact else f"<= {data.tokens:,} (records x max_seq_len {run.seq_len})")
+    records = "unknown" if data.records is None else f"{data.records:,}"
+    print(f"data: {data.source}: {records} records ({data.how}); tokens per epoch {tokens}")
+    steps = "" if result.steps_per_epoch is None else (f", {result.steps_per_epoch:,} steps per epoch, "
+                                                      f"{result.total_steps:,} over {train.train.epochs} epoch(s)")
+    gpus = f"{result.gpus} GPU{'s' if result.gpus != 1 else ''}"
+    print(f"schedule on {gpus}: {train.train.batch_size} per GPU x accum {train.train.accum_steps} = "
+          f"{result.effective_batch} per step, lr {result.lr:.3g}{steps}")
+    chosen = train.train.strategy
+    strategy = result.strategy if chosen == result.strategy else f"{chosen} (-> {result.strategy} on {gpus})"
+    print(f"strategy {strategy}, activation checkpointing {'on' if run.checkpointing else 'off'}; weights "
+          f"{run.weight_dtype or 'as stored'}, {'bf16 autocast' if run.autocast else 'no autocast'}")
+    print(f"memory per GPU on {gpus} (an estimate; formulas in mm_adapter/plan.py):")
+    for item in result.memory:
+        print(f"  {item.name:<18}{size(item.bytes)}  {item.note}")
+    fits = "fits" if result.total_bytes <= result.gpu_memory_gib * 2**30 else "does NOT fit"
+    print(f"  {'total':<18}{size(result.total_bytes)}  {fits} in {result.gpu_memory_gib:g} GiB")
+    needed, none = f"GPUs of {result.gpu_memory_gib:g} GiB needed:", "none (what each GPU holds whole exceeds it)"
+    if result.strategy == "fsdp":
+        print(f"{needed} {result.needed or none} (fsdp shards the weights)")
+    elif result.needed:
+        print(f"{needed} 1 per replica ({result.strategy}: each GPU holds the whole model; more GPUs add throughput)")
+    else:
+        print(f"{needed} one does not hold it under {result.strategy}; with strategy fsdp: "
+              f"{result.needed_sharded or none}")

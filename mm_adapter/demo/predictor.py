@@ -21,15 +21,17 @@ from typing import Sequence
 
 import torch
 
-from ..base import DEFAULT_SPEC, load_base
+from ..base import DEFAULT_SPEC
 from ..errors import MMAdapterError
 from ..eval.run import resolve_format
 from ..eval.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
 from ..feature_cache import ImageInput, decode_image, image_bytes, image_features
-from ..pretrained import adapter_name, resolve_adapter
+from ..method_config import LLAMA_ADAPTER
+from ..method_folders import load_answering
+from ..pretrained import adapter_name, locate_adapter
 from ..scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
 from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
-from ..visual import ClipEncoder, VisualProjection, load_multimodal_adapter
+from ..visual import ClipEncoder, VisualProjection
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,15 @@ class VisualPath:
         return self.projection(found.features.to(device), found.mask.to(device))
 
 
-def load_model(base: str, adapter: str | Path | None, device: torch.device | str, dtype: str | None = None):
-    """The base (frozen, on ``device``), with the adapter applied and its visual path if it has one.
+def load_model(base: str, adapter: str | Path | None, device: torch.device | str, dtype: str | None = None,
+               method: str = LLAMA_ADAPTER):
+    """The base (frozen, on ``device``), with the adapter of ``method`` applied and its visual path if it has one.
 
     The only place the demo loads models, so a change in how adapters are loaded lands here once.
     """
-    model, tokenizer = load_base(base, dtype=dtype)
-    model.to(device)
-    visual = None
-    if adapter is not None:
-        found = load_multimodal_adapter(model, adapter, device)
-        visual = VisualPath(*found) if found is not None else None
-    return model, tokenizer, visual
+    model, tokenizer, found = load_answering(base, method, None if adapter is None else Path(adapter), device, dtype,
+                                             say=lambda line: print(line, file=sys.stderr))
+    return model, tokenizer, VisualPath(*found) if found is not None else None
 
 
 @dataclass
@@ -135,11 +134,11 @@ class Predictor:
     @classmethod
     def load(cls, base: str = DEFAULT_SPEC, adapter: str | Path | None = None, device: torch.device | str = "cpu",
              fmt: str | PromptFormat | None = None, dtype: str | None = None, bf16: bool = False) -> "Predictor":
-        """``adapter``: our file, an adapter folder or a hub id; ``fmt``: the prompt format, by default the one the
-        adapter records (else QCM-A)."""
-        weights = resolve_adapter(adapter) if adapter else None
-        fmt = resolve_format(fmt, weights, warn=lambda line: print(line, file=sys.stderr))
-        model, tokenizer, visual = load_model(base, weights, device, dtype)
+        """``adapter``: our file, an adapter folder (of any training method) or a hub id; ``fmt``: the prompt format,
+        by default the one the adapter records (else QCM-A)."""
+        method, found = locate_adapter(adapter) if adapter else (LLAMA_ADAPTER, None)
+        fmt = resolve_format(fmt, found, warn=lambda line: print(line, file=sys.stderr))
+        model, tokenizer, visual = load_model(base, found, device, dtype, method)
         return cls(model, tokenizer, visual, adapter_name(adapter) if adapter else None, base, PromptFormat.parse(fmt),
                    bf16)
 

@@ -10,4 +10,7 @@ returning a result object. The ``mm-adapter`` command, the scripts and the bench
     serve.serve(ServeConfig) -> None (until interrupted)
     convert.convert(ConvertConfig) -> Path
     main_job.main_job(MainConfig) -> MainResult
+    ablate.ablate_scienceqa(AblateConfig) -> AblateResult
+    plan.plan(PlanConfig) -> PlanResult
+    push.push(PushConfig) -> str (the repository's URL)
 """

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from ..config import GATE_ACTIVATIONS, AdapterConfig, VisualConfig, parse_depths
+from ..config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig, VisualConfig, parse_depths
 from ..eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
-from ..options import check, option
+from ..method_config import LLAMA_ADAPTER, TuningConfig
+from ..options import ConfigError, check, option
 from ..sampling import SamplingConfig
 from ..train_config import TrainConfig
 from .options import ModelOptions, ScienceQASource
@@ -30,13 +31,15 @@ def _positive(config: object, *names: str) -> None:
 
 @dataclass
 class TrainAlpacaConfig:
-    """Fine-tune a LLaMA-Adapter on Alpaca instruction data; defaults are the paper's (recipe alpaca-paper)."""
+    """Fine-tune a LLaMA-Adapter (or, with --method, another method) on Alpaca instruction data; defaults are the
+    paper's (recipe alpaca-paper)."""
 
     data: str
     """{instruction, input, output} records: a local file (JSON list, JSONL or .parquet) or, when no such file
     exists, a Hugging Face hub dataset id such as tatsu-lab/alpaca (offline: its copy in the hub cache)"""
     out: str
-    """output folder: adapter.safetensors, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
+    """output folder: adapter.safetensors (another --method: the folder adapter/), metrics.jsonl, loss.png,
+    checkpoints/, config.yaml"""
     split: str = "train"
     """split of a hub dataset; a local file is one split, train"""
     limit: int | None = option(None, alias="--max-records")
@@ -47,6 +50,7 @@ class TrainAlpacaConfig:
     """tokens per example; a record whose prompt fills it is dropped"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="fp32"))
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -55,12 +59,13 @@ class TrainAlpacaConfig:
 
 @dataclass
 class TrainScienceQAConfig:
-    """Fine-tune a LLaMA-Adapter on ScienceQA, text-only (captions as context) or with images (--images);
-    the best val checkpoint is kept as best.safetensors. Defaults: recipe scienceqa-smollm2-cpu."""
+    """Fine-tune a LLaMA-Adapter (or, with --method, another method) on ScienceQA, text-only (captions as context)
+    or with images (--images); the best val checkpoint is kept as best.safetensors (another method: best/).
+    Defaults: recipe scienceqa-smollm2-cpu."""
 
     out: str
-    """output folder: best.safetensors, adapter.safetensors, validation.jsonl, metrics.jsonl, loss.png,
-    checkpoints/, config.yaml"""
+    """output folder: best.safetensors, adapter.safetensors (another --method: the folders best/ and adapter/),
+    validation.jsonl, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     train_split: str = "train"
     """split trained on"""
@@ -88,8 +93,15 @@ class TrainScienceQAConfig:
     """a missing/corrupt image makes its problem a no-image problem (counted) instead of an error"""
     feature_batch_size: int = 32
     """images per encoder forward when computing features"""
+    blank_images: bool = False
+    """with --images: every image becomes one mid-gray picture (its file is not read), so the visual path learns
+    nothing of what images show (the images-vs-blanked ablation)"""
+    calibrate: bool = False
+    """validation scores options calibrated, as eval scienceqa --calibrate: minus their score after a content-free
+    prompt"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="bf16"))
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(prompt_init="norm_scaled"))
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, warmup_epochs=0.3, lr=5e-3,
                                                                    batch_size=8))
     visual: VisualConfig = field(default_factory=lambda: VisualConfig(visual_standardize=True))
@@ -98,6 +110,12 @@ class TrainScienceQAConfig:
         _positive(self, "limit", "val_limit", "val_every", "max_seq_len", "feature_batch_size")
         check(self, "visual_lr_scale", low=0, low_open=True)
         check(self, "format", choices=FORMATS)
+        EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
+        if self.blank_images and not self.images:
+            raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
+        if self.images and self.tuning.method != LLAMA_ADAPTER:
+            raise ConfigError("images", f"adds image features to the adaption prompts of --method {LLAMA_ADAPTER}; "
+                                        f"{self.tuning.method} has none")
 
 
 @dataclass
@@ -293,3 +311,59 @@ class MainConfig:
         _positive(self, "n_train", "n_val", "n_test", "epochs", "adapter_layers")
         check(self, "lr", low=0, low_open=True)
         check(self, "seed", low=0, integer=True)
+
+
+@dataclass
+class AblateConfig(TrainScienceQAConfig):
+    """The paper's ablations on ScienceQA: the training settings are the baseline; each variant changes one of them
+    (gate init, adapter layers, adapter length, gate activation, with --images images vs blanked images), trains into
+    OUT/<variant> and is scored by its best val accuracy; OUT gets table.md, table.json and table.png. The same
+    command again skips finished variants and resumes a stopped one from its checkpoint (no --resume needed)."""
+
+    out: str
+    """output folder: one training run per variant (OUT/baseline, OUT/layers-16, ...), table.md, table.json,
+    table.png, config.yaml"""
+    gate_inits: list[str] = option(default_factory=lambda: list(GATE_INITS), nargs="*", choices=GATE_INITS)
+    """gate initialisations compared (zero: zero-init attention; random: N(0, gate_init_std^2)); none: skip"""
+    layers: list[int] = option(default_factory=lambda: [8, 16, 30], nargs="*", metavar="N")
+    """adapter_layers values compared (the top N decoder layers adapted); none: skip"""
+    lengths: list[int] = option(default_factory=lambda: [5, 10, 20], nargs="*", metavar="N")
+    """adapter_len values compared (prompts per adapted layer); none: skip"""
+    activations: list[str] = option(default_factory=lambda: list(GATE_ACTIVATIONS), nargs="*",
+                                    choices=GATE_ACTIVATIONS)
+    """gate activations compared; none: skip"""
+    blanked: bool = True
+    """with --images: also train with every image blanked (--blank-images) against the real images"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tuning.method != LLAMA_ADAPTER:
+            raise ConfigError("method", f"the ablations vary the gates, layers and prompts of {LLAMA_ADAPTER}; "
+                                        f"{self.tuning.method} has none")
+        for name, known in (("gate_inits", GATE_INITS), ("activations", GATE_ACTIVATIONS)):
+            unknown = [value for value in getattr(self, name) if value not in known]
+            if unknown:
+                raise ConfigError(name, f"must be among {', '.join(known)}, got {unknown[0]!r}")
+        for name in ("layers", "lengths"):
+            values = getattr(self, name)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise ConfigError(name, f"must be positive integers, got {values}")
+
+
+@dataclass
+class PlanConfig:
+    """What a training recipe needs, before any download: the model laid out on the meta device (no weights),
+    trainable and frozen parameter counts, per-GPU memory (weights, adapter, optimizer state, activations: an
+    estimate), tokens per epoch, and how many GPUs of a given memory it takes."""
+
+    recipe: str = option(positional=True, metavar="RECIPE")
+    """a recipe name (llama7b-alpaca, llama7b-scienceqa-vitl14, llama65b-alpaca-fsdp, or its file name such as
+    alpaca-llama7b), or a recipe / config.yaml file"""
+    gpus: int = 8
+    """GPUs the run uses (the paper's 8): the per-GPU share under fsdp, the effective batch, the lr, the steps"""
+    gpu_memory: float = 80.0
+    """memory of one GPU in GiB (80: an A100/H100 80GB)"""
+
+    def __post_init__(self) -> None:
+        _positive(self, "gpus")
+        check(self, "gpu_memory", low=0, low_open=True)

@@ -2,14 +2,15 @@
 
 An adapter trained with images records its visual config: its encoder and projection are
 rebuilt from the file and each problem's image is encoded once (feature cache) and added to the
-adaption prompts. Predictions go to ``OUT/predictions.json`` in the official shape, appended to
-``OUT/predictions.partial.jsonl`` as they are computed, so rerunning after a kill resumes.
+adaption prompts. Another method's folder (``--method`` of the training jobs) loads through
+``method_folders.load_answering``: PEFT's on the base, a full fine-tune as the base. Predictions go
+to ``OUT/predictions.json`` in the official shape, appended to ``OUT/predictions.partial.jsonl`` as
+they are computed, so rerunning after a kill resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -18,16 +19,15 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..base import load_base
-from ..checkpoint import BaseIdentity
 from ..eval.features import ImageOffsets, compute_features, report_skipped
 from ..eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
+from ..method_config import LLAMA_ADAPTER
+from ..method_folders import adapter_digest, identity_of, load_answering
 from ..outputs import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from ..pretrained import adapter_name, resolve_adapter
+from ..pretrained import adapter_name, locate_adapter
 from ..scienceqa.metrics import Scores, score
 from ..scienceqa.predictions import load_predictions
 from ..scienceqa.report import markdown, read_reference, to_dict
-from ..visual import load_multimodal_adapter
 from .configs import EvalScienceQAConfig
 from .runtime import job_folder, prepare, source_inputs
 from .scienceqa_data import load_problems
@@ -55,11 +55,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _sha256(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
-
-
 def eval_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
     names = [PREDICTIONS, partial_path(Path(PREDICTIONS)).name, TABLE, SUMMARY, CONFIG_NAME]
@@ -73,26 +68,25 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
     out = Path(config.out)
     if str(config.out).endswith(".json"):
         _say(f"note: --out is a folder; the predictions go to {out / PREDICTIONS}")
-    adapter = resolve_adapter(config.adapter) if config.adapter else None  # a hub id is fetched (or refused) here
+    # a hub id is fetched (or refused) here; another method's adapter is its folder
+    method, adapter = locate_adapter(config.adapter) if config.adapter else (LLAMA_ADAPTER, None)
     inputs = {"--adapter": adapter, "--reference": config.reference, **source_inputs(config.source),
               "--base": config.model.base}
     with job_folder(out, eval_outputs(out), inputs):
         refuse_finished(out / PREDICTIONS, config.overwrite)  # never over a finished run unless asked
-        return _evaluate(config, adapter, out, device, started)
+        return _evaluate(config, method, adapter, out, device, started)
 
 
-def _evaluate(config: EvalScienceQAConfig, adapter: Path | None, out: Path, device: torch.device,
+def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, out: Path, device: torch.device,
               started: float) -> EvalResult:
-    """The job inside its locked output folder: problems, base (and ``adapter``, the file config.adapter names),
-    answers, table, summary."""
+    """The job inside its locked output folder: problems, base (and ``adapter``, the file or method folder
+    config.adapter names), answers, table, summary."""
     fmt = resolve_format(config.eval.format, adapter, warn=_say)
     eval_config = dataclasses.replace(config.eval, format=fmt)
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
-    model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
-    model.to(device)
+    model, tokenizer, visual = load_answering(config.model.base, method, adapter, device, config.model.dtype, _say)
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
-    visual = load_multimodal_adapter(model, adapter, device) if adapter else None
     offsets = None
     if visual is not None:
         encoder, projection = visual
@@ -100,8 +94,8 @@ def _evaluate(config: EvalScienceQAConfig, adapter: Path | None, out: Path, devi
         report_skipped(features, config.split)
         _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}")
         offsets = ImageOffsets(projection, features)
-    identity = {"base": config.model.base, "base_fingerprint": BaseIdentity.of(model).fingerprint,
-                "adapter": _sha256(adapter) if adapter else None}
+    identity = {"base": config.model.base, "base_fingerprint": identity_of(model).fingerprint,
+                "adapter": adapter_digest(adapter) if adapter else None}
     if offsets is not None:  # which images were used (a skipped one changes answers)
         identity["image_features"] = offsets.features.fingerprint(problems)
     label = adapter_name(config.adapter) if config.adapter else "zero-shot"

@@ -1,8 +1,9 @@
 """Answer Alpaca-style instructions with the base and one of several adapters, streamed (``mm-adapter generate``).
 
 All adapter files are read and checked against the base up front; switching between them copies
-tensors into the loaded model (no base reload). Without an instruction it reads one per line
-from stdin; ``:use NAME`` switches adapter. Sampling defaults are the original's (temperature
+tensors into the loaded model (no base reload). Another training method's folder (``--method``) is
+loaded through ``method_folders.load_answering`` and given alone: it cannot be switched that way.
+Without an instruction it reads one per line from stdin; ``:use NAME`` switches adapter. Sampling defaults are the original's (temperature
 0.1, top_p 0.75; temperature 0 is greedy).
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..alpaca import prompt_text
 from ..base import load_base
@@ -20,7 +23,9 @@ from ..checkpoint import AdapterFile, BaseIdentity, apply_adapter
 from ..errors import MMAdapterError
 from ..eval.scoring import precision
 from ..generate import generate_text
-from ..pretrained import adapter_name, check_base, read_pretrained
+from ..method_config import LLAMA_ADAPTER
+from ..method_folders import load_answering
+from ..pretrained import adapter_name, check_base, locate_adapter, read_pretrained
 from .configs import GenerateConfig
 from .runtime import prepare
 
@@ -58,16 +63,42 @@ def read_all(specs: list[str], model) -> dict[str, AdapterFile]:
     return adapters
 
 
-def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> GenerateResult:
-    """Answer ``config.instruction``, or each line of ``lines`` (default: stdin) when there is none."""
-    device = prepare(config.model)
-    torch.manual_seed(config.seed)
+def method_folder(specs: list[str]) -> tuple[str, str, Path] | None:
+    """``(name, method, folder)`` of the adapter of another training method among ``specs``, or None when all are
+    LLaMA-Adapters; such an adapter cannot be switched by copying tensors, so it must be the only one."""
+    for spec in specs:
+        method, path = locate_adapter(spec)
+        if method != LLAMA_ADAPTER:
+            if len(specs) > 1:
+                raise MMAdapterError(f"{spec}: a {method} adapter is given alone (--use switches between "
+                                     f"{LLAMA_ADAPTER} adapters only)")
+            return adapter_name(spec), method, path
+    return None
+
+
+def _load(config: GenerateConfig, device: torch.device) -> tuple[nn.Module, object, dict[str, AdapterFile], str | None]:
+    """The model with the chosen adapter applied, its tokenizer, the adapters ``:use`` switches between, the
+    chosen one's name."""
+    other = method_folder(config.adapter)
+    if other is not None:
+        name, method, path = other
+        model, tokenizer, _ = load_answering(config.model.base, method, path, device, config.model.dtype,
+                                             say=lambda line: print(line, file=sys.stderr))
+        return model, tokenizer, {}, choose({name: None}, config.use)
     model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
     model.to(device)
     adapters = read_all(config.adapter, model)
     current = choose(adapters, config.use)
     if current is not None:
         apply_adapter(model, adapters[current])
+    return model, tokenizer, adapters, current
+
+
+def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> GenerateResult:
+    """Answer ``config.instruction``, or each line of ``lines`` (default: stdin) when there is none."""
+    device = prepare(config.model)
+    torch.manual_seed(config.seed)
+    model, tokenizer, adapters, current = _load(config, device)
     result = GenerateResult()
 
     def answer(instruction: str, input: str) -> None:

@@ -1,6 +1,7 @@
 """Fine-tune a LLaMA-Adapter on Alpaca instruction data (``mm-adapter train alpaca``).
 
-Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel; only rank 0 writes.
+Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel (``--strategy ddp``) or with the
+frozen base sharded over the processes (``--strategy fsdp``); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..adapter import attach_adapter, count_trainable
+from ..adapter import count_trainable
 from ..alpaca import encode_alpaca, read_alpaca
-from ..base import load_base
 from ..checkpoint import save_adapter
 from ..errors import MMAdapterError
 from ..eval.scoring import context_tokens
+from ..method_folders import ADAPTER_FOLDER, relocated, trainer_export
+from ..methods import Tuned, attach_method
 from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
 from ..pretrained import base_metadata
+from ..sharded_load import load_training_base
 from ..train import TrainResult, train, trainer_outputs
 from ..train_process import setup_distributed
 from ..train_data import Example, PadCollator
@@ -31,41 +33,45 @@ COMMAND = "train alpaca"
 
 def alpaca_outputs(out: str | Path) -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs)."""
-    return trainer_outputs(out) + outputs_in("--out", out, [CONFIG_NAME])
+    return trainer_outputs(out) + outputs_in("--out", out, [CONFIG_NAME], folders=[ADAPTER_FOLDER])
 
 
-def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -> tuple[nn.Module, Any, list[Example]]:
-    """Read the records, load the base, encode, attach the adapter (the slow parts)."""
+def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -> tuple[Tuned, Any, list[Example]]:
+    """Read the records, load the base, make it trainable by the method, encode (the slow parts)."""
     data = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split)
     if data.skipped:
         say(f"skipped {data.skipped} bad record(s) in {data.source}")
     records = data.records[:config.limit] if config.limit else data.records
-    model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
-    examples, too_long = encode_alpaca(tokenizer, records, config.max_seq_len, context=context_tokens(model))
+    model, tokenizer = load_training_base(config.model.base, config.model.dtype, config.train, config.model.device)
+    torch.manual_seed(config.train.seed)  # same initialisation on every rank
+    tuned = attach_method(model, config.tuning, config.adapter, autocast=config.train.bf16)
+    examples, too_long = encode_alpaca(tokenizer, records, config.max_seq_len, context=context_tokens(tuned.model))
     if too_long:
         say(f"dropped {too_long} record(s) whose prompt fills max_seq_len={config.max_seq_len}")
     if not examples:
         raise MMAdapterError(f"{data.source}: no record fits max_seq_len={config.max_seq_len}")
-    torch.manual_seed(config.train.seed)  # same adapter initialisation on every rank
-    attach_adapter(model, config.adapter)
-    return model, tokenizer, examples
+    return tuned, tokenizer, examples
 
 
 def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
-    """Read the records, load the base, attach the adapter, train; returns the trainer's result."""
+    """Read the records, load the base, attach the method, train; returns the trainer's result."""
     device = prepare(config.model)
     info = setup_distributed(str(device))
     say = rank_zero_print(info.is_main)
     inputs = {"--data": config.data, "--base": config.model.base}
     with job_folder(config.out, alpaca_outputs(config.out), inputs, lock=info.is_main,
                     resume=config.train.resume) as out:  # refused before the slow parts
-        model, tokenizer, examples = _model_and_examples(config, say)
+        tuned, tokenizer, examples = _model_and_examples(config, say)
+        model = tuned.model
+        say(tuned.describe())
         say(f"{len(examples)} examples, {count_trainable(model):,} trainable parameters, world size "
             f"{info.world_size}")
         if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
             write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
         result = train(model, examples, config.train, PadCollator(tokenizer.pad_token_id), out, device=str(device),
-                       identity={"base_dtype": config.model.dtype},
-                       export=lambda m, path: save_adapter(m, path, extra_metadata=base_metadata(m)))
+                       identity={"base_dtype": config.model.dtype} | tuned.identity(),
+                       export=trainer_export(tuned, lambda m, path: save_adapter(m, path,
+                                                                                 extra_metadata=base_metadata(m)),
+                                             None, tokenizer))
     finish_distributed()
-    return result
+    return relocated(result, tuned.method)

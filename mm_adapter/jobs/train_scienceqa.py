@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import attach_adapter, count_trainable
-from ..base import load_base
+from ..adapter import count_trainable
 from ..checkpoint import PROMPT_FORMAT_KEY, save_adapter
 from ..eval.config import EvalConfig
 from ..eval.run import check_fit
@@ -29,6 +28,9 @@ from ..eval.features import (
     report_skipped,
     with_features,
 )
+from ..method_config import LLAMA_ADAPTER
+from ..method_folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
+from ..methods import Tuned, attach_method
 from ..multimodal import (
     VisualExport,
     attach_projection,
@@ -38,6 +40,7 @@ from ..multimodal import (
 from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
 from ..pretrained import base_metadata
 from ..scienceqa.data import Problem
+from ..sharded_load import load_training_base
 from ..train import TrainResult, train, trainer_outputs
 from ..train_process import DistInfo, setup_distributed
 from ..train_data import BatchPlan, Example, PadCollator
@@ -53,7 +56,8 @@ BEST_NAME = "best.safetensors"
 
 def scienceqa_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
-    return trainer_outputs(out, flag) + outputs_in(flag, out, [CONFIG_NAME, BEST_NAME, LOG_NAME])
+    return trainer_outputs(out, flag) + outputs_in(flag, out, [CONFIG_NAME, BEST_NAME, LOG_NAME],
+                                                   folders=[ADAPTER_FOLDER, BEST_FOLDER])
 
 
 @dataclass
@@ -83,10 +87,12 @@ def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: lis
     """Encoder, features of train and val problems (once, through the cache), projection on the model."""
     encoder = build_encoder(config.visual, device)
     root = config.source.data
-    features = compute_features(encoder, train_problems, root, config.skip_bad_images, config.feature_batch_size)
+    features = compute_features(encoder, train_problems, root, config.skip_bad_images, config.feature_batch_size,
+                                blank=config.blank_images)
     report_skipped(features, config.train_split)
     train_rows, train_mask = features.rows(train_problems)
-    val_features = compute_features(encoder, val_problems, root, config.skip_bad_images, config.feature_batch_size)
+    val_features = compute_features(encoder, val_problems, root, config.skip_bad_images, config.feature_batch_size,
+                                    blank=config.blank_images)
     report_skipped(val_features, config.val_split)
     features.by_pid |= val_features.by_pid
     say(f"image features: {len(features.by_pid)} problems with an image, encoder {config.visual.clip_model} depths "
@@ -114,7 +120,7 @@ def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
                     resume=config.train.resume) as out:  # refused before the slow parts
         result, selector = _train_in(out, config, device, info)
     finish_distributed()
-    return ScienceQATrainResult(result, selector.best, selector.best_step, out / BEST_NAME)
+    return ScienceQATrainResult(result, selector.best, selector.best_step, out / selector.best_name)
 
 
 def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
@@ -123,7 +129,10 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
     say = rank_zero_print(info.is_main)
     train_problems = load_problems(config.source, config.train_split, config.captions, config.limit, say)
     val_problems = load_problems(config.source, config.val_split, config.captions, config.val_limit, say)
-    model, tokenizer = load_base(config.model.base, dtype=config.model.dtype)
+    model, tokenizer = load_training_base(config.model.base, config.model.dtype, config.train, config.model.device)
+    torch.manual_seed(config.train.seed)
+    tuned = attach_method(model, config.tuning, config.adapter, autocast=config.train.bf16)
+    model = tuned.model
     context = context_tokens(model)
     examples, kept = encode_problems(tokenizer, train_problems, config.format, config.captions, config.max_seq_len,
                                      context=context)
@@ -132,9 +141,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
             f"{f' or the model context ({context} tokens)' if context else ''}")
     # a val problem the model cannot read would stop the run at its first validation, an epoch from now
     check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
-    torch.manual_seed(config.train.seed)
-    attach_adapter(model, config.adapter)
     images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
+    say(tuned.describe())
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
 
@@ -150,14 +158,24 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
     if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
         write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
     selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
-                                  EvalConfig(format=config.format, captions=config.captions,
+                                  EvalConfig(format=config.format, captions=config.captions, calibrate=config.calibrate,
                                              bf16=config.train.bf16, batch_size=16),
                                   is_main=info.is_main, offsets=images and images.offsets, extras=file_extras,
-                                  resume=config.train.resume)
+                                  resume=config.train.resume, **_best_saver(tuned, config.format, tokenizer))
     identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
-                "captions": config.captions} | (images.identity if images else {})
+                "captions": config.captions} | (images.identity if images else {}) | tuned.identity()
     extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
     result = train(model, images.examples if images else examples, config.train,
                    PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
-                   identity=identity, export=lambda m, path: save_adapter(m, path, *file_extras()), **extra)
-    return result, selector
+                   identity=identity, export=trainer_export(tuned, lambda m, path: save_adapter(m, path,
+                                                                                               *file_extras()),
+                                                            config.format, tokenizer), **extra)
+    return relocated(result, tuned.method), selector
+
+
+def _best_saver(tuned: Tuned, prompt_format: str, tokenizer) -> dict:
+    """ValidationSelector's arguments for the best checkpoint: best.safetensors (ours, its default), else the
+    method's folder best/."""
+    if tuned.method == LLAMA_ADAPTER:
+        return {}
+    return {"save": folder_saver(tuned, prompt_format, tokenizer), "best_name": BEST_FOLDER}

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from ..checkpoint import save_adapter
 from ..errors import MMAdapterError
 from ..eval.config import EvalConfig
@@ -50,6 +52,7 @@ class ValidationSelector:
     Writes ``best.safetensors`` and ``validation.jsonl`` in ``out_dir`` (rank 0 only). With images,
     ``offsets`` gives each val batch its projected features and ``extras()`` the visual tensors and
     metadata that best.safetensors must carry (as the trainer's export does for adapter.safetensors).
+    Another ``--method`` gives ``save(model, path, metadata)``, which writes its folder ``best_name`` (``best/``).
     ``resume`` continues the log of the run's earlier part; a fresh run drops a log left by a run that
     died before its first checkpoint (its best score is not this run's).
     """
@@ -63,6 +66,8 @@ class ValidationSelector:
     is_main: bool = True
     offsets: Offsets | None = None
     extras: Callable[[], tuple[dict, dict]] | None = None
+    save: Callable[[nn.Module, Path, dict[str, str]], object] | None = None
+    best_name: str = "best.safetensors"
     resume: bool = False
     best: float = -1.0
     best_step: int = 0
@@ -83,9 +88,16 @@ class ValidationSelector:
         if self.is_main:
             if val > self.best:
                 self.best, self.best_step = val, step
-                tensors, metadata = self.extras() if self.extras else ({}, {})
-                save_adapter(model, self.out_dir / "best.safetensors", tensors,
-                             metadata | {"val_accuracy": f"{val:.4f}", "step": str(step)})
+                self._save_best(model, {"val_accuracy": f"{val:.4f}", "step": str(step)})
             with open(self.out_dir / LOG_NAME, "a") as handle:
                 handle.write(json.dumps({"step": step, "epoch": round(epoch, 4), "val_acc": val}) + "\n")
         return {"val_acc": val}
+
+    def _save_best(self, model: nn.Module, metadata: dict[str, str]) -> None:
+        """Our adapter file with its extras, or the method's own ``save`` (a folder), recording val and step."""
+        path = self.out_dir / self.best_name
+        if self.save is not None:
+            self.save(model, path, metadata)
+            return
+        tensors, extra = self.extras() if self.extras else ({}, {})
+        save_adapter(model, path, tensors, extra | metadata)

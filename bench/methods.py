@@ -1,0 +1,121 @@
+"""LLaMA-Adapter against the other ways to adapt the same model, on equal terms (issue 14, item 1).
+
+Every method trains on the same ScienceQA train split, prompt format, epochs, batch and schedule
+through the one `train scienceqa` job; each gets the same size of learning-rate search (two values,
+GRIDS below, chosen on val: the best checkpoint of the best lr), then its chosen run is evaluated
+on test once. Resumable: a run whose final adapter exists is not trained again, a finished test
+evaluation is not redone. Two workers can share the list on two cores (`--only`).
+
+    python -m bench.methods --data ../shared/data/scienceqa --out runs/methods --threads 1 --only llama-adapter lora
+    mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
+        --mcnemar-against llama-adapter --plot runs/methods/table.png --json runs/methods/table.json
+
+Prints one JSON line per run (method, lr, best val accuracy, train seconds) and per test evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mm_adapter.config import AdapterConfig
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.jobs.options import ModelOptions, ScienceQASource
+from mm_adapter.jobs.train_scienceqa import train_scienceqa
+from mm_adapter.method_config import TuningConfig
+from mm_adapter.train_config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # the run's name in folders and tables
+    tuning: TuningConfig
+    lrs: tuple[float, float]  # the search: two values per method
+
+
+# Parameter-efficient methods share one grid around ours (5e-3 is our measured best); LoRA's update is a product
+# of two matrices and full fine-tuning moves every weight, so theirs are the usual decades lower.
+GRIDS = {"prompt": (5e-3, 1e-2), "lora": (5e-4, 2e-3), "full": (1e-5, 5e-5)}
+METHODS = (
+    Method("llama-adapter", TuningConfig(), GRIDS["prompt"]),
+    Method("peft-adaption-prompt", TuningConfig(method="peft-adaption-prompt"), GRIDS["prompt"]),
+    Method("lora", TuningConfig(method="lora"), GRIDS["lora"]),
+    Method("lora-r16-all", TuningConfig(method="lora", lora_rank=16, lora_targets="all-linear"), GRIDS["lora"]),
+    Method("prompt-tuning", TuningConfig(method="prompt-tuning"), GRIDS["prompt"]),
+    Method("prefix-tuning", TuningConfig(method="prefix-tuning"), GRIDS["prompt"]),
+    Method("full", TuningConfig(method="full"), GRIDS["full"]),
+)
+
+
+def run_folder(out: Path, method: Method, lr: float) -> Path:
+    return out / f"{method.name}-lr{lr:g}"
+
+
+def finished(folder: Path) -> bool:
+    """A run is done when its last adapter exists (ours: a file; other methods: a folder)."""
+    return (folder / "adapter.safetensors").is_file() or (folder / "adapter").is_dir()
+
+
+def best_val(folder: Path) -> tuple[float, Path]:
+    """The run's best val accuracy and its best checkpoint (validation.jsonl is written at each validation)."""
+    rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines() if line.strip()]
+    best = max(row["val_acc"] for row in rows)
+    path = folder / "best.safetensors"
+    return best, path if path.is_file() else folder / "best"
+
+
+def train_one(args: argparse.Namespace, method: Method, lr: float) -> None:
+    folder = run_folder(args.out, method, lr)
+    if finished(folder):
+        return
+    started = time.perf_counter()
+    train_scienceqa(TrainScienceQAConfig(
+        out=str(folder), source=ScienceQASource(data=str(args.data)), val_limit=args.val_limit,
+        model=ModelOptions(dtype="bf16", threads=args.threads), adapter=AdapterConfig(prompt_init="norm_scaled"),
+        tuning=method.tuning, train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=8,
+                                                progress=not args.quiet,
+                                                resume=any((folder / "checkpoints").glob("step-*")))))
+    print(json.dumps({"method": method.name, "lr": lr, "best_val": best_val(folder)[0],
+                      "train_s": round(time.perf_counter() - started, 1)}), flush=True)
+
+
+def test_best(args: argparse.Namespace, method: Method) -> None:
+    """Evaluate the best val run of the method's lr search on test (once)."""
+    scored = [(best_val(run_folder(args.out, method, lr)), lr) for lr in method.lrs]
+    (val, adapter), lr = max(scored, key=lambda item: item[0][0])
+    out = args.out / f"{method.name}-test"
+    if (out / "predictions.json").is_file():
+        return
+    result = eval_scienceqa(EvalScienceQAConfig(
+        split="test", out=str(out), source=ScienceQASource(data=str(args.data)), adapter=str(adapter),
+        name=method.name, progress=not args.quiet, model=ModelOptions(threads=args.threads),
+        eval=EvalConfig(bf16=True, batch_size=16)))
+    print(json.dumps({"method": method.name, "chosen_lr": lr, "val": val, "test_avg": result.scores["Avg"].acc,
+                      "eval_s": round(result.seconds, 1)}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="official-layout ScienceQA folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder of every run and test evaluation")
+    parser.add_argument("--only", nargs="+", choices=[m.name for m in METHODS], help="run these methods only")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--val-limit", type=int, default=None, help="first N val problems choose (None: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    for method in (m for m in METHODS if not args.only or m.name in args.only):
+        for lr in method.lrs:
+            train_one(args, method, lr)
+        test_best(args, method)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
