@@ -179,10 +179,14 @@ def test_documented_script_serves_until_interrupted(files, tmp_path, stop, code,
         with urllib.request.urlopen(found.group(1) + "health", timeout=30) as response:
             health = json.loads(response.read())
         assert "adapter visual" in health["model"] and "image encoder mm-tiny-vit" in health["model"]
+        before = []  # the request's log line is written once its answer is out: wait for it, or it may come last
+        while not before or '"GET /health' not in before[-1]:
+            before.append(process.stderr.readline())
+            assert before[-1], before
         process.send_signal(stop)
         assert process.wait(timeout=30) == code
         err = process.stderr.read()
-        assert err.splitlines()[-1] == last_line and "Traceback" not in err
+        assert err.splitlines()[-1] == last_line and "Traceback" not in "".join(before) + err
     finally:
         if process.poll() is None:
             process.kill()
