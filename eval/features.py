@@ -2,7 +2,9 @@
 
 Used by training (examples carry their problem's features) and by evaluation (each batch of
 problems gets its projected features as prompt offsets). A problem without a usable image has
-no row here and gets an offset of exactly 0.
+no row here and gets an offset of exactly 0. A problem's media may be a video clip (its ``image``
+field names e.g. ``clip.gif``): with the encoder's ``frames`` = K it gives K frames in the encoder
+config's ``frame_order``, a still image is held for all K.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ class ProblemFeatures:
     by_pid: dict[str, torch.Tensor]
     dim: int
     skipped: list[str] = field(default_factory=list)
+    frames: int = 1
 
     def rows(self, problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch, dim) features (zeros where no image) and a (batch,) bool mask."""
-        zero = torch.zeros(self.dim)
+        """(batch, [frames,] dim) features (zeros where no image) and a (batch,) bool mask."""
+        zero = torch.zeros(self.dim) if self.frames == 1 else torch.zeros(self.frames, self.dim)
         features = torch.stack([self.by_pid.get(p.pid, zero) for p in problems])
         return features, torch.tensor([p.pid in self.by_pid for p in problems])
 
@@ -88,7 +91,7 @@ def blank_image() -> bytes:
 
 def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: str | Path | None,
                      skip_bad: bool = False, batch_size: int = 32, blank: bool = False) -> ProblemFeatures:
-    """Features of every problem's image, through the disk cache (encoder runs only on cache misses).
+    """Features of every problem's image or clip, through the disk cache (encoder runs only on cache misses).
 
     A missing or damaged image (or one whose path leads outside ``root/images``) is one error line
     naming it, or with ``skip_bad`` the problem is kept as a problem without an image and the reason
@@ -101,13 +104,14 @@ def compute_features(encoder: ClipEncoder, problems: Sequence[Problem], root: st
     else:
         images, outside = _problem_images(problems, root, skip_bad)
     names = [f"problem {p.pid} (image bytes)" if p.image_bytes is not None else None for p in problems]
+    frames = encoder.config.frames
     try:
         found = image_features(encoder, images, cache=True, on_error="skip" if skip_bad else "raise",
-                               batch_size=batch_size, names=names)
+                               batch_size=batch_size, names=names, frames=frames, order=encoder.config.frame_order)
     except MMAdapterError as error:
         raise MMAdapterError(f"{error} (pass --skip-bad-images to treat it as a problem without an image)") from None
     by_pid = {p.pid: found.features[i] for i, p in enumerate(problems) if found.mask[i]}
-    return ProblemFeatures(by_pid, encoder.feature_dim, outside + found.skipped)
+    return ProblemFeatures(by_pid, encoder.feature_dim, outside + found.skipped, frames)
 
 
 def report_skipped(features: ProblemFeatures, what: str, stream=None) -> None:

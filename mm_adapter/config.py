@@ -20,6 +20,8 @@ GATE_GRANULARITIES = ("head", "layer")
 GATE_INITS = ("zero", "random")
 PROMPT_INITS = ("normal", "norm_scaled")
 PROJECTIONS = ("mlp", "linear")
+FRAME_ORDERS = ("ordered", "shuffled")
+MAX_FRAMES = 64  # frames per clip: the projection's last layer grows with them
 
 
 def _from_dict(cls, data: Any, source: str, what: str, renamed: dict[str, str] | None = None):
@@ -127,6 +129,17 @@ class VisualConfig:
     """the projection's last layer starts at zero: training starts from the text-only adapter"""
     visual_standardize: bool = False
     """standardise features with the training images' mean/std (needed for random encoders)"""
+    frames: int = 1
+    """frames per video clip (GIF, MP4, WebM), sampled uniformly, each through the frozen encoder, side by side in
+    order into the projection; a still image is held for all of them; 1: the still-image path (a clip gives its
+    middle frame)"""
+    frame_order: str = option("ordered", choices=FRAME_ORDERS)
+    """ordered, or shuffled: each clip's frames in a fixed random order seeded by its bytes (the ablation that
+    removes temporal order)"""
+
+    # Fields added with video clips, left out of the JSON at these values: a still-image config is written exactly
+    # as before they existed, so older readers read its adapter files and older runs resume.
+    TEMPORAL_DEFAULTS = {"frames": 1, "frame_order": "ordered"}
 
     # Field names before they were made unique across the command line's flags; adapter files keep them.
     RENAMED = {"pretrained": "clip_pretrained", "layers": "clip_layers", "seed": "clip_seed",
@@ -147,10 +160,15 @@ class VisualConfig:
         check_type(self, "clip_pretrained", str, optional=True)
         for flag in ("visual_norm", "visual_zero_init", "visual_standardize"):
             check_type(self, flag, bool)
+        check(self, "frames", low=1, high=MAX_FRAMES, integer=True)
+        check(self, "frame_order", choices=FRAME_ORDERS)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["clip_layers"] = list(self.clip_layers) if isinstance(self.clip_layers, tuple) else self.clip_layers
+        for name, default in self.TEMPORAL_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
         return data
 
     def to_json(self) -> str:

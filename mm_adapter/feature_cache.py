@@ -10,6 +10,10 @@ decompression bomb) raise one ``MMAdapterError`` line naming the file, or with `
 are logged in one line and treated as "no image". A FIFO, device or folder is refused before it
 is opened (reading a FIFO blocks forever). A JPEG's EXIF orientation is applied before encoding,
 so a photo taken sideways is seen upright; its cache key says so (entries made before were not).
+
+Video clips (GIF, MP4, WebM; ``video.py``) go through the same path: with ``frames=K`` each clip gives
+K uniformly sampled frames, each encoded and cached as its own entry ``<sha256 of the clip>-clip<K>-<t>``;
+a still image keeps its one entry and is held for all K frames. The byte limit is the same for both.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ from .atomic import atomic_path
 from .base import cache_root
 from .errors import MMAdapterError
 from .textio import regular_file_size
+from .video import check_frames, clip_frames, frame_order, is_clip, looks_like_video
 from .visual import ClipEncoder
 
 log = logging.getLogger(__name__)
 ImageInput = Union[str, Path, bytes, None]  # a file, its bytes (Hugging Face layout), or no image
-MAX_IMAGE_BYTES = 20 * 2**20  # an image file or upload larger than this is refused before it is read
+MAX_IMAGE_BYTES = 20 * 2**20  # an image or clip file (or upload) larger than this is refused before it is read
 
 
 def _too_large(size: int, label: str) -> MMAdapterError:
-    return MMAdapterError(f"{label}: image file too large ({size / 2**20:.1f} MiB, limit "
+    kind = "video" if looks_like_video(label) else "image"
+    return MMAdapterError(f"{label}: {kind} file too large ({size / 2**20:.1f} MiB, limit "
                           f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)")
 
 
@@ -144,30 +150,62 @@ class FeatureCache:
 
 @dataclass
 class ImageFeatures:
-    """Features for a batch: rows of problems without a (usable) image are zeros with mask False."""
+    """Features for a batch: rows of problems without a (usable) image are zeros with mask False.
 
-    features: torch.Tensor  # (batch, feature_dim) float32
+    ``features`` is (batch, feature_dim) with one frame, (batch, frames, feature_dim) with more."""
+
+    features: torch.Tensor  # float32
     mask: torch.Tensor  # (batch,) bool
     skipped: list[str] = field(default_factory=list)  # one-line reasons for images skipped
 
 
+def frame_keys(data: bytes, frames: int) -> tuple[bool, list[str]]:
+    """Whether ``data`` is a clip, and the cache keys of the frames it gives: a still image's own key (held for all
+    K frames), or per sampled frame of a clip its bytes' sha256, K and the frame's place among the K."""
+    if not is_clip(data):
+        return False, [cache_key(data)]
+    digest = hashlib.sha256(data).hexdigest()
+    return True, [f"{digest}-clip{frames}-{t}" for t in range(frames)]
+
+
+def decode_media(data: bytes, name: str, frames: int = 1) -> list[Image.Image]:
+    """The pictures the encoder sees: K frames of a clip (``video.clip_frames``), or the one still image."""
+    if is_clip(data):
+        return clip_frames(data, name, frames)
+    try:
+        return [decode_image(data, name)]
+    except MMAdapterError:
+        if looks_like_video(name):  # a .mp4 that is neither a clip nor an image: say what it is not
+            raise MMAdapterError(f"{name}: not a video clip (no GIF, MP4 or WebM data in it)") from None
+        raise
+
+
+@dataclass
+class _Media:
+    """One distinct image or clip of a call: its bytes, name, frames' cache keys, and the rows that show it."""
+
+    data: bytes
+    name: str
+    keys: list[str]
+    rows: list[int] = field(default_factory=list)
+
+
 def image_features(encoder: ClipEncoder, images: Sequence[ImageInput], cache: FeatureCache | None | bool = True,
-                   on_error: str = "raise", batch_size: int = 32, names: Sequence[str | None] | None = None
-                   ) -> ImageFeatures:
-    """Features for ``images`` (paths, bytes or None), from the cache where present, else the encoder.
+                   on_error: str = "raise", batch_size: int = 32, names: Sequence[str | None] | None = None,
+                   frames: int = 1, order: str = "ordered") -> ImageFeatures:
+    """Features for ``images`` (paths, bytes or None: stills or clips), from the cache where present, else the encoder.
 
     cache: True -> the default on-disk cache for this encoder; a FeatureCache; False/None -> none.
     on_error: "raise" (one MMAdapterError line naming the file) or "skip" (log it, mask False).
-    Identical images in one call are encoded once.
+    frames: K sampled frames per clip (a still image is held for all K); 1 keeps the (batch, feature_dim) shape.
+    order: "shuffled" shows each clip's frames in a fixed random order (``video.frame_order``).
+    Identical images (and frames) in one call are encoded once.
     """
     if on_error not in ("raise", "skip"):
         raise MMAdapterError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if cache is True:
-        cache = FeatureCache(encoder)
-    features = torch.zeros(len(images), encoder.feature_dim)
-    mask = torch.zeros(len(images), dtype=torch.bool)
+    check_frames(frames)
+    cache = FeatureCache(encoder) if cache is True else cache
     skipped: list[str] = []
-    pending: dict[str, tuple[bytes, str, list[int]]] = {}  # digest -> (bytes, name, rows) for the encoder
 
     def bad(error: MMAdapterError) -> None:
         if on_error == "raise":
@@ -175,6 +213,9 @@ def image_features(encoder: ClipEncoder, images: Sequence[ImageInput], cache: Fe
         log.warning("skipping image: %s", error)
         skipped.append(str(error))
 
+    found: dict[str, torch.Tensor] = {}  # frame key -> features
+    shown: dict[int, list[str]] = {}  # row -> its frames' keys
+    pending: dict[str, _Media] = {}  # first frame key -> media the encoder must see
     for row, item in enumerate(images):
         if item is None:
             continue
@@ -183,31 +224,61 @@ def image_features(encoder: ClipEncoder, images: Sequence[ImageInput], cache: Fe
         except MMAdapterError as error:
             bad(error)
             continue
-        digest = cache_key(data)
-        hit = cache.get(digest) if cache else None
-        if hit is not None:
+        shown[row] = keys = frame_keys(data, frames)[1]
+        hits = [cache.get(key) for key in keys] if cache else [None]
+        if all(hit is not None for hit in hits):
             cache.hits += 1
-            features[row], mask[row] = hit, True
+            found.update(zip(keys, hits))
         else:
-            pending.setdefault(digest, (data, name, []))[2].append(row)
-    digests = list(pending)
-    for start in range(0, len(digests), batch_size):  # decode per chunk: memory stays one batch of pixels
-        chunk, pixels = [], []
-        for digest in digests[start:start + batch_size]:
-            data, name, _ = pending[digest]
-            try:
-                pixels.append(encoder.preprocess(decode_image(data, name)))
-            except MMAdapterError as error:
-                bad(error)
-                continue
-            chunk.append(digest)
-        if not chunk:
-            continue
-        out = encoder(torch.stack(pixels)).cpu()
-        for digest, vector in zip(chunk, out):
-            rows = pending[digest][2]
-            features[rows], mask[rows] = vector, True
-            if cache:
-                cache.misses += 1
-                cache.put(digest, vector)
+            pending.setdefault(keys[0], _Media(data, name, keys)).rows.append(row)
+    _encode(encoder, pending.values(), frames, found, cache, bad, batch_size)
+    features, mask = _assemble(len(images), shown, found, frames, order, encoder.feature_dim)
     return ImageFeatures(features, mask, skipped)
+
+
+def _encode(encoder: ClipEncoder, pending, frames: int, found: dict[str, torch.Tensor], cache, bad,
+            batch_size: int) -> None:
+    """Decode each pending image or clip and encode its frames, ``batch_size`` frames per forward (memory stays one
+    batch of pixels); results go to ``found`` and the cache."""
+    keys: list[str] = []
+    pixels: list[torch.Tensor] = []
+
+    def flush() -> None:
+        for key, vector in zip(keys, encoder(torch.stack(pixels)).cpu()):
+            found[key] = vector
+            if cache:
+                cache.put(key, vector)
+        keys.clear()
+        pixels.clear()
+
+    for media in pending:
+        try:
+            pictures = decode_media(media.data, media.name, frames)
+        except MMAdapterError as error:
+            bad(error)
+            continue
+        if cache:
+            cache.misses += 1
+        for key, picture in zip(media.keys, pictures):
+            keys.append(key)
+            pixels.append(encoder.preprocess(picture))
+            if len(pixels) >= batch_size:
+                flush()
+    if pixels:
+        flush()
+
+
+def _assemble(rows: int, shown: dict[int, list[str]], found: dict[str, torch.Tensor], frames: int, order: str,
+              dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, [frames,] dim) features and the mask: a still held for all frames, a clip's frames in ``order``."""
+    features = torch.zeros(rows, dim) if frames == 1 else torch.zeros(rows, frames, dim)
+    mask = torch.zeros(rows, dtype=torch.bool)
+    for row, keys in shown.items():
+        if not all(key in found for key in keys):
+            continue  # its image was bad and skipped
+        if len(keys) == 1:
+            features[row] = found[keys[0]]  # broadcast: a still image is every frame
+        else:
+            features[row] = torch.stack([found[keys[t]] for t in frame_order(frames, order, keys[0])])
+        mask[row] = True
+    return features, mask

@@ -12,6 +12,11 @@ every adapted layer (``adapter.prompt_offset``). Here:
   LayerNorm -> Linear(in, hidden) ("linear"). The last Linear starts at zero, so an adapter with
   images starts exactly where the text-only adapter is (the offset is 0 until it learns).
 * a problem without an image gets an offset row of exactly 0 (``torch.where``, not a product).
+* video clips (``frames`` = K > 1): everything before the last Linear runs on each frame with shared weights
+  (the same frame encoder for every position), then the K frame vectors go side by side, in time order, into
+  the last Linear (in = K x visual_hidden). The slot is the frame's position, so order survives without a
+  position embedding (one added before pooling is what pooling needs to keep order); a still image is the
+  1-frame case, which is exactly the layout and arithmetic of image adapters, so their files load unchanged.
 
 With ViT-L-14 (width 1024, 24 blocks, 4 depths -> 4096 features) and LLaMA-7B (hidden 4096) the
 "mlp" projection has 536,640 parameters; with the adapter's 1,229,760 that is 1,766,400 (~1.8M,
@@ -205,12 +210,13 @@ class VisualProjection(nn.Module):
         if config.visual_standardize:  # buffers: saved in state_dict (adapter files), not trained
             self.register_buffer("feature_mean", torch.zeros(in_dim, **kw))
             self.register_buffer("feature_std", torch.ones(in_dim, **kw))
+        self.frames = config.frames
         self.norm = nn.LayerNorm(in_dim, **kw) if config.visual_norm else nn.Identity()
-        if config.visual_projection == "mlp":
+        if config.visual_projection == "mlp":  # the last Linear takes the frames side by side
             self.proj = nn.Sequential(nn.Linear(in_dim, config.visual_hidden, **kw), nn.GELU(),
-                                      nn.Linear(config.visual_hidden, hidden_size, **kw))
+                                      nn.Linear(config.visual_hidden * self.frames, hidden_size, **kw))
         else:
-            self.proj = nn.Sequential(nn.Linear(in_dim, hidden_size, **kw))
+            self.proj = nn.Sequential(nn.Linear(in_dim * self.frames, hidden_size, **kw))
         if config.visual_zero_init and self.proj[-1].weight.device.type != "meta":
             nn.init.zeros_(self.proj[-1].weight)  # offset starts at exactly 0: text-only behaviour at step 0
             nn.init.zeros_(self.proj[-1].bias)
@@ -225,7 +231,7 @@ class VisualProjection(nn.Module):
         """Per-feature mean and std of the training images' features (rows of real images only)."""
         if not self.standardize:
             raise MMAdapterError("this projection was configured without standardize")
-        features = features.float().to(self.feature_mean.device)
+        features = features.float().to(self.feature_mean.device).reshape(-1, self.in_dim)  # clips: every frame
         self.feature_mean.copy_(features.mean(0))
         self.feature_std.copy_(features.std(0, unbiased=False).clamp_min(1e-4) if len(features) > 1
                                else torch.ones_like(self.feature_std))
@@ -233,18 +239,34 @@ class VisualProjection(nn.Module):
     def _project(self, features: torch.Tensor) -> torch.Tensor:
         if self.standardize:
             features = (features - self.feature_mean) / self.feature_std
-        return self.proj(self.norm(features))
+        per_frame = self.proj[:-1](self.norm(features))  # (batch, [frames,] width), shared over frames
+        return self.proj[-1](per_frame.flatten(1))  # frames side by side in time order
+
+    def _check_frames(self, features: torch.Tensor) -> None:
+        frames = features.shape[1] if features.ndim == 3 else 1
+        if frames != self.frames or features.ndim not in (2, 3) or features.shape[-1] != self.in_dim:
+            raise MMAdapterError(f"the visual projection takes {self.frames} frame(s) of {self.in_dim} features, got "
+                                 f"features of shape {list(features.shape)}")
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, in_dim) features and a (batch,) bool mask -> (batch, hidden); unmasked rows are exactly 0."""
+        """(batch, in_dim) features, or (batch, frames, in_dim) for clips, and a (batch,) bool mask -> (batch, hidden);
+        unmasked rows are exactly 0."""
+        self._check_frames(features)
         features = features.float()
         if mask is None:
             return self._project(features)
         keep = mask.to(features.device).bool()[:, None]
         zero = torch.zeros((), dtype=features.dtype, device=features.device)
         # zero the inputs too: garbage (NaN) in a row without an image must not reach the gradients
-        out = self._project(torch.where(keep, features, zero))
+        out = self._project(torch.where(keep.view(-1, *[1] * (features.ndim - 1)), features, zero))
         return torch.where(keep, out, zero)
+
+
+def frames_note(config: VisualConfig) -> str:
+    """How clips are seen, for the jobs' log lines ("" for the still-image path)."""
+    if config.frames == 1:
+        return ""
+    return f", clips as {config.frames} {config.frame_order} frames"
 
 
 def trainable_summary(model: nn.Module, projection: nn.Module) -> str:

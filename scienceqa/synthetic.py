@@ -216,28 +216,47 @@ TEXT_FAMILIES = {"hint_color": hint_color, "guide_words": guide_words}
 TEXT_SHARE = 0.15  # of all problems: half TXT (hint_color), half NO (guide_words)
 
 
+def to_record(drawn: Drawn, rng: random.Random, family: str, media: str | None) -> dict:
+    """The official-format record of a drawn problem (answer shuffled with ``rng``); ``media``: its file name."""
+    order = list(range(len(drawn.choices)))
+    rng.shuffle(order)
+    return {"question": drawn.question, "choices": [drawn.choices[i] for i in order], "answer": order.index(0),
+            "hint": drawn.hint, "image": media, "task": "closed choice",
+            "grade": rng.choice(drawn.grades), "subject": drawn.subject, "topic": drawn.topic,
+            "category": drawn.category, "skill": drawn.skill, "lecture": drawn.lecture,
+            "solution": drawn.solution, "family": family}
+
+
 def make_problem(rng: random.Random, family: str) -> tuple[dict, Image.Image | None]:
     """One official-format record (answer shuffled with ``rng``) and its picture."""
     drawn = (CANDIDATES.get(family) or TEXT_FAMILIES[family])(rng)
-    order = list(range(len(drawn.choices)))
-    rng.shuffle(order)
-    record = {"question": drawn.question, "choices": [drawn.choices[i] for i in order], "answer": order.index(0),
-              "hint": drawn.hint, "image": "image.png" if drawn.image else None, "task": "closed choice",
-              "grade": rng.choice(drawn.grades), "subject": drawn.subject, "topic": drawn.topic,
-              "category": drawn.category, "skill": drawn.skill, "lecture": drawn.lecture,
-              "solution": drawn.solution, "family": family}
-    return record, drawn.image
+    return to_record(drawn, rng, family, "image.png" if drawn.image else None), drawn.image
 
 
-def choose_family(rng: random.Random) -> str:
+def choose_family(rng: random.Random, families: dict[str, float] = IMAGE_FAMILIES) -> str:
+    """A text family (``TEXT_SHARE`` of draws), else one of ``families`` by weight."""
     if rng.random() < TEXT_SHARE:
         return rng.choice(sorted(TEXT_FAMILIES))
-    names = sorted(IMAGE_FAMILIES)
-    return rng.choices(names, weights=[IMAGE_FAMILIES[n] for n in names])[0]
+    names = sorted(families)
+    return rng.choices(names, weights=[families[n] for n in names])[0]
 
 
-def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrite: bool = False) -> Path:
-    """Write problems.json, pid_splits.json and images/<split>/<pid>/image.png under ``out_dir``."""
+SaveMedia = Callable[[Path], None]  # writes a problem's media file into its folder
+DrawProblem = Callable[[random.Random], tuple[dict, SaveMedia | None]]
+
+
+def draw_image_problem(rng: random.Random) -> tuple[dict, SaveMedia | None]:
+    """A problem of this set and the writer of its image.png (None for a text-only problem)."""
+    record, image = make_problem(rng, choose_family(rng))
+    if image is None:
+        return record, None
+    return record, lambda folder: image.save(folder / "image.png", optimize=False, compress_level=1)
+
+
+def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrite: bool = False,
+             draw: DrawProblem = draw_image_problem) -> Path:
+    """Write problems.json, pid_splits.json and each problem's media (images/<split>/<pid>/image.png) under
+    ``out_dir``; ``draw`` makes the problems (another set, e.g. ``synthetic_video``, passes its own)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ScienceQAError(f"{out}: exists and is not a folder")
@@ -249,22 +268,23 @@ def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrit
         splits[split] = []
         for _ in range(count):
             pid += 1
-            record, image = make_problem(rng, choose_family(rng))
+            record, save = draw(rng)
             record["split"] = split
             problems[str(pid)] = record
             splits[split].append(str(pid))
-            if image is not None:
+            if save is not None:
                 folder = out / "images" / split / str(pid)
                 folder.mkdir(parents=True, exist_ok=True)
-                image.save(folder / "image.png", optimize=False, compress_level=1)
+                save(folder)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "problems.json", problems, indent=1)
     atomic_write_json(out / "pid_splits.json", splits)  # last: its presence marks a complete set
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, draw: DrawProblem = draw_image_problem, doc: str | None = None) -> int:
+    """The generator's command line (``draw`` and ``doc``: another set's problems and description)."""
+    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-val", type=int, default=100)
@@ -276,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 0 for n in sizes.values()):
         parser.error("split sizes must be >= 0")
     try:
-        out = generate(args.out_dir, sizes, args.seed, args.overwrite)
+        out = generate(args.out_dir, sizes, args.seed, args.overwrite, draw)
     except (ScienceQAError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -159,10 +159,13 @@ def test_blanked_features_are_one_gray_picture_for_every_image_problem(tiny_sqa,
     (["--gate-inits", "--layers", "--lengths", "--activations", "--no-images"], "error: nothing to ablate"),
     (["--no-images", "--blank-images"], "error: --blank-images: blanks the images of --images"),
     (["--no-images", "--method", "lora"], "error: --method: the ablations vary the gates, layers and prompts"),
+    (["--frame-orders", "sideways"], "invalid choice: 'sideways'"),
+    (["--frame-counts", "0"], "error: --frame-counts: must be integers from 1 to 64, got [0]"),
+    (["--no-images", "--frame-orders", "shuffled"], "error: --frame-orders: compares the frames of video clips"),
 ])
 def test_bad_ablation_settings_are_one_line_before_any_work(tmp_path, capsys, extra, message):
-    """Bad axis values, an ablation with nothing to compare, blanked images without images and a method without
-    gates are one line, exit 2, and no output folder."""
+    """Bad axis values, an ablation with nothing to compare, blanked images or frame axes without images and a method
+    without gates are one line, exit 2, and no output folder."""
     argv = arguments(tmp_path / "base", tmp_path / "data", tmp_path / "out", *extra)
     code, stdout, err = command_here(argv, capsys)
     assert (code, stdout) == (2, "") and message in err and err.count("\n") == 1

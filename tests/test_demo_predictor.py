@@ -66,10 +66,10 @@ def adapted_model(base: Path):
 
 def save_visual_adapter(model, path: Path, config: VisualConfig = TINY,
                         encoder_config: VisualConfig | None = None) -> Path:
-    """An adapter file recording ``config``, whose projection (last layer N(0, 1)) was 'trained' on the
-    encoder of ``encoder_config`` (default: the tiny ViT that ``TINY`` builds)."""
+    """An adapter file recording ``config``, whose projection (laid out by ``config``: its frames too; last layer
+    N(0, 1)) was 'trained' on the encoder of ``encoder_config`` (default: the tiny ViT that ``TINY`` builds)."""
     encoder = build_encoder(encoder_config or TINY)
-    projection = VisualProjection(encoder.feature_dim, 64, TINY)
+    projection = VisualProjection(encoder.feature_dim, 64, config)
     torch.manual_seed(3)
     torch.nn.init.normal_(projection.proj[-1].weight)
     tensors, metadata = visual_extras(config, projection, encoder)

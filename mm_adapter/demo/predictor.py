@@ -4,6 +4,7 @@ The question is put in the ScienceQA prompt the adapter was trained on (``build_
 answered by score mode as the format states answers (``choice_scores``: option letters, or option texts for QCM-T). With an adapter that has visual parts,
 the image goes through its frozen encoder and projection and is added to every adaption prompt
 (``prompt_offset``); otherwise the image is only checked and the prediction says it was ignored.
+The image may be a video clip (GIF, MP4, WebM): it gives the adapter's ``frames`` sampled frames.
 
 Bad input (a choice list that is too short, an image that is not one, too large, truncated,
 missing or not a regular file, a question, context or option over ``MAX_TEXT_CHARS`` characters,
@@ -25,13 +26,14 @@ from ..base import DEFAULT_SPEC
 from ..errors import MMAdapterError
 from ..eval.run import resolve_format
 from ..eval.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
-from ..feature_cache import ImageInput, decode_image, image_bytes, image_features
+from ..feature_cache import ImageInput, decode_media, image_bytes, image_features
 from ..method_config import LLAMA_ADAPTER
 from ..method_folders import load_answering
 from ..pretrained import adapter_name, locate_adapter
 from ..scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
 from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
-from ..visual import ClipEncoder, VisualProjection
+from ..video import looks_like_video
+from ..visual import ClipEncoder, VisualProjection, frames_note
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,15 @@ def check_question(question: str, choices: Sequence[str], context: str = "") -> 
 
 
 def check_image(image: ImageInput, name: str | None = None) -> None:
-    """Refuse an image that is empty, over ``MAX_IMAGE_BYTES``, not a regular file, or that PIL cannot fully decode."""
+    """Refuse an image or clip that is empty, over ``MAX_IMAGE_BYTES``, not a regular file, or that cannot be fully
+    decoded (PIL for images; a clip is decoded to its end: damage, no frames, over ``MAX_CLIP_FRAMES``)."""
     if image is None:
         return
     default = "uploaded image" if isinstance(image, (bytes, bytearray)) else None
     data, label = image_bytes(image, name or default)  # refuses folders, FIFOs, devices and files over the limit
     if not data:
-        raise MMAdapterError(f"{label}: the image is empty (0 bytes)")
-    decode_image(data, label)  # one line for not-an-image, truncated, or over PIL's pixel limit
+        raise MMAdapterError(f"{label}: the {'clip' if looks_like_video(label) else 'image'} is empty (0 bytes)")
+    decode_media(data, label)  # one line for not-an-image, truncated, over PIL's pixel limit, a bad clip
 
 
 @dataclass
@@ -102,7 +105,9 @@ class VisualPath:
     @torch.no_grad()
     def offset(self, image: ImageInput, name: str | None) -> torch.Tensor:
         """(1, hidden) prompt offset for one image (not cached on disk: uploads leave no trace)."""
-        found = image_features(self.encoder, [image], cache=False, names=[name])
+        config = self.encoder.config
+        found = image_features(self.encoder, [image], cache=False, names=[name], frames=config.frames,
+                               order=config.frame_order)
         device = next(self.projection.parameters()).device
         return self.projection(found.features.to(device), found.mask.to(device))
 
@@ -150,7 +155,7 @@ class Predictor:
             return text + " (text only: images are ignored)"
         encoder = self.visual.encoder
         weights = "random weights" if encoder.random_weights else f"weights {encoder.config.clip_pretrained}"
-        return text + f", image encoder {encoder.config.clip_model} ({weights})"
+        return text + f", image encoder {encoder.config.clip_model} ({weights}){frames_note(encoder.config)}"
 
     def _ignored_note(self) -> str:
         if self.adapter_name is None:

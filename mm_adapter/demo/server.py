@@ -1,12 +1,14 @@
-"""The demo as a local web page: upload an image, type a question and options, see the answer with probabilities.
+"""The demo as a local web page: upload an image or a video clip, type a question and options, see the answer with
+probabilities.
 
     mm-adapter serve --adapter runs/sqa_mm/best.safetensors      # then open http://127.0.0.1:8000/
 
 Standard library only (``http.server`` and a self-contained page with inline CSS and JS): nothing is
 fetched from anywhere else, so the page loads fully offline. The model is loaded once at start and
 answers one request at a time (the predictor's lock). A bad upload (not an image, truncated, too
-large, empty, missing fields, a question too long for the model) gets a one-line message on the
-page; the server keeps serving.
+large, empty, a clip that is not a video, has no frames, fewer than the adapter's frames or too many,
+missing fields, a question too long for the model) gets a one-line message on the page; the server
+keeps serving.
 
 Bounded and quiet: a body over ``MAX_BODY`` is refused (413) without being kept; a client silent
 for ``timeout`` seconds (while sending its request or its body) is answered 408 or dropped; a body
@@ -138,7 +140,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         size = int(length)
         if size > MAX_BODY:
             self._discard(size)
-            raise BadRequest(f"upload too large ({size / 2**20:.1f} MiB; the image limit is "
+            raise BadRequest(f"upload too large ({size / 2**20:.1f} MiB; the image and clip limit is "
                              f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)", 413)
         return self._receive(size)
 

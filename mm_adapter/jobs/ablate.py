@@ -2,7 +2,8 @@
 
 The training settings of :class:`AblateConfig` are the baseline. Each ablation (an :class:`Axis`) varies one
 setting over the values listed: gate init (zero / random), adapter layers, adapter length, gate activation and,
-with images, images vs blanked images (every image one mid-gray picture, ``eval.features.blank_image``). Every
+with images, images vs blanked images (every image one mid-gray picture, ``eval.features.blank_image``), and for
+video clips the frames' order (ordered / shuffled) and their number (1: the middle frame alone). Every
 variant is a whole ``train scienceqa`` run in ``OUT/<variant>/``, scored by its best val accuracy; a variant equal
 to the baseline is the baseline, trained once in ``OUT/baseline``. OUT gets table.md, table.json and table.png
 (one bar per variant, grouped by ablation, the baseline marked).
@@ -44,7 +45,7 @@ BASELINE = "baseline"
 # Settings a rerun may change: they change no variant's result (the axes only add or drop variants; the trainer's
 # NON_IDENTITY settings may change on a resume too).
 RUN_ONLY = ({"command", "out", "model.threads", "model.device", "gate_inits", "layers", "lengths", "activations",
-             "blanked"} | {f"train.{name}" for name in TrainConfig.NON_IDENTITY})
+             "blanked", "frame_orders", "frame_counts"} | {f"train.{name}" for name in TrainConfig.NON_IDENTITY})
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ AXES = (
     Axis("adapter len", "lengths", "adapter.adapter_len", "len"),
     Axis("gate activation", "activations", "adapter.gate_activation", "activation"),
     Axis("images", "blanked", "blank_images", "images"),
+    Axis("frame order", "frame_orders", "visual.frame_order", "order"),
+    Axis("frames", "frame_counts", "visual.frames", "frames"),
 )
 
 
@@ -156,7 +159,7 @@ def plan(config: AblateConfig) -> list[list[Entry]]:
                        for value, name in zip(values, names)])
     if not groups:
         raise MMAdapterError("nothing to ablate: give values to at least one of --gate-inits, --layers, --lengths, "
-                             "--activations (or --images with --blanked)")
+                             "--activations (or with --images: --blanked, --frame-orders, --frame-counts)")
     return groups
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from ..config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig, VisualConfig, parse_depths
+from ..config import FRAME_ORDERS, GATE_ACTIVATIONS, GATE_INITS, MAX_FRAMES, AdapterConfig, VisualConfig, parse_depths
 from ..eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from ..method_config import LLAMA_ADAPTER, TuningConfig
 from ..options import ConfigError, check, option
@@ -186,8 +186,9 @@ class DemoConfig:
     """the question"""
     choices: list[str] = option(default_factory=list, nargs="+", metavar="CHOICE")
     """two or more options"""
-    image: str | None = None
-    """image file (PNG, JPEG, ...); omit for a text-only question"""
+    image: str | None = option(None, alias="--video")
+    """image file (PNG, JPEG, ...) or video clip (GIF, MP4, WebM: the adapter's frames are sampled from it); omit
+    for a text-only question"""
     context: str = ""
     """optional hint text shown with the question"""
     adapter: str | None = None
@@ -316,9 +317,9 @@ class MainConfig:
 @dataclass
 class AblateConfig(TrainScienceQAConfig):
     """The paper's ablations on ScienceQA: the training settings are the baseline; each variant changes one of them
-    (gate init, adapter layers, adapter length, gate activation, with --images images vs blanked images), trains into
-    OUT/<variant> and is scored by its best val accuracy; OUT gets table.md, table.json and table.png. The same
-    command again skips finished variants and resumes a stopped one from its checkpoint (no --resume needed)."""
+    (gate init, adapter layers, adapter length, gate activation, with --images images vs blanked images and, for video
+    clips, frame order and frame count), trains into OUT/<variant> and is scored by its best val accuracy; OUT gets
+    table.md, table.json and table.png. The same command again skips finished variants and resumes a stopped one from its checkpoint (no --resume needed)."""
 
     out: str
     """output folder: one training run per variant (OUT/baseline, OUT/layers-16, ...), table.md, table.json,
@@ -334,6 +335,11 @@ class AblateConfig(TrainScienceQAConfig):
     """gate activations compared; none: skip"""
     blanked: bool = True
     """with --images: also train with every image blanked (--blank-images) against the real images"""
+    frame_orders: list[str] = option(default_factory=list, nargs="*", choices=FRAME_ORDERS)
+    """with --images on video clips: frame orders compared (shuffled: each clip's frames in a fixed random order,
+    so only what the frames show, not when, is left); none: skip"""
+    frame_counts: list[int] = option(default_factory=list, nargs="*", metavar="K")
+    """with --images on video clips: --frames values compared (1: the middle frame alone); none: skip"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -348,6 +354,14 @@ class AblateConfig(TrainScienceQAConfig):
             values = getattr(self, name)
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
                 raise ConfigError(name, f"must be positive integers, got {values}")
+        unknown = [value for value in self.frame_orders if value not in FRAME_ORDERS]
+        if unknown:
+            raise ConfigError("frame_orders", f"must be among {', '.join(FRAME_ORDERS)}, got {unknown[0]!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_FRAMES for v in self.frame_counts):
+            raise ConfigError("frame_counts", f"must be integers from 1 to {MAX_FRAMES}, got {self.frame_counts}")
+        for name in ("frame_orders", "frame_counts"):
+            if getattr(self, name) and not self.images:
+                raise ConfigError(name, "compares the frames of video clips, which need --images")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ..pretrained import adapter_name, locate_adapter
 from ..scienceqa.metrics import Scores, score
 from ..scienceqa.predictions import load_predictions
 from ..scienceqa.report import markdown, read_reference, to_dict
+from ..visual import frames_note
 from .configs import EvalScienceQAConfig
 from .runtime import job_folder, prepare, source_inputs
 from .scienceqa_data import load_problems
@@ -92,7 +93,8 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
         encoder, projection = visual
         features = compute_features(encoder, problems, config.source.data, config.skip_bad_images)
         report_skipped(features, config.split)
-        _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}")
+        _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}"
+             f"{frames_note(encoder.config)}")
         offsets = ImageOffsets(projection, features)
     identity = {"base": config.model.base, "base_fingerprint": identity_of(model).fingerprint,
                 "adapter": adapter_digest(adapter) if adapter else None}

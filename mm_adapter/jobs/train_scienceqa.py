@@ -3,8 +3,8 @@
 Trains on ``train_split``, scores ``val_split`` every ``val_every`` steps (and at the end) in
 score mode and keeps the adapter with the best val accuracy as ``best.safetensors``
 (``adapter.safetensors`` is the last step's). With ``images`` each problem's image goes through
-a frozen open_clip encoder once, before training (features cached on disk), and a trainable
-projection adds it to every adaption prompt; the adapter files then carry the visual config, so
+a frozen open_clip encoder once, before training (features cached on disk; a video clip as
+``visual.frames`` sampled frames), and a trainable projection adds it to every adaption prompt; the adapter files then carry the visual config, so
 ``eval scienceqa`` and ``demo`` load them in one call. Every adapter file records its prompt format.
 """
 
@@ -44,7 +44,7 @@ from ..sharded_load import load_training_base
 from ..train import TrainResult, train, trainer_outputs
 from ..train_process import DistInfo, setup_distributed
 from ..train_data import BatchPlan, Example, PadCollator
-from ..visual import VisualProjection, build_encoder, trainable_summary
+from ..visual import VisualProjection, build_encoder, frames_note, trainable_summary
 from .configs import TrainScienceQAConfig
 from .runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
 from .scienceqa_data import encode_problems, load_problems
@@ -96,7 +96,7 @@ def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: lis
     report_skipped(val_features, config.val_split)
     features.by_pid |= val_features.by_pid
     say(f"image features: {len(features.by_pid)} problems with an image, encoder {config.visual.clip_model} depths "
-        f"{encoder.depths} ({encoder.feature_dim} features)")
+        f"{encoder.depths} ({encoder.feature_dim} features){frames_note(config.visual)}")
     hidden = model.config.get_text_config().hidden_size
     projection = VisualProjection(encoder.feature_dim, hidden, config.visual, device=device)
     if config.visual.visual_standardize and train_mask.any():
