@@ -7,10 +7,12 @@ on test once. Resumable: a run whose final adapter exists is not trained again, 
 evaluation is not redone. Two workers can share the list on two cores (`--only`).
 
     python -m bench.methods --data ../shared/data/scienceqa --out runs/methods --threads 1 --only llama-adapter lora
-    mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
-        --mcnemar-against llama-adapter --plot runs/methods/table.png --json runs/methods/table.json
 
-Prints one JSON line per run (method, lr, best val accuracy, train seconds) and per test evaluation.
+Prints one JSON line per run (method, lr, best val accuracy, train seconds) and per test evaluation, then the
+table of every method tested so far (OUT/table.md, .json, .png), the same as
+
+    mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
+        --mcnemar-against llama-adapter --costs --plot runs/methods/table.png --json runs/methods/table.json
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm_adapter.base import DEFAULT_SPEC
 from mm_adapter.config import AdapterConfig
-from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.config import EvalConfig, TableConfig
+from mm_adapter.eval.table import build_table
 from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.options import ModelOptions, ScienceQASource
@@ -77,8 +81,9 @@ def train_one(args: argparse.Namespace, method: Method, lr: float) -> None:
     started = time.perf_counter()
     train_scienceqa(TrainScienceQAConfig(
         out=str(folder), source=ScienceQASource(data=str(args.data)), val_limit=args.val_limit,
-        model=ModelOptions(dtype="bf16", threads=args.threads), adapter=AdapterConfig(prompt_init="norm_scaled"),
-        tuning=method.tuning, train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=8,
+        model=ModelOptions(base=args.base, dtype="bf16", threads=args.threads),
+        adapter=AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers, prompt_init="norm_scaled"),
+        tuning=method.tuning, train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=args.batch_size,
                                                 progress=not args.quiet,
                                                 resume=any((folder / "checkpoints").glob("step-*")))))
     print(json.dumps({"method": method.name, "lr": lr, "best_val": best_val(folder)[0],
@@ -94,7 +99,7 @@ def test_best(args: argparse.Namespace, method: Method) -> None:
         return
     result = eval_scienceqa(EvalScienceQAConfig(
         split="test", out=str(out), source=ScienceQASource(data=str(args.data)), adapter=str(adapter),
-        name=method.name, progress=not args.quiet, model=ModelOptions(threads=args.threads),
+        name=method.name, progress=not args.quiet, model=ModelOptions(base=args.base, threads=args.threads),
         eval=EvalConfig(bf16=True, batch_size=16)))
     print(json.dumps({"method": method.name, "chosen_lr": lr, "val": val, "test_avg": result.scores["Avg"].acc,
                       "eval_s": round(result.seconds, 1)}), flush=True)
@@ -105,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="official-layout ScienceQA folder")
     parser.add_argument("--out", type=Path, required=True, help="folder of every run and test evaluation")
     parser.add_argument("--only", nargs="+", choices=[m.name for m in METHODS], help="run these methods only")
+    parser.add_argument("--base", default=DEFAULT_SPEC, help="base model (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--adapter-len", type=int, default=10, help="prompts per layer (and PEFT's prompt methods')")
+    parser.add_argument("--adapter-layers", type=int, default=30, help="adapted layers (30: all of SmolLM2's)")
     parser.add_argument("--val-limit", type=int, default=None, help="first N val problems choose (None: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -114,7 +123,23 @@ def main(argv: list[str] | None = None) -> int:
         for lr in method.lrs:
             train_one(args, method, lr)
         test_best(args, method)
+    write_table(args)
     return 0
+
+
+def write_table(args: argparse.Namespace) -> None:
+    """The comparison table of every method tested so far in OUT (all of METHODS, not only --only's): bootstrap
+    intervals, McNemar of each against llama-adapter, the cost columns, a chart; OUT/table.md, .json, .png."""
+    tested = [str(args.out / f"{m.name}-test") for m in METHODS
+              if (args.out / f"{m.name}-test" / "predictions.json").is_file()]
+    if not tested:
+        return
+    ours = "llama-adapter" if (args.out / "llama-adapter-test" / "predictions.json").is_file() else None
+    table = build_table(TableConfig(
+        predictions=tested, problems=str(args.data), bootstrap=1000, mcnemar_against=ours, costs=True,
+        markdown=str(args.out / "table.md"), json=str(args.out / "table.json"), plot=str(args.out / "table.png"),
+        title="ScienceQA test, methods on equal terms"))
+    print(table.markdown, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""bench/methods.py on a tiny Llama and a tiny generated ScienceQA set: each method's two learning rates are
+trained, the better on val is evaluated on test once, and the comparison table (bootstrap intervals, McNemar
+against llama-adapter, cost columns, chart) is written; a second call trains and evaluates nothing again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import methods
+from mm_adapter.scienceqa.synthetic import generate
+from tests.test_formats_training import make_tokenizer
+from tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    tokenizer = make_tokenizer()
+    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    return root / "base", generate(root / "data", {"train": 16, "val": 8, "test": 8}, seed=0)
+
+
+def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+    base, data = tiny_set
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter",
+            "lora", "--adapter-len", "4", "--adapter-layers", "2", "--quiet"]
+    assert methods.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    runs = [(row["method"], row["lr"]) for row in lines if "lr" in row]
+    assert runs == [("llama-adapter", 5e-3), ("llama-adapter", 1e-2), ("lora", 5e-4), ("lora", 2e-3)]
+    tested = {row["method"]: row for row in lines if "chosen_lr" in row}
+    for name, row in tested.items():
+        scores = {lr: methods.best_val(tmp_path / "out" / f"{name}-lr{lr:g}")[0] for lr in (r[1] for r in runs
+                                                                                          if r[0] == name)}
+        assert row["val"] == max(scores.values()) and scores[row["chosen_lr"]] == row["val"]
+    assert set(tested) == {"llama-adapter", "lora"}
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "**llama-adapter**" in table and "**lora**" in table and "trainable" in table
+    assert "| llama-adapter | lora |" in table  # the McNemar row against ours
+    assert (tmp_path / "out" / "table.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.suffix in (".safetensors", ".json")
+              and "table" not in p.name}
+    assert methods.main(argv) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
