@@ -12,9 +12,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm_adapter.method_folders import RECORD_NAME, read_record
 from mm_adapter.textio import read_text
-
-METHOD_RECORD = "mm_adapter.json"  # written beside another method's best/ and adapter/ folders
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,9 @@ def _wall_seconds(rows: list[dict]) -> float | None:
 
 
 def _trainable(adapter: Path) -> int | None:
-    record = adapter.parent / METHOD_RECORD if adapter.is_dir() else None
-    if record is not None and record.is_file():
-        return json.loads(read_text(record, "method record")).get("trainable")
+    """The adapter's trainable count: another method's folder records it; our file's tensors are counted."""
+    if adapter.is_dir() and (adapter / RECORD_NAME).is_file():
+        return read_record(adapter)["trainable_parameters"].get("total")
     if adapter.is_file() and adapter.suffix == ".safetensors":
         from safetensors import safe_open
 
