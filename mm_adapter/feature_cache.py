@@ -159,13 +159,13 @@ class ImageFeatures:
     skipped: list[str] = field(default_factory=list)  # one-line reasons for images skipped
 
 
-def frame_keys(data: bytes, frames: int) -> tuple[bool, list[str]]:
-    """Whether ``data`` is a clip, and the cache keys of the frames it gives: a still image's own key (held for all
-    K frames), or per sampled frame of a clip its bytes' sha256, K and the frame's place among the K."""
+def frame_keys(data: bytes, frames: int) -> list[str]:
+    """The cache keys of the frames ``data`` gives: a still image's own key (held for all K frames), or per sampled
+    frame of a clip its bytes' sha256, K and the frame's place among the K."""
     if not is_clip(data):
-        return False, [cache_key(data)]
+        return [cache_key(data)]
     digest = hashlib.sha256(data).hexdigest()
-    return True, [f"{digest}-clip{frames}-{t}" for t in range(frames)]
+    return [f"{digest}-clip{frames}-{t}" for t in range(frames)]
 
 
 def decode_media(data: bytes, name: str, frames: int = 1) -> list[Image.Image]:
@@ -224,7 +224,7 @@ def image_features(encoder: ClipEncoder, images: Sequence[ImageInput], cache: Fe
         except MMAdapterError as error:
             bad(error)
             continue
-        shown[row] = keys = frame_keys(data, frames)[1]
+        shown[row] = keys = frame_keys(data, frames)
         hits = [cache.get(key) for key in keys] if cache else [None]
         if all(hit is not None for hit in hits):
             cache.hits += 1

@@ -334,16 +334,16 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done, last_loss = step + 1, loss
-            tokens_per_s = totals[1].item() / max(time.perf_counter() - tick, 1e-9)
+            now, tokens = time.perf_counter(), int(totals[1].item())
             record = {"step": done, "epoch": round(plan.epoch_of(done), 4), "loss": loss, "lr": step_lr,
-                      "tokens": int(totals[1].item()), "tokens_per_s": round(tokens_per_s, 1),
-                      "step_s": round(time.perf_counter() - tick, 4), "elapsed_s": round(time.perf_counter() - started, 2),
+                      "tokens": tokens, "tokens_per_s": round(tokens / max(now - tick, 1e-9), 1),
+                      "step_s": round(now - tick, 4), "elapsed_s": round(now - started, 2),
                       "peak_mb": round(peak_memory_mb(info.device), 1)}
             if on_step_end is not None:
                 record |= on_step_end(done, plan.epoch_of(done), model) or {}
             if log is not None:
                 log.write(record)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 bar.update(1)
             due = done % config.checkpoint_every == 0 or done == plan.total_steps
             if log is not None and due:

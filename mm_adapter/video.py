@@ -138,7 +138,10 @@ def count_frames(data: bytes, name: str) -> int:
 
 
 def clip_frames(data: bytes, name: str, frames: int) -> list[Image.Image]:
-    """K RGB frames sampled uniformly from the clip, in time order; a clip shorter than K is refused."""
+    """K RGB frames sampled uniformly from the clip, in time order; a clip shorter than K is refused.
+
+    Two decoding passes: the first counts the frames (and finds damage), the second keeps only the K sampled ones,
+    so memory holds K frames, never the whole clip."""
     check_frames(frames)
     count = count_frames(data, name)
     if frames > count:

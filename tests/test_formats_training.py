@@ -45,13 +45,17 @@ def tokenizer():
 def tiny_sqa(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny Llama base folder and a generated ScienceQA-format set (16 train, 8 val; lectures and solutions on
     some families, none on others)."""
-    root = tmp_path_factory.mktemp("tiny-sqa")
+    return tiny_sqa_folder(tmp_path_factory.mktemp("tiny-sqa"), {"train": 16, "val": 8})
+
+
+def tiny_sqa_folder(root: Path, sizes: dict[str, int]) -> tuple[Path, Path]:
+    """``root/base`` (a tiny Llama and its word tokenizer) and ``root/data`` (a generated set of ``sizes``)."""
     tokenizer = make_tokenizer()
     model = tiny_model("llama-gqa", vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=1,
                        eos_token_id=2, pad_token_id=0)
     model.save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
-    return root / "base", generate(root / "data", {"train": 16, "val": 8}, seed=0)
+    return root / "base", generate(root / "data", sizes, seed=0)
 
 
 def tiny_train_config(base: Path, data: Path, out: Path, **overrides) -> TrainScienceQAConfig:

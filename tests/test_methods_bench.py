@@ -9,20 +9,12 @@ import json
 import pytest
 
 from bench import methods
-from mm_adapter.scienceqa.synthetic import generate
-from tests.test_formats_training import make_tokenizer
-from tiny import tiny_model
+from tests.test_formats_training import tiny_sqa_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("methods")
-    tokenizer = make_tokenizer()
-    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=1,
-                       eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    return root / "base", generate(root / "data", {"train": 16, "val": 8, "test": 8}, seed=0)
+    return tiny_sqa_folder(tmp_path_factory.mktemp("methods"), {"train": 16, "val": 8, "test": 8})
 
 
 def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, capsys, monkeypatch):
