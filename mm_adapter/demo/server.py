@@ -22,6 +22,7 @@ import email.policy
 import html
 import json
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from email.parser import BytesParser
@@ -188,6 +189,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         else:
             super().log_request(status, len(body))
 
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        self.server.log_line(lambda: super(DemoHandler, self).log_message(format, *args))
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Not at ``send_response``: ``_send`` logs once the answer is out (one line per request, sent or not)."""
 
@@ -196,10 +200,25 @@ class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, timeout: float = DEFAULT_TIMEOUT):
+        self.log_lock = threading.Lock()  # handler threads are daemons: none may be mid-write on stderr at exit
+        self.closing = False  # set first: a port that cannot be bound calls server_close inside __init__
         super().__init__(address, DemoHandler)
         self.predictor = predictor
         self.request_timeout = timeout
         self.page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(predictor.describe()))
+
+    def log_line(self, write) -> None:
+        """Run ``write`` (a handler's one log line) unless the server is closing."""
+        with self.log_lock:
+            if not self.closing:
+                write()
+
+    def server_close(self) -> None:
+        """Stop handler threads logging first: a daemon thread inside a stderr write when the interpreter exits
+        aborts it (SIGABRT) instead of letting Ctrl-C end with its one line."""
+        with self.log_lock:
+            self.closing = True
+        super().server_close()
 
     @property
     def url(self) -> str:
