@@ -55,6 +55,7 @@ def test_every_flag_has_help_a_default_and_dashes(command):
         long = [o for o in action.option_strings if o.startswith("--")]
         assert all("_" not in o for o in long), long
         assert action.help and action.help.strip(), f"{long} has no help"
+        assert "__TEMP__" not in action.help, f"{long}: simple_parsing found no docstring (a field split over lines)"
         if not action.required:
             assert "%(default)s" in shown, f"{long} does not show its default"
 

@@ -330,8 +330,7 @@ class AblateConfig(TrainScienceQAConfig):
     """adapter_layers values compared (the top N decoder layers adapted); none: skip"""
     lengths: list[int] = option(default_factory=lambda: [5, 10, 20], nargs="*", metavar="N")
     """adapter_len values compared (prompts per adapted layer); none: skip"""
-    activations: list[str] = option(default_factory=lambda: list(GATE_ACTIVATIONS), nargs="*",
-                                    choices=GATE_ACTIVATIONS)
+    activations: list[str] = option(default_factory=lambda: list(GATE_ACTIVATIONS), nargs="*", choices=GATE_ACTIVATIONS)
     """gate activations compared; none: skip"""
     blanked: bool = True
     """with --images: also train with every image blanked (--blank-images) against the real images"""
