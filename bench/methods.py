@@ -4,7 +4,8 @@ Every method trains on the same ScienceQA train split, prompt format, epochs, ba
 through the one `train scienceqa` job; each gets the same size of learning-rate search (two values,
 GRIDS below, chosen on val: the best checkpoint of the best lr), then its chosen run is evaluated
 on test once. Resumable: a run whose final adapter exists is not trained again, a finished test
-evaluation is not redone. Two workers can share the list on two cores (`--only`).
+evaluation is not redone. Two workers can share the list on two cores (`--only`), or one method's search
+(`--lr`: this value of its grid only; the worker that finishes the search last runs the test).
 
     python -m bench.methods --data ../shared/data/scienceqa --out runs/methods --threads 1 --only llama-adapter lora
 
@@ -116,13 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter-len", type=int, default=10, help="prompts per layer (and PEFT's prompt methods')")
     parser.add_argument("--adapter-layers", type=int, default=30, help="adapted layers (30: all of SmolLM2's)")
     parser.add_argument("--val-limit", type=int, default=None, help="first N val problems choose (None: all)")
+    parser.add_argument("--lr", type=float, help="train only this learning rate of each method's grid")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    for method in (m for m in METHODS if not args.only or m.name in args.only):
+    chosen = [m for m in METHODS if not args.only or m.name in args.only]
+    if args.lr is not None and not any(args.lr in m.lrs for m in chosen):
+        grids = ", ".join(sorted({f"{lr:g}" for m in chosen for lr in m.lrs}))
+        parser.error(f"--lr {args.lr:g} is in no chosen method's grid ({grids})")
+    for method in chosen:
         for lr in method.lrs:
-            train_one(args, method, lr)
-        test_best(args, method)
+            if args.lr is None or lr == args.lr:
+                train_one(args, method, lr)
+        if all(finished(run_folder(args.out, method, lr)) for lr in method.lrs):
+            test_best(args, method)
     write_table(args)
     return 0
 

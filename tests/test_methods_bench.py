@@ -46,3 +46,28 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
     assert methods.main(argv) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_two_workers_split_one_search_with_lr_and_the_last_one_tests(tiny_set, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+    base, data = tiny_set
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter",
+            "--adapter-len", "4", "--adapter-layers", "2", "--quiet"]
+    assert methods.main([*argv, "--lr", "0.01"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(row["method"], row["lr"]) for row in lines] == [("llama-adapter", 1e-2)]  # 5e-3 untrained: no test
+    assert not (tmp_path / "out" / "llama-adapter-test").exists()
+    assert methods.main([*argv, "--lr", "0.005"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [row.get("lr", "test") for row in lines] == [5e-3, "test"]
+    assert (tmp_path / "out" / "llama-adapter-test" / "predictions.json").is_file()
+
+
+def test_an_lr_outside_the_grids_is_one_line_and_exit_2(tiny_set, tmp_path, capsys):
+    _, data = tiny_set
+    with pytest.raises(SystemExit) as stopped:
+        methods.main(["--data", str(data), "--out", str(tmp_path / "out"), "--only", "lora", "--lr", "0.01"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("--lr 0.01 is in no chosen method's grid (0.0005, 0.002)")
+    assert not (tmp_path / "out").exists()
