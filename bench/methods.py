@@ -10,10 +10,12 @@ evaluation is not redone. Two workers can share the list on two cores (`--only`)
     python -m bench.methods --data ../shared/data/scienceqa --out runs/methods --threads 1 --only llama-adapter lora
 
 Prints one JSON line per run (method, lr, best val accuracy, train seconds) and per test evaluation, then the
-table of every method tested so far (OUT/table.md, .json, .png), the same as
+table of every method tested so far (OUT/table.md, .json, .png, and costs.png: Avg against trainable parameters),
+the same as
 
     mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
-        --mcnemar-against llama-adapter --costs --plot runs/methods/table.png --json runs/methods/table.json
+        --mcnemar-against llama-adapter --costs --plot runs/methods/table.png --json runs/methods/table.json \\
+        --cost-plot runs/methods/costs.png
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_table(args: argparse.Namespace) -> None:
     """The comparison table of every method tested so far in OUT (all of METHODS, not only --only's): bootstrap
-    intervals, McNemar of each against llama-adapter, the cost columns, a chart; OUT/table.md, .json, .png."""
+    intervals, McNemar of each against llama-adapter, the cost columns, two charts; OUT/table.md, .json, .png and
+    costs.png."""
     tested = [str(args.out / f"{m.name}-test") for m in METHODS
               if (args.out / f"{m.name}-test" / "predictions.json").is_file()]
     if not tested:
@@ -146,6 +149,7 @@ def write_table(args: argparse.Namespace) -> None:
     table = build_table(TableConfig(
         predictions=tested, problems=str(args.data), bootstrap=1000, mcnemar_against=ours, costs=True,
         markdown=str(args.out / "table.md"), json=str(args.out / "table.json"), plot=str(args.out / "table.png"),
+        cost_plot=str(args.out / "costs.png"),
         title="ScienceQA test, methods on equal terms"))
     print(table.markdown, flush=True)
 

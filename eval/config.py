@@ -79,7 +79,7 @@ class TableConfig:
     reference: str | None = None
     """published tables JSON: {method: {column: percent}}"""
     out: str | None = None
-    """output folder: table.md, table.csv, table.json and table.png (and config.yaml)"""
+    """output folder: table.md, table.csv, table.json and table.png (with --costs also costs.png; and config.yaml)"""
     json: str | None = None
     """write every table as JSON here ('-': stdout)"""
     markdown: str | None = None
@@ -99,9 +99,13 @@ class TableConfig:
     costs: bool = False
     """extra columns from each eval folder's training run: trainable parameters, training wall time, median s/step,
     peak memory, adapter size"""
+    cost_plot: str | None = None
+    """with --costs: write a PNG of each row's Avg (and interval) against its trainable parameters, log scale"""
     title: str = "ScienceQA"
     """title of the chart (name the data set)"""
 
     def __post_init__(self) -> None:
         check(self, "bootstrap", low=0, integer=True)
         check(self, "seed", low=0, integer=True)
+        if self.cost_plot is not None and not self.costs:
+            raise ConfigError("cost_plot", "plots the --costs columns; add --costs")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mm_adapter.atomic import atomic_write_text
 from mm_adapter.eval.config import TableConfig
-from mm_adapter.eval.run_costs import run_costs
+from mm_adapter.eval.cost_plot import cost_plot
+from mm_adapter.eval.run_costs import RunCosts, run_costs
 from mm_adapter.outputs import CONFIG_NAME, Output, check_no_overlap, output_folder, outputs_in, write_config
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.errors import ScienceQAError
@@ -53,12 +54,15 @@ def prediction_path(given: str) -> Path:
 
 
 def _outputs(config: TableConfig) -> dict[str, str | None]:
-    outputs = {"json": config.json, "markdown": config.markdown, "csv": config.csv, "plot": config.plot}
+    outputs = {"json": config.json, "markdown": config.markdown, "csv": config.csv, "plot": config.plot,
+               "cost_plot": config.cost_plot}
     if config.out is not None:
         folder = Path(config.out)
         for kind, name in (("json", "table.json"), ("markdown", "table.md"), ("csv", "table.csv"),
                            ("plot", "table.png")):
             outputs[kind] = outputs[kind] or str(folder / name)
+        if config.costs:
+            outputs["cost_plot"] = outputs["cost_plot"] or str(folder / "costs.png")
     elif not any(value == "-" for value in outputs.values()) and config.markdown is None:
         outputs["markdown"] = "-"
     return outputs
@@ -68,9 +72,10 @@ def _check_outputs(config: TableConfig, outputs: dict[str, str | None], inputs: 
     """At most one output on stdout, and never write over one of the inputs."""
     if sum(value == "-" for value in outputs.values()) > 1:
         raise ScienceQAError("only one of --json/--markdown/--csv can be '-' (stdout)")
-    if outputs["plot"] == "-":
-        raise ScienceQAError("--plot needs a file name, not '-'")
-    written = [Output(f"--{kind}" if getattr(config, kind) == value else "--out", Path(value))
+    for kind in ("plot", "cost_plot"):
+        if outputs[kind] == "-":
+            raise ScienceQAError(f"--{kind.replace('_', '-')} needs a file name, not '-'")
+    written = [Output(f"--{kind.replace('_', '-')}" if getattr(config, kind) == value else "--out", Path(value))
                for kind, value in outputs.items() if value not in (None, "-")]
     check_no_overlap(written + (outputs_in("--out", config.out, [CONFIG_NAME]) if config.out else []), inputs)
 
@@ -106,10 +111,10 @@ def build_table(config: TableConfig) -> TableResult:
         if s.missing:
             print(f"note: {s.name}: {len(s.missing)} pids of its split(s) not predicted; scored the "
                   f"{s.scored} it covers", file=sys.stderr)
-    extra = _costs(paths, predictions) if config.costs else {}
-    table = markdown(scores, reference, tests, extra)
+    costs = _costs(paths, predictions) if config.costs else {}
+    table = markdown(scores, reference, tests, {name: cost.cells() for name, cost in costs.items()})
     with output_folder(config.out) if config.out is not None else nullcontext():  # locked: one writer
-        written = _write(config, outputs, scores, tests, reference, table, extra)
+        written = _write(config, outputs, scores, tests, reference, table, costs)
     return TableResult(scores, tests, reference, table, written)
 
 
@@ -124,29 +129,35 @@ def _tests(config: TableConfig, predictions: list[Predictions], problems) -> lis
     return [compare(a, b, problems) for a, b in combinations(predictions, 2)] if config.mcnemar else []
 
 
-def _costs(paths: list[Path], predictions: list[Predictions]) -> dict[str, dict[str, str]]:
+def _costs(paths: list[Path], predictions: list[Predictions]) -> dict[str, RunCosts]:
     """Each row's training costs, where its predictions came from an eval folder of a trained adapter."""
     found = {}
     for path, prediction in zip(paths, predictions):
         costs = run_costs(path)
         if costs is not None:
-            found[prediction.name] = costs.cells()
+            found[prediction.name] = costs
     return found
 
 
 def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Scores], tests: list[McNemar],
-           reference: dict, table: str, extra: dict[str, dict[str, str]]) -> list[Path]:
-    """Every requested output (files written atomically, "-" to stdout); returns the files written."""
+           reference: dict, table: str, costs: dict[str, RunCosts]) -> list[Path]:
+    """Every requested output (files written atomically, "-" to stdout); returns the files written. The JSON holds
+    the costs as numbers (seconds, MB), the Markdown and CSV as the table's cells."""
     written: list[Path] = []
     if outputs["json"]:
-        document = {"rows": [to_dict(s) | ({"costs": extra[s.name]} if s.name in extra else {}) for s in scores],
+        document = {"rows": [to_dict(s) | ({"costs": dataclasses.asdict(costs[s.name])} if s.name in costs else {})
+                             for s in scores],
                     "mcnemar": [dataclasses.asdict(t) for t in tests], "reference": reference}
         _emit(outputs["json"], json.dumps(document, indent=2) + "\n", written)
-    _emit(outputs["csv"], csv_text(scores, reference, extra) if outputs["csv"] else "", written)
+    cells = {name: cost.cells() for name, cost in costs.items()}
+    _emit(outputs["csv"], csv_text(scores, reference, cells) if outputs["csv"] else "", written)
     _emit(outputs["markdown"], table if outputs["markdown"] else "", written)
     if outputs["plot"]:
         plot(scores, outputs["plot"], reference, title=config.title)
         written.append(Path(outputs["plot"]))
+    if outputs["cost_plot"]:
+        cost_plot(scores, costs, outputs["cost_plot"], title=config.title)
+        written.append(Path(outputs["cost_plot"]))
     if config.out is not None:
         written.append(write_config(config.out, "table", config))
     return written

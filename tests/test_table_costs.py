@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from mm_adapter.cli import main
 from mm_adapter.eval.config import TableConfig
+from mm_adapter.eval.cost_plot import cost_plot
 from mm_adapter.eval.run_costs import run_costs
 from mm_adapter.eval.table import build_table
 
@@ -73,7 +74,38 @@ def test_the_table_gets_cost_columns_and_mcnemar_against_one_method(files, capsy
     assert "| 34 | 0.4 | 3.00 | 950 |" in result.markdown
     assert [(t.a, t.b) for t in result.tests] == [("ours", "other"), ("ours", "third")]
     rows = json.loads(capsys.readouterr().out)["rows"]
-    assert rows[0]["costs"]["trainable"] == "34" and "costs" not in rows[1]
+    assert rows[0]["costs"] == {"trainable": 34, "train_s": 25.0, "step_s": 3.0, "peak_mb": 950.0,
+                                "adapter_mb": rows[0]["costs"]["adapter_mb"]}  # numbers, not the table's cells
+    assert "costs" not in rows[1]
+
+
+def test_the_cost_plot_draws_each_row_with_costs_at_its_trainable_count(files, tmp_path, monkeypatch):
+    """--cost-plot: one point per row whose training run is known (x: trainable parameters, y: Avg); rows without
+    costs are left out. With --out and --costs it is OUT/costs.png."""
+    problems, ours, other, _ = files
+    drawn = []
+    monkeypatch.setattr("mm_adapter.eval.table.cost_plot",
+                        lambda *args, **kwargs: drawn.append(cost_plot(*args, **kwargs)))
+    build_table(TableConfig(predictions=[str(ours), str(other)], problems=str(problems), costs=True,
+                            cost_plot=str(tmp_path / "costs.png"), markdown=str(tmp_path / "t.md")))
+    assert drawn == [[("ours", 34, 100.0)]]
+    assert (tmp_path / "costs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = build_table(TableConfig(predictions=[str(ours), str(other)], problems=str(problems), costs=True,
+                                     out=str(tmp_path / "table")))
+    assert tmp_path / "table" / "costs.png" in result.written and len(drawn) == 2
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cost-plot", "c.png"], "--cost-plot: plots the --costs columns; add --costs"),
+    (["--costs", "--cost-plot", "-"], "--cost-plot needs a file name, not '-'"),
+])
+def test_a_cost_plot_without_costs_or_to_stdout_is_one_line(files, tmp_path, capsys, monkeypatch, flags, message):
+    problems, ours, _, _ = files
+    monkeypatch.chdir(tmp_path)
+    code = main(["table", str(ours), "--problems", str(problems), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_mcnemar_against_an_unknown_method_is_one_line(files, capsys):
