@@ -25,13 +25,13 @@ def cost_plot(scores: Sequence[Scores], costs: Mapping[str, RunCosts], path: str
     import matplotlib.pyplot as plt
 
     shown = [(s, costs[s.name]) for s in scores if s.name in costs and costs[s.name].trainable]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s, cost in shown:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (s, cost), x in zip(shown, _spread([cost.trainable for _, cost in shown])):
         avg = s.columns["Avg"]
         yerr = [[avg.acc - avg.ci[0]], [avg.ci[1] - avg.acc]] if avg.ci else None
-        ax.errorbar([cost.trainable], [avg.acc], yerr=yerr, fmt="o", capsize=3, label=s.name)
-        ax.annotate(s.name, (cost.trainable, avg.acc), textcoords="offset points", xytext=(6, 4), fontsize="small")
+        ax.errorbar([x], [avg.acc], yerr=yerr, fmt="o", capsize=3, label=f"{s.name} ({cost.trainable:,})")
     ax.set_xscale("log")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("Avg accuracy (%)")
     ax.set_title(title)
@@ -41,3 +41,14 @@ def cost_plot(scores: Sequence[Scores], costs: Mapping[str, RunCosts], path: str
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return [(s.name, cost.trainable, s.columns["Avg"].acc) for s, cost in shown]
+
+
+def _spread(xs: list[int], step: float = 1.08) -> list[float]:
+    """Where to draw each x: methods sized alike (within 10%) would hide each other's error bars, so the k-th of a
+    cluster moves right by step**k (the legend keeps the exact counts)."""
+    drawn, starts = [], []
+    for x in xs:
+        cluster = [start for start in starts if start <= x <= 1.1 * start or x <= start <= 1.1 * x]
+        drawn.append(x * step ** len(cluster))
+        starts.append(x)
+    return drawn

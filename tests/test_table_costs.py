@@ -114,3 +114,13 @@ def test_mcnemar_against_an_unknown_method_is_one_line(files, capsys):
     code = main(["table", str(ours), str(other), "--problems", str(problems), "--mcnemar-against", "nobody"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no row has that name (rows: ours, other)" in err
+
+
+def test_methods_sized_alike_are_drawn_apart_and_others_where_they_are():
+    """Four methods of ~173K parameters would hide each other's error bars on a log axis: each is moved right a
+    step; a 4.9M one is drawn at its count."""
+    from mm_adapter.eval.cost_plot import _spread
+
+    drawn = _spread([173_070, 172_830, 172_800, 4_884_480])
+    assert drawn[0] == 173_070 and drawn[3] == 4_884_480
+    assert len({round(x) for x in drawn[:3]}) == 3 and drawn[0] < drawn[1] < drawn[2]
