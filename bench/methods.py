@@ -11,7 +11,7 @@ evaluation is not redone. Two workers can share the list on two cores (`--only`)
 
 Prints one JSON line per run (method, lr, best val accuracy, train seconds) and per test evaluation, then the
 table of every method tested so far (OUT/table.md, .json, .png, and costs.png: Avg against trainable parameters),
-the same as
+the same as the command below, and the val of each lr tried (OUT/search.md):
 
     mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
         --mcnemar-against llama-adapter --costs --plot runs/methods/table.png --json runs/methods/table.json \\
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm_adapter.atomic import atomic_write_text
 from mm_adapter.base import DEFAULT_SPEC
 from mm_adapter.config import AdapterConfig
 from mm_adapter.eval.config import EvalConfig, TableConfig
@@ -137,12 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def search_table(out: Path) -> str:
+    """The learning-rate search as Markdown: each method's best val accuracy at each lr of its grid (the chosen
+    one in bold), for every run with a validation so far."""
+    lines = ["| method | val at lr 1 (%) | val at lr 2 (%) | chosen lr |", "|---|---:|---:|---|"]
+    for method in METHODS:
+        folders = [(lr, run_folder(out, method, lr)) for lr in method.lrs]
+        scores = {lr: best_val(folder)[0] for lr, folder in folders if (folder / "validation.jsonl").is_file()}
+        if not scores:
+            continue
+        chosen = max(scores, key=scores.get) if len(scores) == len(method.lrs) else None
+        cells = [f"{lr:g}: " + ("(not trained)" if lr not in scores else
+                                f"**{100 * scores[lr]:.2f}**" if lr == chosen else f"{100 * scores[lr]:.2f}")
+                 for lr in method.lrs]
+        lines.append(f"| {method.name} | {' | '.join(cells)} | {'' if chosen is None else f'{chosen:g}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_table(args: argparse.Namespace) -> None:
     """The comparison table of every method tested so far in OUT (all of METHODS, not only --only's): bootstrap
     intervals, McNemar of each against llama-adapter, the cost columns, two charts; OUT/table.md, .json, .png and
-    costs.png."""
+    costs.png. OUT/search.md is the learning-rate search (val per lr)."""
     tested = [str(args.out / f"{m.name}-test") for m in METHODS
               if (args.out / f"{m.name}-test" / "predictions.json").is_file()]
+    atomic_write_text(args.out / "search.md", search_table(args.out))
     if not tested:
         return
     ours = "llama-adapter" if (args.out / "llama-adapter-test" / "predictions.json").is_file() else None

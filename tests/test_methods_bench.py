@@ -42,6 +42,10 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
     assert rows["lora"]["trainable"] == record["trainable_parameters"]["total"]  # read from its folder
     assert rows["llama-adapter"]["trainable"] == 2 * (4 * 64 + 4)  # 2 layers x (4 prompts x 64 + 4 gates)
     assert (tmp_path / "out" / "costs.png").stat().st_size > 0
+    search = (tmp_path / "out" / "search.md").read_text().splitlines()
+    for name, row in tested.items():
+        line = next(line for line in search if line.startswith(f"| {name} |"))
+        assert f"{row['chosen_lr']:g}: **{100 * row['val']:.2f}**" in line and line.endswith(f"| {row['chosen_lr']:g} |")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.suffix in (".safetensors", ".json")
               and "table" not in p.name}
     assert methods.main(argv) == 0
@@ -58,6 +62,7 @@ def test_two_workers_split_one_search_with_lr_and_the_last_one_tests(tiny_set, t
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(row["method"], row["lr"]) for row in lines] == [("llama-adapter", 1e-2)]  # 5e-3 untrained: no test
     assert not (tmp_path / "out" / "llama-adapter-test").exists()
+    assert "| llama-adapter | 0.005: (not trained) | 0.01: " in (tmp_path / "out" / "search.md").read_text()
     assert methods.main([*argv, "--lr", "0.005"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [row.get("lr", "test") for row in lines] == [5e-3, "test"]
