@@ -86,10 +86,11 @@ def train_one(args: argparse.Namespace, method: Method, lr: float) -> None:
     train_scienceqa(TrainScienceQAConfig(
         out=str(folder), source=ScienceQASource(data=str(args.data)), val_limit=args.val_limit,
         model=ModelOptions(base=args.base, dtype="bf16", threads=args.threads),
-        adapter=AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers, prompt_init="norm_scaled"),
-        tuning=method.tuning, train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=args.batch_size,
-                                                progress=not args.quiet,
-                                                resume=any((folder / "checkpoints").glob("step-*")))))
+        adapter=AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers,
+                              prompt_init="norm_scaled"),
+        tuning=method.tuning,
+        train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=args.batch_size,
+                          progress=not args.quiet, resume=any((folder / "checkpoints").glob("step-*")))))
     print(json.dumps({"method": method.name, "lr": lr, "best_val": best_val(folder)[0],
                       "train_s": round(time.perf_counter() - started, 1)}), flush=True)
 

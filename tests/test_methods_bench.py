@@ -45,7 +45,8 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
     search = (tmp_path / "out" / "search.md").read_text().splitlines()
     for name, row in tested.items():
         line = next(line for line in search if line.startswith(f"| {name} |"))
-        assert f"{row['chosen_lr']:g}: **{100 * row['val']:.2f}**" in line and line.endswith(f"| {row['chosen_lr']:g} |")
+        chosen = f"{row['chosen_lr']:g}"
+        assert f"{chosen}: **{100 * row['val']:.2f}**" in line and line.endswith(f"| {chosen} |")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.suffix in (".safetensors", ".json")
               and "table" not in p.name}
     assert methods.main(argv) == 0
