@@ -68,14 +68,19 @@ def _outputs(config: TableConfig) -> dict[str, str | None]:
     return outputs
 
 
+def _flag(kind: str) -> str:
+    """The command-line spelling of an output's config field (cost_plot: --cost-plot)."""
+    return f"--{kind.replace('_', '-')}"
+
+
 def _check_outputs(config: TableConfig, outputs: dict[str, str | None], inputs: dict[str, object]) -> None:
     """At most one output on stdout, and never write over one of the inputs."""
     if sum(value == "-" for value in outputs.values()) > 1:
         raise ScienceQAError("only one of --json/--markdown/--csv can be '-' (stdout)")
     for kind in ("plot", "cost_plot"):
         if outputs[kind] == "-":
-            raise ScienceQAError(f"--{kind.replace('_', '-')} needs a file name, not '-'")
-    written = [Output(f"--{kind.replace('_', '-')}" if getattr(config, kind) == value else "--out", Path(value))
+            raise ScienceQAError(f"{_flag(kind)} needs a file name, not '-'")
+    written = [Output(_flag(kind) if getattr(config, kind) == value else "--out", Path(value))
                for kind, value in outputs.items() if value not in (None, "-")]
     check_no_overlap(written + (outputs_in("--out", config.out, [CONFIG_NAME]) if config.out else []), inputs)
 
@@ -112,9 +117,10 @@ def build_table(config: TableConfig) -> TableResult:
             print(f"note: {s.name}: {len(s.missing)} pids of its split(s) not predicted; scored the "
                   f"{s.scored} it covers", file=sys.stderr)
     costs = _costs(paths, predictions) if config.costs else {}
-    table = markdown(scores, reference, tests, {name: cost.cells() for name, cost in costs.items()})
+    cells = {name: cost.cells() for name, cost in costs.items()}  # the Markdown's and the CSV's columns
+    table = markdown(scores, reference, tests, cells)
     with output_folder(config.out) if config.out is not None else nullcontext():  # locked: one writer
-        written = _write(config, outputs, scores, tests, reference, table, costs)
+        written = _write(config, outputs, scores, tests, reference, table, costs, cells)
     return TableResult(scores, tests, reference, table, written)
 
 
@@ -140,7 +146,7 @@ def _costs(paths: list[Path], predictions: list[Predictions]) -> dict[str, RunCo
 
 
 def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Scores], tests: list[McNemar],
-           reference: dict, table: str, costs: dict[str, RunCosts]) -> list[Path]:
+           reference: dict, table: str, costs: dict[str, RunCosts], cells: dict[str, dict[str, str]]) -> list[Path]:
     """Every requested output (files written atomically, "-" to stdout); returns the files written. The JSON holds
     the costs as numbers (seconds, MB), the Markdown and CSV as the table's cells."""
     written: list[Path] = []
@@ -149,7 +155,6 @@ def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Sco
                              for s in scores],
                     "mcnemar": [dataclasses.asdict(t) for t in tests], "reference": reference}
         _emit(outputs["json"], json.dumps(document, indent=2) + "\n", written)
-    cells = {name: cost.cells() for name, cost in costs.items()}
     _emit(outputs["csv"], csv_text(scores, reference, cells) if outputs["csv"] else "", written)
     _emit(outputs["markdown"], table if outputs["markdown"] else "", written)
     if outputs["plot"]:

@@ -343,7 +343,8 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
                 record |= on_step_end(done, plan.epoch_of(done), model) or {}
             if log is not None:
                 log.write(record)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{step_lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                refresh=False)
                 bar.update(1)
             due = done % config.checkpoint_every == 0 or done == plan.total_steps
             if log is not None and due:
