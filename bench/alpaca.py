@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from mm_adapter import AdapterConfig, attach_adapter, load_base
-from mm_adapter.alpaca import encode_alpaca, read_alpaca
-from mm_adapter.train import build_optimizer, evaluate_loss, lm_loss_sum, train
-from mm_adapter.train_config import TrainConfig
-from mm_adapter.train_data import PadCollator, epoch_batches, padded_tokens
+from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
+from mm_adapter.training.batches import PadCollator, epoch_batches, padded_tokens
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.trainer import build_optimizer, evaluate_loss, lm_loss_sum, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 ROWS: list[tuple[str, str, str]] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mm_adapter.train_data import IGNORE_INDEX, PadCollator, epoch_batches
+from mm_adapter.training.batches import IGNORE_INDEX, PadCollator, epoch_batches
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCIENCEQA_DIR = SHARED / "scienceqa"
@@ -22,7 +22,7 @@ SHAPES = ("sqa", "alpaca", "random")
 
 def scienceqa_examples(tokenizer, split: str = "train", root: Path = SCIENCEQA_DIR) -> list[dict]:
     """QCM->A examples of a ScienceQA split (captions as context), labels on the answer only."""
-    from mm_adapter.jobs.scienceqa_data import encode_problems
+    from mm_adapter.data.problems import encode_problems
     from mm_adapter.scienceqa.data import read_official
 
     problems, _ = read_official(root, split)
@@ -32,7 +32,7 @@ def scienceqa_examples(tokenizer, split: str = "train", root: Path = SCIENCEQA_D
 
 def alpaca_examples(tokenizer, path: Path = ALPACA_FILE, max_seq_len: int = 512) -> list[dict]:
     """Alpaca records with the paper's templates, labels on the response + EOS only."""
-    from mm_adapter.alpaca import encode_alpaca, read_alpaca
+    from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 
     examples, _ = encode_alpaca(tokenizer, read_alpaca(path, skip_bad=True).records, max_seq_len)
     return examples

@@ -16,11 +16,13 @@ import copy
 import torch
 
 from bench.batches import ALPACA_FILE
-from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians,
-                          memory_in_subprocess, report_memory, set_threads, verdict)
+from bench.common import (
+    add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess, report_memory,
+    set_threads, verdict,
+)
 from bench.steps import dtype_of, peft_model
 from mm_adapter import AdapterConfig, attach_adapter, load_base
-from mm_adapter.alpaca import prompt_text, read_alpaca
+from mm_adapter.data.alpaca import prompt_text, read_alpaca
 
 VARIANTS = ("base", "ours", "peft")
 COLUMNS = ["dtype", "prompt_tokens", "new_tokens", "base_tok_s", "ours_tok_s", "peft_tok_s", "ours_over_base",

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 from bench.batches import SCIENCEQA_DIR
-from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians,
-                          memory_in_subprocess, report_memory, set_threads, verdict)
+from bench.common import (
+    add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess, report_memory,
+    set_threads, verdict,
+)
 from mm_adapter import AdapterConfig, attach_adapter, load_adapter, load_base
 from mm_adapter.eval.config import MODES, EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate

@@ -37,12 +37,12 @@ import torch
 import torch.distributed as dist
 
 from mm_adapter import AdapterConfig, attach_adapter, load_base
-from mm_adapter.adapter import adapter_parameters, decoder_layers
-from mm_adapter.fsdp import place_model
-from mm_adapter.sharded_load import load_training_base, shard_source
-from mm_adapter.train import lm_loss_sum
-from mm_adapter.train_config import TrainConfig
-from mm_adapter.train_process import setup_distributed
+from mm_adapter.model.adapter import adapter_parameters, decoder_layers
+from mm_adapter.training.base_loading import load_training_base, shard_source
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.fsdp import place_model
+from mm_adapter.training.process import setup_distributed
+from mm_adapter.training.trainer import lm_loss_sum
 
 # variant -> (sharded weights, bf16 compute, reference weights)
 VARIANTS = {"bf16": ("bf16", True, "bf16"), "mixed": ("fp32", True, "bf16"), "fp32": ("fp32", False, "fp32")}

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from bench.batches import ALPACA_FILE, SCIENCEQA_DIR, SHAPES, describe, load_batches
-from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess,
-                          set_threads)
+from bench.common import (
+    add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess, set_threads,
+)
 from bench.steps import build_step, dtype_of, memory_child, optimizer_state_bytes
 from mm_adapter import load_base, save_adapter
 

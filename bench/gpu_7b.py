@@ -33,7 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from bench.common import emit, header
 from bench.steps import build_step
 from mm_adapter import detach_adapter
-from mm_adapter.train_data import IGNORE_INDEX
+from mm_adapter.training.batches import IGNORE_INDEX
 
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6)

@@ -4,7 +4,7 @@ fine-tuning, the trainer under DDP vs FSDP on the GPUs present, and decoding tok
 No weights are downloaded: the LLaMA-7B architecture is materialised on the GPU in bf16 with random weights
 (``bench/gpu_7b.py``: same FLOPs as real ones; MFU's accounting is in its docstring). Sections, in this order:
 
-1. trainer: ``mm_adapter.train.train`` itself (adapter 10 x 30, batch ``--batch`` x ``--seq`` per GPU, synthetic
+1. trainer: ``mm_adapter.training.trainer.train`` itself (adapter 10 x 30, batch ``--batch`` x ``--seq`` per GPU, synthetic
    examples) for ``--train-steps`` optimizer steps under each ``strategy`` of the trainer (ddp, fsdp). With several
    GPUs: torchrun over all of them, each process loading the base through the trainer's own loader from a random
    7B folder written once (fsdp reads a part per process from safetensors); with one GPU: in this process, and
@@ -40,14 +40,14 @@ from pathlib import Path
 import torch
 
 from bench.common import emit, header
-from bench.gpu_7b import (add_shape_args, make_batch, materialise, model_config, peak_tflops, run_variants, step_flops,
-                          time_step)
+from bench.gpu_7b import (
+    add_shape_args, make_batch, materialise, model_config, peak_tflops, run_variants, step_flops, time_step,
+)
 from mm_adapter import AdapterConfig, attach_adapter, detach_adapter
-from mm_adapter.errors import MMAdapterError
-from mm_adapter.options import ConfigError
-from mm_adapter.train import train
-from mm_adapter.train_config import TrainConfig
-from mm_adapter.train_data import IGNORE_INDEX, PadCollator
+from mm_adapter.errors import ConfigError, MMAdapterError
+from mm_adapter.training.batches import IGNORE_INDEX, PadCollator
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.trainer import train
 
 STRATEGIES = ("ddp", "fsdp")
 ROW = "ROW "  # prefix of a trainer child's result line
@@ -104,7 +104,7 @@ def trainer_config(strategy: str, args: argparse.Namespace) -> TrainConfig:
 
 def write_base_folder(args: argparse.Namespace, folder: Path, device: torch.device) -> Path:
     """The 7B shape (or the toy) with random weights as a transformers folder (safetensors and a stand-in
-    tokenizer): what the trainer's fsdp loads a part of per process (``sharded_load.load_training_base``)."""
+    tokenizer): what the trainer's fsdp loads a part of per process (``base_loading.load_training_base``)."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -125,7 +125,7 @@ def _trainer_model(strategy: str, args: argparse.Namespace, config, device: str,
     if base is None:
         model = materialise(config, torch.device(device))
     else:
-        from mm_adapter.sharded_load import load_training_base
+        from mm_adapter.training.base_loading import load_training_base
 
         model, _ = load_training_base(str(base), "bf16", trainer_config(strategy, args), device)
     torch.manual_seed(0)  # the same adapter on every rank
@@ -249,7 +249,7 @@ def _free(device: torch.device) -> None:
 
 
 def report(trainer: list[dict], steps: dict, full: dict, decode: dict, args: argparse.Namespace) -> None:
-    print("\ntrainer (mm_adapter.train.train, adapter, synthetic examples):")
+    print("\ntrainer (mm_adapter.training.trainer.train, adapter, synthetic examples):")
     header(TRAINER_COLUMNS)
     for row in trainer:
         emit(row, TRAINER_COLUMNS)

@@ -27,17 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_adapter.atomic import atomic_write_text
-from mm_adapter.base import DEFAULT_SPEC
-from mm_adapter.config import AdapterConfig
+from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.table import build_table
-from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.files.atomic import atomic_write_text
+from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
-from mm_adapter.jobs.options import ModelOptions, ScienceQASource
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
-from mm_adapter.method_config import TuningConfig
-from mm_adapter.train_config import TrainConfig
+from mm_adapter.methods.config import TuningConfig
+from mm_adapter.model.base import DEFAULT_SPEC
+from mm_adapter.model.config import AdapterConfig
+from mm_adapter.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

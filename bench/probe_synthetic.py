@@ -21,10 +21,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mm_adapter.config import VisualConfig
-from mm_adapter.feature_cache import image_features
+from mm_adapter.encoders.clip import build_encoder
+from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.encoders.feature_cache import image_features
 from mm_adapter.scienceqa.synthetic import CANDIDATES, IMAGE_FAMILIES
-from mm_adapter.visual import build_encoder
 
 
 def png_bytes(image) -> bytes:

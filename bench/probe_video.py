@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from bench.probe_synthetic import probe
-from mm_adapter.config import VisualConfig
-from mm_adapter.feature_cache import FeatureCache, image_features
+from mm_adapter.encoders.clip import ClipEncoder, build_encoder
+from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.encoders.feature_cache import FeatureCache, image_features
+from mm_adapter.encoders.video import sample_indices
 from mm_adapter.scienceqa.synthetic_video import CANDIDATES, TEMPORAL, VIDEO_FAMILIES, clip_bytes
-from mm_adapter.video import sample_indices
-from mm_adapter.visual import ClipEncoder, build_encoder
 
 
 def family_features(encoder: ClipEncoder, family: str, n: int, frames: int, seed: int, cache: FeatureCache) -> dict:

@@ -18,8 +18,10 @@ import argparse
 import torch
 
 from bench.batches import SHAPES, describe, load_batches
-from bench.common import (add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess,
-                          set_threads, verdict)
+from bench.common import (
+    add_common_args, common_child_argv, emit, header, interleaved_medians, memory_in_subprocess, set_threads,
+    verdict,
+)
 from bench.steps import VARIANTS, build_step, dtype_of, memory_child
 from mm_adapter import load_base
 

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_adapter import AdapterConfig, attach_adapter, attention
-from mm_adapter.train import build_optimizer, lm_loss_sum
-from mm_adapter.train_config import TrainConfig
-from mm_adapter.train_data import IGNORE_INDEX
+from mm_adapter import AdapterConfig, attach_adapter
+from mm_adapter.model import attention
+from mm_adapter.training.batches import IGNORE_INDEX
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.trainer import build_optimizer, lm_loss_sum
 
 VARIANTS = ("ours", "peft", "frozen", "frozen-routed")
 ALL_VARIANTS = (*VARIANTS, "full")

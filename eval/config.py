@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mm_adapter.errors import ConfigError
+from mm_adapter.fields import check, option
 from mm_adapter.scienceqa.prompts import PromptFormat
-
-from mm_adapter.options import ConfigError, check, option
 
 MODES = ("score", "generate")
 FORMATS = tuple(f.value for f in PromptFormat)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mm_adapter.atomic import atomic_path
 from mm_adapter.eval.run_costs import RunCosts
+from mm_adapter.files.atomic import atomic_path
 from mm_adapter.scienceqa.metrics import Scores
 
 

@@ -1,6 +1,6 @@
 """The ScienceQA evaluation runner: answer problems in batches, append as it goes, resume after a kill.
 
-Two modes (see ``eval/scoring.py``): ``score`` compares the option letters' log-probabilities
+Two modes (see ``mm_adapter/inference/scoring.py``): ``score`` compares the option letters' log-probabilities
 after "The answer is" (one forward per batch; no parsing, always an answer) or, for the text format
 QCM-T, the options' cloze scores (one forward over every option of the batch), ``generate`` decodes
 greedily and reads the answer with ``scienceqa.prompts.extract_answer``; a generation it cannot
@@ -35,30 +35,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from mm_adapter.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
-from mm_adapter.eval.scoring import (
-    calibrated_scores,
-    check_context,
-    choice_scores,
-    context_tokens,
-    greedy_generate,
-    precision,
-    tokens_needed,
+from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
+from mm_adapter.files.progress import progress as progress_bar
+from mm_adapter.files.text import read_text
+from mm_adapter.inference.scoring import (
+    calibrated_scores, check_context, choice_scores, context_tokens, greedy_generate, precision, tokens_needed,
 )
 from mm_adapter.pretrained import recorded_format
-from mm_adapter.progress import progress as progress_bar
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import NO_ANSWER, make_predictions
-from mm_adapter.scienceqa.prompts import (
-    PromptFormat,
-    build_prompt,
-    content_free,
-    extract_answer,
-    stated_answer,
-)
-from mm_adapter.textio import read_text
+from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, content_free, extract_answer, stated_answer
 
 # A batch of problems -> their (batch, hidden) prompt offsets (the multimodal path; zero rows for no image).
 Offsets = Callable[[Sequence[Problem]], torch.Tensor]

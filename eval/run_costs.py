@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_adapter.method_folders import RECORD_NAME, read_record
-from mm_adapter.textio import read_text
+from mm_adapter.files.text import read_text
+from mm_adapter.methods.folders import RECORD_NAME, read_record
 
 
 @dataclass(frozen=True)

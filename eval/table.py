@@ -3,8 +3,6 @@
 Each output may be "-" for stdout (at most one of them); the Markdown table goes to stdout unless
 another output claims it or ``out`` is given (then table.md/csv/json/png go there). The JSON
 holds every table printed: the rows, the McNemar tests and the reference rows.
-
-``python -m eval.table ...`` (run from the repository) is the older spelling of ``mm-adapter table``.
 """
 
 from __future__ import annotations
@@ -18,22 +16,18 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from mm_adapter.atomic import atomic_write_text
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.eval.config import TableConfig
 from mm_adapter.eval.cost_plot import cost_plot
 from mm_adapter.eval.run_costs import RunCosts, run_costs
-from mm_adapter.outputs import CONFIG_NAME, Output, check_no_overlap, output_folder, outputs_in, write_config
+from mm_adapter.files.atomic import atomic_write_text
+from mm_adapter.files.output_folder import (
+    CONFIG_NAME, Output, check_no_overlap, output_folder, outputs_in, write_config,
+)
 from mm_adapter.scienceqa.data import read_problems
-from mm_adapter.scienceqa.errors import ScienceQAError
 from mm_adapter.scienceqa.metrics import McNemar, Scores, compare, score
 from mm_adapter.scienceqa.predictions import Predictions, load_predictions
-from mm_adapter.scienceqa.report import (
-    csv_text,
-    markdown,
-    plot,
-    read_reference,
-    to_dict,
-)
+from mm_adapter.scienceqa.report import csv_text, markdown, plot, read_reference, to_dict
 
 PREDICTIONS_IN_FOLDER = "predictions.json"  # what `eval scienceqa --out FOLDER` writes
 
@@ -167,8 +161,3 @@ def _write(config: TableConfig, outputs: dict[str, str | None], scores: list[Sco
         written.append(write_config(config.out, "table", config))
     return written
 
-
-if __name__ == "__main__":  # the older spelling: python -m eval.table ...
-    from mm_adapter.cli import main
-
-    sys.exit(main(["table", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """Adapter folders as PEFT users expect them: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, and the
 one place that turns what a user names as an adapter (our single file, a folder, a hub id) into the file to read
-(or, for the folder of another ``--method``, with ``mm_adapter.json``, into that folder: ``method_folders.py``).
+(or, for the folder of another ``--method``, with ``mm_adapter.json``, into that folder: ``methods/folders.py``).
 
 A folder holds ``adapter_model.safetensors`` (exactly our single-file format, so ``read_adapter`` reads it),
 ``adapter_config.json`` (readable without torch: what the adapter is and which base it was made for: the
@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapter import adaption_prompts, has_adapter
-from .atomic import atomic_dir, atomic_write_json, atomic_write_text
-from .base import CONFIG_NAME as MODEL_CONFIG_NAME
-from .base import base_source
-from .checkpoint import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
-from .errors import MMAdapterError
-from .method_folders import RECORD_NAME, read_record
-from .safe_load import one_line, open_safetensors
-from .textio import STRING, Rule, check_fields, parse_json, read_json
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from mm_adapter.files.safe_load import one_line, open_safetensors
+from mm_adapter.files.text import STRING, Rule, check_fields, parse_json, read_json
+from mm_adapter.methods.folders import RECORD_NAME, read_record
+from mm_adapter.model.adapter import adaption_prompts, has_adapter, install_folder_saver
+from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
+from mm_adapter.model.base import CONFIG_NAME as MODEL_CONFIG_NAME
+from mm_adapter.model.base import base_source
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -357,13 +357,27 @@ def from_pretrained(base_model: nn.Module, adapter: str | os.PathLike, revision:
     check_base(found, BaseIdentity.of(base_model))
     visual = None
     if VISUAL_KEY in found.extra_metadata:
-        from .visual import apply_multimodal  # open_clip: only for adapters that need it
+        from mm_adapter.encoders.projection import apply_multimodal  # open_clip: only for adapters that need it
 
         visual = apply_multimodal(base_model, found, device)
     else:
         apply_adapter(base_model, found)
     setattr(base_model, LOADED_ATTR, Loaded(found, tuple(adaption_prompts(base_model).values()), *(visual or ())))
     return base_model
+
+
+def load_multimodal_adapter(model: nn.Module, path, device: torch.device | str | None = None
+                            ) -> tuple | None:
+    """Apply the adapter ``path`` names (our file, an adapter folder or a hub id) to ``model``; if it has a visual
+    part, also build its frozen encoder (from the recorded config, checked against the recorded identity) and
+    its projection.
+
+    One call for evaluation and demos. Returns None for a text-only adapter (still applied). The whole
+    file is checked before the model is touched or the encoder's weights are allocated.
+    """
+    from mm_adapter.encoders.projection import apply_multimodal  # open_clip: only for adapters that need it
+
+    return apply_multimodal(model, read_pretrained(path), device)
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False) -> str:
@@ -395,6 +409,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     return str(commit.commit_url)
 
 
+install_folder_saver(save_pretrained)  # model.save_pretrained on an adapted model writes this folder
+
 __all__ = ["CONFIG_NAME", "FOLDER_FILES", "WEIGHTS_NAME", "Loaded", "adapter_name", "base_metadata", "check_base",
-           "from_pretrained", "loaded_adapter", "locate_adapter", "push_to_hub", "read_pretrained", "recorded_format",
-           "resolve_adapter", "save_pretrained"]
+           "from_pretrained", "load_multimodal_adapter", "loaded_adapter", "locate_adapter", "push_to_hub",
+           "read_pretrained", "recorded_format", "resolve_adapter", "save_pretrained"]

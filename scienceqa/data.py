@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mm_adapter.scienceqa.errors import fail
+from mm_adapter.errors import fail
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def require_file(path: Path) -> None:
         raise fail(path, reason)
 
 
-def read_json(path: str | Path) -> Any:
+def read_benchmark_json(path: str | Path) -> Any:
     """json.load with errors turned into one-line ScienceQAErrors naming the file."""
     path = Path(path)
     try:
@@ -199,7 +199,7 @@ def read_problems(path: str | Path, captions: Mapping[str, str] | None = None) -
     path = Path(path)
     if path.is_dir():
         path = path / "problems.json"
-    raw = read_json(path)
+    raw = read_benchmark_json(path)
     if not isinstance(raw, dict):
         raise fail(path, f"must be a JSON object of pid -> record, got {type(raw).__name__}")
     captions = captions or {}
@@ -211,7 +211,7 @@ def read_captions(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         return {}
-    raw = read_json(path)
+    raw = read_benchmark_json(path)
     captions = raw.get("captions") if isinstance(raw, dict) else None
     if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
         raise fail(path, 'must be {"captions": {pid: text}}')
@@ -221,7 +221,7 @@ def read_captions(path: str | Path) -> dict[str, str]:
 def read_split(root: str | Path, split: str) -> list[str]:
     """The ordered pid list of `split` from `pid_splits.json`."""
     path = Path(root) / "pid_splits.json"
-    raw = read_json(path)
+    raw = read_benchmark_json(path)
     if not isinstance(raw, dict):
         raise fail(path, "must be a JSON object of split -> [pid]")
     if split not in raw:

@@ -12,8 +12,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from mm_adapter.errors import ScienceQAError, fail
 from mm_adapter.scienceqa.data import METADATA_FIELDS, Problem, not_regular, problem_from_record, require_file
-from mm_adapter.scienceqa.errors import ScienceQAError, fail
 
 # Our split names (those of pid_splits.json) -> the Hugging Face ones.
 HF_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}

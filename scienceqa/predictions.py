@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from mm_adapter.scienceqa.data import Problem, read_json
-from mm_adapter.scienceqa.errors import fail
+from mm_adapter.errors import fail
+from mm_adapter.scienceqa.data import Problem, read_benchmark_json
 
 NO_ANSWER = -1
 
@@ -33,7 +33,7 @@ class Predictions:
 def load_predictions(path: str | Path) -> Predictions:
     """Read a predictions file, checking its shape (not yet its pids: see `check_predictions`)."""
     path = Path(path)
-    raw = read_json(path)
+    raw = read_benchmark_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("results"), dict):
         raise fail(path, 'must be a JSON object with "results": {pid: choice_index}')
     for pid, value in raw["results"].items():

@@ -8,9 +8,9 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from mm_adapter.atomic import atomic_path
-from mm_adapter.scienceqa.data import read_json
-from mm_adapter.scienceqa.errors import fail
+from mm_adapter.errors import fail
+from mm_adapter.files.atomic import atomic_path
+from mm_adapter.scienceqa.data import read_benchmark_json
 from mm_adapter.scienceqa.metrics import COLUMN_NAMES, COLUMNS, McNemar, Scores
 
 Reference = dict[str, dict[str, float]]  # method -> column -> published percent
@@ -19,7 +19,7 @@ PARTIAL_MARK = "†"
 
 def read_reference(path: str | Path) -> Reference:
     """A published-tables JSON: {method: {column: percent}}; a method may give only some columns."""
-    raw = read_json(path)
+    raw = read_benchmark_json(path)
     if not isinstance(raw, dict):
         raise fail(path, "must be a JSON object of method -> {column: percent}")
     for method, row in raw.items():

@@ -4,27 +4,25 @@ The families copy real ScienceQA question families (their question text, choices
 subjects and skills); the pictures are drawn with PIL at 224x224. Where no real ScienceQA images
 exist (as here, where the image encoder also has random weights), this is the set on which "with
 images" must beat "text only". Families are kept only if a linear probe on random-weight CLIP
-features reads their answer (``scripts/probe_synthetic.py``); relations between parts are not
+features reads their answer (``python -m bench.probe_synthetic``); relations between parts are not
 (left-vs-right 52%, which magnet poles face each other 53%: chance). Pictures are jittered (place, size,
 shade) so a probe or model cannot just memorise a handful of identical images. A few text-only problems give the TXT (answer in the hint)
 and NO (neither hint nor image) columns.
 
-    python -m scienceqa.synthetic OUT_DIR --n-train 600 --n-val 100 --n-test 200 --seed 0
+    mm-adapter data synthetic-images OUT_DIR --n-train 600 --n-val 100 --n-test 200 --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw
 
-from mm_adapter.atomic import atomic_write_json
-from mm_adapter.scienceqa.errors import ScienceQAError
+from mm_adapter.errors import ScienceQAError
+from mm_adapter.files.atomic import atomic_write_json
 
 SIZE = 224
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 30),
@@ -208,7 +206,7 @@ CANDIDATES: dict[str, Callable[[random.Random], Drawn]] = {
     "solution_color": solution_color, "concentration": concentration, "continent": continent,
     "shape_word": shape_word, "magnets": magnets}
 # Kept image families (weights). Linear probe, random-weight ViT-B-32, 4 depths, 400 jittered pictures each
-# (scripts/probe_synthetic.py; held-out accuracy vs majority baseline): solution_color 6 classes 1.00 vs 0.19,
+# (python -m bench.probe_synthetic; held-out accuracy vs majority baseline): solution_color 6 classes 1.00 vs 0.19,
 # continent 7 classes 1.00 vs 0.18, shape_word 4 classes 0.81 vs 0.28, concentration 3 classes 0.79 vs 0.37;
 # magnets 0.53 vs 0.54 (chance: which poles face each other is a relation global features lose), so not kept.
 IMAGE_FAMILIES = {"solution_color": 1.0, "concentration": 1.0, "continent": 1.0, "shape_word": 1.0}
@@ -280,29 +278,3 @@ def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrit
     atomic_write_json(out / "problems.json", problems, indent=1)
     atomic_write_json(out / "pid_splits.json", splits)  # last: its presence marks a complete set
     return out
-
-
-def main(argv: list[str] | None = None, draw: DrawProblem = draw_image_problem, doc: str | None = None) -> int:
-    """The generator's command line (``draw`` and ``doc``: another set's problems and description)."""
-    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--n-train", type=int, default=600)
-    parser.add_argument("--n-val", type=int, default=100)
-    parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
-    args = parser.parse_args(argv)
-    sizes = {"train": args.n_train, "val": args.n_val, "test": args.n_test}
-    if any(n < 0 for n in sizes.values()):
-        parser.error("split sizes must be >= 0")
-    try:
-        out = generate(args.out_dir, sizes, args.seed, args.overwrite, draw)
-    except (ScienceQAError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {sum(sizes.values())} problems ({', '.join(f'{k} {v}' for k, v in sizes.items())}) to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,21 +10,19 @@ independently, and the lamp's lit and dark time do not depend on how often it fl
 at random each frame, so no frame's place in time shows in it. A few text-only problems (the image set's
 families) fill the TXT and NO columns.
 
-    python -m scienceqa.synthetic_video OUT_DIR --n-train 600 --n-val 60 --n-test 200 --seed 0
+    mm-adapter data synthetic-video OUT_DIR --n-train 600 --n-val 60 --n-test 200 --seed 0
 """
 
 from __future__ import annotations
 
 import io
 import random
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from PIL import Image, ImageDraw
 
-from mm_adapter.scienceqa.synthetic import (COLORS, SIZE, Drawn, SaveMedia, choose_family, main as generator_main,
-                                            make_problem, to_record)
+from mm_adapter.scienceqa.synthetic import COLORS, SIZE, Drawn, SaveMedia, choose_family, make_problem, to_record
 
 CLIP_NAME = "clip.gif"
 FRAME_MS = 80  # shown at 12.5 frames per second
@@ -175,11 +173,3 @@ def make_clip_problem(rng: random.Random, family: str) -> tuple[dict, SaveMedia 
 
 def draw_clip_problem(rng: random.Random) -> tuple[dict, SaveMedia | None]:
     return make_clip_problem(rng, choose_family(rng, VIDEO_FAMILIES))
-
-
-def main(argv: list[str] | None = None) -> int:
-    return generator_main(argv, draw_clip_problem, __doc__)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,8 +21,8 @@ def shared_data() -> Path:
 def alpaca_cache_in_tmp(tmp_path_factory, monkeypatch):
     """datasets' Arrow cache of Alpaca reads goes to this session's tmp folder, not the user's cache (a test that
     sets MM_ADAPTER_CACHE itself keeps it)."""
-    import mm_adapter.alpaca
+    import mm_adapter.data.alpaca
 
     folder = tmp_path_factory.getbasetemp() / "alpaca-cache"
-    monkeypatch.setattr(mm_adapter.alpaca, "cache_root",
+    monkeypatch.setattr(mm_adapter.data.alpaca, "cache_root",
                         lambda: Path(os.environ["MM_ADAPTER_CACHE"]) if "MM_ADAPTER_CACHE" in os.environ else folder)

@@ -15,7 +15,6 @@ Gemma2) mask tokens further than the window back, never prompts. ``prompt_key_no
 
 from __future__ import annotations
 
-
 import torch
 
 

@@ -18,14 +18,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mm_adapter.config import VisualConfig
-from mm_adapter.eval.features import blank_image, compute_features
-from mm_adapter.feature_cache import image_features
+from mm_adapter.data.features import blank_image, compute_features
+from mm_adapter.encoders.clip import TINY_VIT, build_encoder
+from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.encoders.feature_cache import image_features
 from mm_adapter.jobs import ablate
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
 from mm_adapter.scienceqa.data import read_official
-from mm_adapter.train_process import KILL_ENV
-from mm_adapter.visual import TINY_VIT, build_encoder
+from mm_adapter.training.process import KILL_ENV
 from tests.test_formats_training import tiny_sqa  # noqa: F401  (fixture)
 from tiny_text import command_here
 

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from tiny import left_padded_batch, randomise_adapter, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, count_trainable, is_adapter_parameter
-
-
+from tiny import left_padded_batch, randomise_adapter, tiny_model
 
 
 def test_gradients_reach_only_adapter_parameters():

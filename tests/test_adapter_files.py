@@ -6,18 +6,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny import left_padded_batch, tiny_model
 
 from mm_adapter import (
-    AdapterConfig,
-    MMAdapterError,
-    adapter_parameters,
-    apply_adapter,
-    attach_adapter,
-    load_adapter,
-    read_adapter,
+    AdapterConfig, MMAdapterError, adapter_parameters, apply_adapter, attach_adapter, load_adapter, read_adapter,
     save_adapter,
 )
+from tiny import left_padded_batch, tiny_model
 
 
 def trained(model, config=AdapterConfig(adapter_len=3, adapter_layers=2), seed=7):

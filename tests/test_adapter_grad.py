@@ -9,13 +9,11 @@ import copy
 
 import pytest
 import torch
-from reference import reference_logits
-from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter
-from mm_adapter.attention import train_token_block_in_fp32
-
-
+from mm_adapter.model.attention import train_token_block_in_fp32
+from reference import reference_logits
+from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 
 
 def loss_of(logits, ids, mask):

@@ -2,13 +2,11 @@
 
 import pytest
 import torch
-from reference import reference_logits
-from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, detach_adapter
-
-
+from reference import reference_logits
+from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
 
 
 def logits(model, ids, mask, positions):

@@ -5,18 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_text import records, tiny_tokenizer, write_records
 
-from mm_adapter.alpaca import (
-    AlpacaRecord,
-    encode_alpaca,
-    encode_record,
-    format_prompt,
-    prompt_text,
-    read_alpaca,
-)
+from mm_adapter.data.alpaca import AlpacaRecord, encode_alpaca, encode_record, format_prompt, prompt_text, read_alpaca
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.train_data import IGNORE_INDEX
+from mm_adapter.training.batches import IGNORE_INDEX
+from tiny_text import records, tiny_tokenizer, write_records
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def test_encoding_masks_the_prompt_and_matches_the_generation_prompt():
 
 def test_real_tokenizer_boundary_is_exact():
     """With SmolLM2's byte-level BPE the prompt ids are a prefix of the example (no merge across the boundary)."""
-    from mm_adapter.base import smollm2_folder
+    from mm_adapter.model.base import smollm2_folder
 
     transformers = pytest.importorskip("transformers")
     try:

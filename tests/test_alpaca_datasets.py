@@ -21,11 +21,11 @@ import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_text import REPO, arguments, command_here, records, tiny_base_folder, write_records
 
-from mm_adapter import alpaca
-from mm_adapter.alpaca import AlpacaRecord, read_alpaca
+from mm_adapter.data import alpaca
+from mm_adapter.data.alpaca import AlpacaRecord, read_alpaca
 from mm_adapter.errors import MMAdapterError
+from tiny_text import REPO, arguments, command_here, records, tiny_base_folder, write_records
 
 SHARED_ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 REPO_ID = "org/name"
@@ -178,7 +178,7 @@ def test_a_local_path_wins_over_a_hub_id_and_data_file_names_are_never_hub_ids(t
     (tmp_path / "org").mkdir()
     write_records(tmp_path / REPO_ID, records(2))
     assert as_dicts(read_alpaca(REPO_ID)) == records(2)
-    assert not alpaca.is_hub_id("org/data.json") and alpaca.is_hub_id("tatsu-lab/alpaca")
+    assert not alpaca.is_hub_dataset("org/data.json") and alpaca.is_hub_dataset("tatsu-lab/alpaca")
     with pytest.raises(MMAdapterError, match="org/data.json: no such data file$"):
         read_alpaca("org/data.json")
 
@@ -210,7 +210,7 @@ def test_as_a_user_runs_it_offline_nothing_outside_tmp_is_used(tmp_path):
            "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"),
            "MM_ADAPTER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    script = ("import json; from mm_adapter.alpaca import read_alpaca; from mm_adapter.errors import MMAdapterError\n"
+    script = ("import json; from mm_adapter.data.alpaca import read_alpaca; from mm_adapter.errors import MMAdapterError\n"
               "data = read_alpaca('org/name')\n"
               "try: read_alpaca('org/absent')\n"
               "except MMAdapterError as error: refusal = str(error)\n"

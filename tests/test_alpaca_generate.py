@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_model
-from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
 from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_adapter, load_base, save_adapter
-from mm_adapter.alpaca import prompt_text
-from mm_adapter.generate import generate_text
-from mm_adapter.jobs.configs import GenerateConfig
+from mm_adapter.data.alpaca import prompt_text
+from mm_adapter.inference.config import SamplingConfig
+from mm_adapter.inference.generate import generate_text
+from mm_adapter.jobs.configs import GenerateConfig, ModelOptions
 from mm_adapter.jobs.generate import generate
-from mm_adapter.jobs.options import ModelOptions
-from mm_adapter.sampling import SamplingConfig
+from tiny import tiny_model
+from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0)
 

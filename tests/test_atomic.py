@@ -1,4 +1,4 @@
-"""mm_adapter.atomic: umask-based permissions, all-or-nothing replacement, cleanup on failure."""
+"""mm_adapter.files.atomic: umask-based permissions, all-or-nothing replacement, cleanup on failure."""
 
 import os
 import stat
@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mm_adapter.atomic import (
-    atomic_dir,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    current_umask,
+from mm_adapter.files.atomic import (
+    atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask,
 )
 
 

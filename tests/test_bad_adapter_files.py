@@ -26,15 +26,10 @@ from safetensors.torch import save_file
 from test_bad_base import CAP_BYTES, command_refuses, process_refuses, refuses, snapshot
 
 from mm_adapter import AdapterConfig, attach_adapter, load_base, save_adapter
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder
+from mm_adapter.encoders.projection import VisualProjection, visual_extras
 from mm_adapter.interop import import_adapter
-from mm_adapter.visual import (
-    TINY_VIT,
-    VisualConfig,
-    VisualProjection,
-    build_encoder,
-    load_multimodal_adapter,
-    visual_extras,
-)
+from mm_adapter.pretrained import load_multimodal_adapter
 from tiny_text import one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
 HUGE = 1 << 32  # a width whose float32 LayerNorm alone is 32 GB

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from test_base_loading import export_meta
 
 from mm_adapter import MMAdapterError, load_base
-from mm_adapter.base import smollm2_gguf_path
+from mm_adapter.model.base import smollm2_gguf_path
 from tiny import tiny_model
 from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 

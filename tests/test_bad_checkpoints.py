@@ -24,18 +24,11 @@ from safetensors.torch import load_file, save_file
 from test_train_resume import same_layers
 
 from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_base
-from mm_adapter.checkpointing import STATE, TENSORS, CorruptCheckpoint, load_checkpoint, restore_checkpoint
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector, best_logged
-from mm_adapter.train import build_optimizer
+from mm_adapter.training.checkpoints import STATE, TENSORS, CorruptCheckpoint, load_checkpoint, restore_checkpoint
+from mm_adapter.training.trainer import build_optimizer
 from tiny_text import (
-    REPO,
-    alpaca_config,
-    arguments,
-    command_here,
-    finetune_here,
-    one_thread,  # noqa: F401 (autouse fixture)
-    records,
-    tiny_base_folder,
+    REPO, alpaca_config, arguments, command_here, finetune_here, one_thread, records, tiny_base_folder,
     write_records,
 )
 

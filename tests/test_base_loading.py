@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from tiny import left_padded_batch, tiny_model
 
 from mm_adapter import MMAdapterError, load_base
-from mm_adapter.base import smollm2_gguf_path
-from mm_adapter.jobs.options import ModelOptions
+from mm_adapter.errors import ConfigError
+from mm_adapter.jobs.configs import ModelOptions
 from mm_adapter.jobs.runtime import prepare, resolve_device
-from mm_adapter.options import ConfigError
+from mm_adapter.model.base import smollm2_gguf_path
+from tiny import left_padded_batch, tiny_model
 
 
 def hf_to_meta_rotary(weight, n_heads):
@@ -165,7 +165,7 @@ def test_smollm2_from_the_wheel_answers_sensibly():
         smollm2_gguf_path()
     except MMAdapterError as error:
         pytest.skip(str(error))
-    from mm_adapter.generate import SamplingConfig, chat_prompt, generate_text
+    from mm_adapter.inference.generate import SamplingConfig, chat_prompt, generate_text
 
     model, tokenizer = load_base("smollm2-135m")
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576

@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 
 from mm_adapter import MMAdapterError
-from mm_adapter.alpaca import MAX_TEXT_CHARS as ALPACA_MAX_TEXT_CHARS, AlpacaRecord, encode_alpaca, read_alpaca
+from mm_adapter.data.alpaca import MAX_TEXT_CHARS as ALPACA_MAX_TEXT_CHARS
+from mm_adapter.data.alpaca import AlpacaRecord, encode_alpaca, read_alpaca
+from mm_adapter.data.problems import encode_problems
 from mm_adapter.demo.predictor import Predictor, check_question
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate, partial_path, run
-from mm_adapter.eval.scoring import context_tokens, tokens_needed
-from mm_adapter.jobs.scienceqa_data import encode_problems
+from mm_adapter.inference.scoring import context_tokens, tokens_needed
 from mm_adapter.scienceqa.data import MAX_TEXT_CHARS, Problem, read_official
-from mm_adapter.scienceqa.errors import ScienceQAError
 from mm_adapter.scienceqa.prompts import build_prompt
 from tests.test_demo_predictor import DemoFiles, make_demo_files
 from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)

@@ -15,10 +15,10 @@ import torch
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter
 from mm_adapter.cli.commands import BY_WORDS
 from mm_adapter.cli.parse import parse
+from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate
 from mm_adapter.jobs import train_scienceqa as train_job
-from mm_adapter.options import ConfigError
 from mm_adapter.scienceqa.prompts import build_prompt, content_free, option_letters
 from tests.test_cloze import _reference_scores
 from tests.test_eval_run import ATOL, PROBLEMS, model, single_thread, tokenizer  # noqa: F401  (fixtures)

@@ -3,6 +3,7 @@ reproduce a run, one-line errors with exit 2, fast help, the older script names 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from mm_adapter.cli import main
-from mm_adapter.cli.commands import COMMANDS, BY_WORDS
+from mm_adapter.cli.commands import BY_WORDS, COMMANDS
 from mm_adapter.cli.parse import build_parser, parse
+from mm_adapter.files.output_folder import output_folder, write_config
 from mm_adapter.jobs.configs import TrainAlpacaConfig, TrainScienceQAConfig
-from mm_adapter.outputs import output_folder, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ALPACA, TRAIN_SQA = BY_WORDS[("train", "alpaca")], BY_WORDS[("train", "scienceqa")]
@@ -91,6 +92,8 @@ def test_a_written_config_reproduces_the_run(tmp_path, command):
         "push": ["--adapter", "runs/skill", "--repo", "org/skill", "--private"],
         "main": ["--n-train", "12", "--clip-layers", "2", "--no-hub", "--threads", "1"],
         "plan": ["llama7b-alpaca", "--gpus", "4", "--gpu-memory", "40"],
+        "data synthetic-images": ["sets/images", "--n-train", "5", "--seed", "3"],
+        "data synthetic-video": ["sets/clips", "--n-val", "2", "--overwrite"],
     }[command.name]
     config = parse(command, argv)
     written = write_config(tmp_path, command.name, config)
@@ -205,18 +208,28 @@ def test_python_m_mm_adapter_is_the_same_command():
         assert console.stdout == module.stdout
 
 
-@pytest.mark.parametrize("script, words", [
-    ("finetune_alpaca.py", "train alpaca"), ("finetune_scienceqa.py", "train scienceqa"),
-    ("eval_scienceqa.py", "eval scienceqa"), ("generate.py", "generate"), ("demo.py", "demo"),
-    ("serve_demo.py", "serve"), ("convert_adapter.py", "convert"), ("main.py", "main"),
-])
-def test_the_older_script_names_are_thin_shells_of_the_command(script, words):
-    """Documented `python scripts/X.py` forms keep working, as shells of a few lines over `mm-adapter`."""
-    path = REPO / "scripts" / script
-    code_lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith('"""')]
-    assert len(code_lines) <= 4, code_lines
-    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and f"usage: mm-adapter {words}" in done.stdout, done.stderr
+def test_one_front_door():
+    """The command is the way in: scripts/ holds only the README's two commands and the set-up they share (no
+    `python scripts/X.py` shells), and the generated sets are subcommands, not modules with parsers of their own."""
+    assert sorted(p.name for p in (REPO / "scripts").iterdir()) == ["main.sh", "setup_env.sh", "test.sh"]
+    for module in ("scienceqa/synthetic.py", "scienceqa/synthetic_video.py", "eval/table.py"):
+        text = (REPO / module).read_text()
+        assert "argparse" not in text and "__main__" not in text, module
+
+
+@pytest.mark.parametrize("words, described", [("synthetic-images", "only in the pictures"),
+                                              ("synthetic-video", "order of the frames")])
+def test_the_generated_sets_are_subcommands(words, described, tmp_path, capsys):
+    """``mm-adapter data synthetic-images|synthetic-video OUT`` write the official layout; --help says what."""
+    code, out, _ = run_cli(capsys, "data", words, str(tmp_path / "set"), "--n-train", "2", "--n-val", "1",
+                           "--n-test", "1")
+    assert code == 0 and "wrote 4 problems (train 2, val 1, test 1)" in out, out
+    assert json.loads((tmp_path / "set" / "pid_splits.json").read_text()).keys() == {"train", "val", "test"}
+    code, _, err = run_cli(capsys, "data", words, str(tmp_path / "bad"), "--n-val", "-1")
+    assert code == 2 and err.count("\n") == 1 and "--n-val" in err, err
+    assert not (tmp_path / "bad").exists()
+    assert main(["--help"]) == 0
+    assert described in " ".join(capsys.readouterr().out.split())
 
 
 def test_command_line_text_that_is_not_utf8_is_refused_in_one_line():

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, prompt_offset, read_adapter, save_adapter
-from mm_adapter.checkpoint import PROMPT_FORMAT_KEY
+from mm_adapter.data.problems import encode_problem
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate, resolve_format
-from mm_adapter.eval.scoring import choice_scores, option_text_log_probs
-from mm_adapter.jobs.scienceqa_data import encode_problem
-from mm_adapter.train_data import IGNORE_INDEX
+from mm_adapter.inference.scoring import choice_scores, option_text_log_probs
+from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
+from mm_adapter.training.batches import IGNORE_INDEX
 from tests.test_eval_run import ATOL, PROBLEMS, make_tokenizer, single_thread  # noqa: F401  (fixture)
 from tests.tiny import tiny_model
 

@@ -1,6 +1,6 @@
 """``mm-adapter demo``: the answer and one line per option's probability; every bad input is one line, exit 2.
 
-One run is a real subprocess (the documented ``python scripts/demo.py``; it pays a fresh interpreter and torch
+One run is a real subprocess (the documented ``mm-adapter demo``; it pays a fresh interpreter and torch
 import, ~10 s of CPU); the job function and bad inputs go through ``mm_adapter.cli.main`` in this process, with
 stderr captured at the file-descriptor level so any stray warning would show up as a second line.
 """
@@ -21,12 +21,13 @@ from mm_adapter import MMAdapterError
 from mm_adapter.cli import main
 from mm_adapter.cli.reports import format_prediction
 from mm_adapter.demo.predictor import Predictor
-from mm_adapter.jobs.configs import DemoConfig
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
+from mm_adapter.jobs.configs import DemoConfig, ModelOptions
 from mm_adapter.jobs.demo import demo
-from mm_adapter.jobs.options import ModelOptions
-from mm_adapter.visual import TINY_VIT, VisualConfig
-from tests.test_demo_predictor import (CHOICES, QUESTION, DemoFiles, adapted_model, make_demo_files, noise_png, png,
-                                       save_visual_adapter)
+from tests.command import MM_ADAPTER
+from tests.test_demo_predictor import (
+    CHOICES, QUESTION, DemoFiles, adapted_model, make_demo_files, noise_png, png, save_visual_adapter,
+)
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +53,10 @@ def in_process(argv: list[str], capfd) -> tuple[int, str, str]:
 
 
 def test_prints_the_answer_and_each_probability(files, tmp_path):
-    """The documented ``python scripts/demo.py`` prints the answer line and one line per option (percent summing to
+    """The documented ``mm-adapter demo`` prints the answer line and one line per option (percent summing to
     100, '*' on the most probable), the same numbers as the predictor in this process; stderr says what answered."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(REPO / "scripts" / "demo.py"), *arguments(files, files.red, files.visual)]
+    command = [MM_ADAPTER, "demo", *arguments(files, files.red, files.visual)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

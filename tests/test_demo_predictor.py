@@ -6,10 +6,9 @@ bad input is one line, loading refuses unusable encoders, and concurrent calls g
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-import mm_adapter.feature_cache as feature_cache_module
-from mm_adapter.demo.predictor import Predictor, check_image, check_question
+import mm_adapter.encoders.feature_cache as feature_cache_module
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, save_adapter
-from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, visual_extras
+from mm_adapter.demo.predictor import Predictor, check_image, check_question
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder
+from mm_adapter.encoders.projection import VisualProjection, visual_extras
 from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tests.tiny import tiny_model
 

@@ -22,9 +22,9 @@ from mm_adapter.cli import main
 from mm_adapter.cli.reports import format_prediction
 from mm_adapter.demo.predictor import Predictor
 from mm_adapter.demo.server import MAX_BODY, build_server
-from mm_adapter.feature_cache import MAX_IMAGE_BYTES
-from mm_adapter.video import clip_frames
-from mm_adapter.visual import TINY_VIT, VisualConfig
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
+from mm_adapter.encoders.feature_cache import MAX_IMAGE_BYTES
+from mm_adapter.encoders.video import clip_frames
 from tests.clips import clip, frames_of
 from tests.test_demo_predictor import CHOICES, QUESTION, adapted_model, png, save_visual_adapter
 from tests.test_demo_web import ask, browser, read_answer  # noqa: F401 (browser: the fixture)

@@ -1,5 +1,5 @@
 """The demo web server (``mm-adapter serve``): HTTP checks of every bad upload (one line, the server keeps serving),
-binary-exact uploads, concurrent requests, the documented ``python scripts/serve_demo.py`` in a real process; then
+binary-exact uploads, concurrent requests, the documented ``mm-adapter serve`` in a real process; then
 the real page in headless Debian Chromium driven by Playwright.
 
 The browser tests skip (with the reason) where /usr/bin/chromium (or $DEMO_CHROMIUM) or the playwright
@@ -8,8 +8,6 @@ Set DEMO_SCREENSHOT=path.png to keep a screenshot of the page with an answer.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import importlib.util
 import json
@@ -23,6 +21,7 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,9 +29,9 @@ from PIL import Image
 
 from mm_adapter.cli import main
 from mm_adapter.demo.server import PAGE, build_server, parse_choices
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs import ModelOptions, ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from mm_adapter.jobs.options import ModelOptions
+from tests.command import MM_ADAPTER
 from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
@@ -163,12 +162,12 @@ def test_start_up_problems_are_one_line_and_exit_2(server, files, capfd):
 
 @pytest.mark.parametrize("stop, code, last_line", [(signal.SIGINT, 130, "interrupted"),
                                                    (signal.SIGTERM, 143, "terminated (SIGTERM)")])
-def test_documented_script_serves_until_interrupted(files, tmp_path, stop, code, last_line):
-    """``python scripts/serve_demo.py`` (the documented command) starts the server in a real process, says its
+def test_serve_in_a_real_process_runs_until_interrupted(files, tmp_path, stop, code, last_line):
+    """``mm-adapter serve`` (the documented command) starts the server in a real process, says its
     address on stdout, answers /health with what answers the questions, and stops on Ctrl-C (exit 130) or
     SIGTERM (exit 143) with one line, no traceback."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(REPO / "scripts" / "serve_demo.py"), "--base", str(files.base), "--adapter",
+    command = [MM_ADAPTER, "serve", "--base", str(files.base), "--adapter",
                str(files.visual), "--port", "0", "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                cwd=tmp_path)

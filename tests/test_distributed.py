@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_text import REPO, arguments, command_here, finetune_here, records, tiny_base_folder, write_records
 
 from mm_adapter import read_adapter
-from mm_adapter.train_process import KILL_ENV
+from mm_adapter.training.process import KILL_ENV
+from tiny_text import REPO, arguments, command_here, finetune_here, records, tiny_base_folder, write_records
 
 # fp32 on CPU; the only difference is where two micro-batch gradients are summed (all-reduce vs accumulation).
 # Observed here: bit-identical (max difference 0.0); the tolerance leaves room for other reduction orders.

@@ -15,9 +15,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import mm_adapter.eval.run as runner
-from mm_adapter.eval.run import EvalConfig, evaluate, partial_path, run
-from mm_adapter.eval.scoring import encode_scored, greedy_generate, option_probabilities
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter
+from mm_adapter.eval.run import EvalConfig, evaluate, partial_path, run
+from mm_adapter.inference.scoring import encode_scored, greedy_generate, option_probabilities
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters

@@ -1,5 +1,5 @@
 """The ``eval scienceqa`` job end to end on a tiny saved model (the job function, the command in this process,
-the documented ``python scripts/eval_scienceqa.py`` in a real process), and a smoke run of SmolLM2 on real val data."""
+the documented ``mm-adapter eval scienceqa`` in a real process), and a smoke run of SmolLM2 on real val data."""
 
 from __future__ import annotations
 
@@ -14,20 +14,21 @@ import yaml
 
 from mm_adapter import MMAdapterError
 from mm_adapter.cli import main as cli_main
+from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate, partial_path
-from mm_adapter.eval.scoring import encode_scored
-from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.inference.scoring import encode_scored
+from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
-from mm_adapter.jobs.options import ModelOptions, ScienceQASource
 from mm_adapter.scienceqa.data import load_official
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
+from tests.command import MM_ADAPTER
 from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tests.tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "eval_scienceqa.py"
+COMMAND = [MM_ADAPTER, "eval", "scienceqa"]
 
 
 def official_layout(root: Path) -> Path:
@@ -108,11 +109,11 @@ def test_command_prints_the_table_and_its_config_file_reproduces_the_run(base_fo
     assert err.startswith("error: ") and "--split" in err and err.count("\n") == 1
 
 
-def test_documented_script_path_still_runs(base_folder, tmp_path):
-    """``python scripts/eval_scienceqa.py`` (the documented command) runs the same job in a real process: the table on
+def test_the_command_runs_in_a_real_process(base_folder, tmp_path):
+    """``mm-adapter eval scienceqa`` (the documented command) runs the same job in a real process: the table on
     stdout, the predictions in the --out folder; a bad input is one line on stderr, exit 2, no traceback."""
     data, out = official_layout(tmp_path / "data"), tmp_path / "out"
-    argv = [sys.executable, str(SCRIPT), "--base", str(base_folder), "--data", str(data), "--split", "val",
+    argv = [*COMMAND, "--base", str(base_folder), "--data", str(data), "--split", "val",
             "--out", str(out), "--bootstrap", "0", "--no-progress", "--name", "tiny", "--device", "cpu",
             "--threads", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -128,7 +129,7 @@ def test_documented_script_path_still_runs(base_folder, tmp_path):
 @pytest.fixture(scope="module")
 def smollm2():
     from mm_adapter import load_base
-    from mm_adapter.base import smollm2_gguf_path
+    from mm_adapter.model.base import smollm2_gguf_path
 
     try:
         smollm2_gguf_path()

@@ -1,4 +1,4 @@
-"""The family table (mm_adapter/family.py): every row checked against the explicit formula.
+"""The family table (mm_adapter/model/family.py): every row checked against the explicit formula.
 
 Each supported ``model_type`` gets a tiny random model here (ROWS); a row added to the table
 without one fails ``test_every_family_row_has_a_tiny_model``. Gemma2's model is built with a wide
@@ -8,15 +8,16 @@ default init, scores are ~0.1 and a cap of 50 would be a no-op the tests could n
 
 import pytest
 import torch
-from reference import reference_logits
-from tiny import COMMON, left_padded_batch, randomise_adapter, tiny_model
-from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (
+    Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Olmo2Config,
+    Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+)
 
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, detach_adapter
-from mm_adapter.adapter import adaption_prompts
-from mm_adapter.family import FAMILIES, eager_function
+from mm_adapter.model.adapter import adaption_prompts
+from mm_adapter.model.family import FAMILIES, eager_function
+from reference import reference_logits
+from tiny import COMMON, left_padded_batch, randomise_adapter, tiny_model
 
 ROWS = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2)),

@@ -16,19 +16,19 @@ import pytest
 
 from mm_adapter import AdapterConfig, TrainConfig, load_adapter, load_base, read_adapter
 from mm_adapter.cli import main
+from mm_adapter.data.config import ScienceQASource
+from mm_adapter.data.problems import encode_problem, load_problems
+from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate
-from mm_adapter.eval.scoring import encode_scored
-from mm_adapter.jobs.configs import TrainScienceQAConfig
-from mm_adapter.jobs.options import ModelOptions, ScienceQASource
-from mm_adapter.jobs.scienceqa_data import encode_problem, load_problems
+from mm_adapter.inference.scoring import encode_scored
+from mm_adapter.jobs.configs import ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
-from mm_adapter.options import ConfigError
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import build_prompt
 from mm_adapter.scienceqa.synthetic import generate
-from mm_adapter.train_data import IGNORE_INDEX
+from mm_adapter.training.batches import IGNORE_INDEX
 from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401  (autouse fixture)
 from tests.tiny import tiny_model
 

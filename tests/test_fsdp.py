@@ -18,33 +18,21 @@ import sys
 import pytest
 import torch
 from test_distributed import GLOO, held, torchrun
-from tiny import tiny_model
-from tiny_text import (  # noqa: F401 (one_thread: autouse fixture)
-    REPO,
-    arguments,
-    command_here,
-    one_thread,
-    records,
-    tiny_base_folder,
-    tiny_tokenizer,
-    write_records,
-)
 
 from mm_adapter import AdapterConfig, TrainConfig, attach_adapter
-from mm_adapter.adapter import decoder_layers
-from mm_adapter.alpaca import AlpacaRecord, encode_alpaca
+from mm_adapter.data.alpaca import AlpacaRecord, encode_alpaca
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.sharded_load import (
-    SOURCE_ATTR,
-    choose_strategy,
-    hub_folder,
-    load_training_base,
-    shard_rows,
-    shard_source,
+from mm_adapter.model.adapter import decoder_layers
+from mm_adapter.training.base_loading import (
+    SOURCE_ATTR, choose_strategy, hub_folder, load_training_base, shard_rows, shard_source,
 )
-from mm_adapter.train import train
-from mm_adapter.train_data import PadCollator
-from mm_adapter.train_process import DistInfo
+from mm_adapter.training.batches import PadCollator
+from mm_adapter.training.process import DistInfo
+from mm_adapter.training.trainer import train
+from tiny import tiny_model
+from tiny_text import (
+    REPO, arguments, command_here, one_thread, records, tiny_base_folder, tiny_tokenizer, write_records,
+)
 
 # Tolerances of bench/fsdp_check.py's comparison: the largest gradient difference, as a fraction of the largest
 # gradient, and the loss's relative difference. Observed here: fp32 6e-8 (the two sides sum the global batch in
@@ -141,7 +129,7 @@ def test_auto_picks_fsdp_for_a_base_over_half_a_device():
 def test_auto_shards_a_base_over_half_a_device_under_a_launch(tiny_run, monkeypatch, device_gib):
     """Under a 2-process launch, auto builds the tiny base (0.25 MB in bf16) hollow, to be sharded, when one device
     has less than twice that (here 0.1 MB), and loads it whole otherwise."""
-    import mm_adapter.sharded_load as sharded_load
+    import mm_adapter.training.base_loading as sharded_load
 
     monkeypatch.setattr(sharded_load, "setup_distributed", lambda device: DistInfo(0, 2, torch.device("cpu")))
     monkeypatch.setattr(sharded_load, "device_memory", lambda device: int(device_gib * 2**30))

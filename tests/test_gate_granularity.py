@@ -8,21 +8,15 @@ import torch
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny import left_padded_batch, tiny_model
 
 from mm_adapter import (
-    AdapterConfig,
-    MMAdapterError,
-    adapter_parameters,
-    attach_adapter,
-    count_trainable,
-    load_adapter,
-    read_adapter,
+    AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, count_trainable, load_adapter, read_adapter,
     save_adapter,
 )
-from mm_adapter.adapter import trainable_parameters
+from mm_adapter.errors import ConfigError
 from mm_adapter.interop import export_peft, import_peft
-from mm_adapter.options import ConfigError
+from mm_adapter.model.adapter import trainable_parameters
+from tiny import left_padded_batch, tiny_model
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)  # fp32, same base weights
 LAYER = AdapterConfig(adapter_len=3, adapter_layers=2, gate_granularity="layer", gate_activation="identity")

@@ -12,7 +12,7 @@ import torch
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter
 from mm_adapter.cli.commands import BY_WORDS
 from mm_adapter.cli.parse import parse
-from mm_adapter.options import ConfigError
+from mm_adapter.errors import ConfigError
 from tiny import left_padded_batch, tiny_model
 
 

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
-from reference import linear, rms_norm
 from safetensors.torch import save_file
 from test_base_loading import hf_to_meta_rotary, meta_rotary
-from tiny import tiny_model
 
 from mm_adapter import MMAdapterError
 from mm_adapter.interop import import_official, load_foreign_adapter
+from reference import linear, rms_norm
+from tiny import tiny_model
 
 L, SEQ = 3, 9
 

@@ -1,5 +1,5 @@
 """``mm-adapter convert``: official -> ours -> PEFT on a base folder, overwrite protection, one-line errors; the
-documented ``python scripts/convert_adapter.py`` in a real process."""
+documented ``mm-adapter convert`` in a real process."""
 
 import json
 import os
@@ -11,18 +11,18 @@ import pytest
 import torch
 from safetensors import safe_open
 from test_interop_litgpt import litgpt_file
-from tiny_text import REPO, tiny_base_folder
 
 from mm_adapter import load_adapter, load_base, read_adapter
 from mm_adapter.cli import main
+from mm_adapter.errors import ConfigError
 from mm_adapter.interop import load_foreign_adapter
 from mm_adapter.interop.litgpt import LAYOUTS, import_litgpt
-from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig
+from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig, ModelOptions
 from mm_adapter.jobs.convert import convert as convert_job
-from mm_adapter.jobs.options import ModelOptions
-from mm_adapter.options import ConfigError
+from tests.command import MM_ADAPTER
+from tiny_text import REPO, tiny_base_folder
 
-SCRIPT = REPO / "scripts" / "convert_adapter.py"
+COMMAND = [MM_ADAPTER, "convert"]
 
 
 def convert(*args, capsys):
@@ -84,7 +84,7 @@ def test_existing_output_is_refused_unless_overwrite(base, tmp_path, capsys):
     target = tmp_path / "a.safetensors"
     target.write_text("keep me")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--from", "official", "--to", "ours", "--base", str(base),
+    done = subprocess.run([*COMMAND, "--from", "official", "--to", "ours", "--base", str(base),
                            str(release), str(target)], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=120)
     assert (done.returncode, done.stdout) == (2, "")

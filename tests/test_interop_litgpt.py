@@ -17,12 +17,12 @@ import math
 
 import pytest
 import torch
-from reference import rotary
 from test_interop import L, causal, decoder, ids, ours, refused
-from tiny import tiny_model
 
 from mm_adapter import apply_adapter
 from mm_adapter.interop import import_litgpt
+from reference import rotary
+from tiny import tiny_model
 
 OLD, NEW = "pre-0.5.5", "0.5.5+"
 START = 1  # adapter_start_layer: layers 1..3 adapted

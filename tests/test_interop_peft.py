@@ -10,10 +10,10 @@ import torch
 from peft import AdaptionPromptConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny import left_padded_batch, tiny_model
 
 from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter
 from mm_adapter.interop import export_peft, import_peft, load_foreign_adapter
+from tiny import left_padded_batch, tiny_model
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)  # fp32, same base weights; observed differences ~2e-7
 

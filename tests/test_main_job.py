@@ -19,10 +19,10 @@ import yaml
 
 from mm_adapter import read_adapter
 from mm_adapter.cli import reports
-from mm_adapter.jobs.configs import MainConfig
+from mm_adapter.encoders.clip import TINY_VIT
+from mm_adapter.jobs.configs import MainConfig, ModelOptions
 from mm_adapter.jobs.main_job import main_job
-from mm_adapter.jobs.options import ModelOptions
-from mm_adapter.visual import TINY_VIT
+from tests.command import MM_ADAPTER
 from tests.test_eval_run import make_tokenizer
 from tests.tiny import tiny_model
 
@@ -67,15 +67,15 @@ def test_main_job_writes_table_and_answers_one_demo_question(base, tmp_path, cap
     assert "[4/4] demo:" in out and "Answer: (" in out and "correct: (" in out and "done in" in out
 
 
-def test_documented_script_path_reaches_the_main_command(tmp_path):
-    """``python scripts/main.py`` (the README's first command) is the ``main`` command in a real process: its flags
+def test_the_main_command_in_a_real_process(tmp_path):
+    """``mm-adapter main`` (what the README's first command runs) in a real process: its flags
     are main's, and a bad value is one "error:" line naming the flag, exit 2, before any work."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "main.py"), "--n-train", "0", "--runs",
+    done = subprocess.run([MM_ADAPTER, "main", "--n-train", "0", "--runs",
                            str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert (done.returncode, done.stdout) == (2, "") and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: --n-train") and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
-    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "main.py"), "--help"], capture_output=True,
+    shown = subprocess.run([MM_ADAPTER, "main", "--help"], capture_output=True,
                            text=True, env=env, cwd=tmp_path, timeout=120)
     assert shown.returncode == 0 and "--clip-layers" in shown.stdout and "--no-hub" in shown.stdout

@@ -17,31 +17,27 @@ import torch
 from peft import PeftModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mm_adapter import AdapterConfig, MMAdapterError, TrainConfig, load_base, method_config, methods
-from mm_adapter.alpaca import prompt_text
+from mm_adapter import AdapterConfig, MMAdapterError, TrainConfig, load_base
+from mm_adapter.data.alpaca import prompt_text
+from mm_adapter.data.config import ScienceQASource
+from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import EvalConfig
-from mm_adapter.eval.scoring import context_tokens, option_log_probs, option_text_log_probs
-from mm_adapter.generate import generate_text
-from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, TrainScienceQAConfig
+from mm_adapter.inference.config import SamplingConfig
+from mm_adapter.inference.generate import generate_text
+from mm_adapter.inference.loading import load_answering
+from mm_adapter.inference.scoring import context_tokens, option_log_probs, option_text_log_probs
+from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.generate import generate
-from mm_adapter.jobs.options import ModelOptions, ScienceQASource
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
-from mm_adapter.method_config import (
-    FULL,
-    LLAMA_ADAPTER,
-    LORA,
-    METHODS,
-    PEFT_METHODS,
-    PREFIX_TUNING,
-    PROMPT_TUNING,
-    TuningConfig,
+from mm_adapter.methods import attach as methods
+from mm_adapter.methods import config as method_config
+from mm_adapter.methods.attach import attach_method, count_for
+from mm_adapter.methods.config import (
+    FULL, LLAMA_ADAPTER, LORA, METHODS, PEFT_METHODS, PREFIX_TUNING, PROMPT_TUNING, TuningConfig,
 )
-from mm_adapter.method_folders import RECORD_NAME, load_answering, save_method_folder
-from mm_adapter.methods import attach_method, count_for
-from mm_adapter.options import ConfigError
+from mm_adapter.methods.folders import RECORD_NAME, save_method_folder
 from mm_adapter.pretrained import resolve_adapter
-from mm_adapter.sampling import SamplingConfig
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, stated_answer
 from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tests.test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)

@@ -16,28 +16,29 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mm_adapter import AdapterConfig, MMAdapterError, TrainConfig, attach_adapter, load_base, read_adapter, save_adapter
-from mm_adapter.checkpointing import load_checkpoint
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
-from mm_adapter.train import build_optimizer
+from mm_adapter.data.config import ScienceQASource
+from mm_adapter.data.features import ImageOffsets, compute_features
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder
+from mm_adapter.encoders.projection import VisualProjection, visual_extras
 from mm_adapter.eval.config import EvalConfig
-from mm_adapter.eval.features import ImageOffsets, compute_features
 from mm_adapter.eval.run import evaluate
-from mm_adapter.eval.scoring import option_log_probs
-from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.inference.scoring import option_log_probs
+from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
-from mm_adapter.jobs.options import ModelOptions, ScienceQASource
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
-from mm_adapter.multimodal import PROJECTION_ATTR, attach_projection, projection_lr_scales
+from mm_adapter.pretrained import load_multimodal_adapter
 from mm_adapter.scienceqa.data import Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
-from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder, load_multimodal_adapter, \
-    visual_extras
+from mm_adapter.training.checkpoints import load_checkpoint
+from mm_adapter.training.multimodal import PROJECTION_ATTR, attach_projection, projection_lr_scales
+from mm_adapter.training.trainer import build_optimizer
+from tiny import tiny_model
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
 VISUAL = VisualConfig(clip_model=TINY_VIT, clip_layers=2)

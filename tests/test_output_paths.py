@@ -23,7 +23,7 @@ import pytest
 from mm_adapter import MMAdapterError
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
-from mm_adapter.outputs import Output, check_no_overlap, outputs_in
+from mm_adapter.files.output_folder import Output, check_no_overlap, outputs_in
 from tiny_text import REPO, command_here, records, tiny_base_folder, write_records
 
 Case = Callable[[Path, Path], tuple[list[str], str]]  # (scratch folder, tiny base) -> (argv, what the line says)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from mm_adapter import AdapterConfig, attach_adapter, save_adapter
-from mm_adapter.checkpointing import save_checkpoint
-from mm_adapter.feature_cache import FeatureCache
+from mm_adapter.encoders.feature_cache import FeatureCache
+from mm_adapter.files.output_folder import write_config
 from mm_adapter.interop.peft import export_peft
-from mm_adapter.outputs import write_config
-from mm_adapter.train_config import TrainConfig
-from mm_adapter.train_log import MetricsLog
+from mm_adapter.training.checkpoints import save_checkpoint
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.metrics_log import MetricsLog
 from tiny import tiny_model
 
 

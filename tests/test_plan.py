@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mm_adapter import AdapterConfig, VisualConfig, attach_adapter, attention
-from mm_adapter import plan as model_plan
+from mm_adapter import AdapterConfig, VisualConfig, attach_adapter
 from mm_adapter.jobs.configs import PlanConfig
 from mm_adapter.jobs.plan import find_recipe, plan
+from mm_adapter.model import attention
+from mm_adapter.training import memory_plan as model_plan
 from tiny_text import command_here, records, tiny_base_folder, write_records
 
 
@@ -42,7 +43,7 @@ def test_scienceqa_recipe_adds_the_vitl14_projection_to_reach_1_8m():
 
 def test_the_vit_formula_counts_the_tower_open_clip_builds():
     """The frozen encoder's count comes from a formula (no weights built); it must equal a real tower's."""
-    from mm_adapter.visual import TINY_VIT, build_encoder, clip_model_config
+    from mm_adapter.encoders.clip import TINY_VIT, build_encoder, clip_model_config
 
     config = clip_model_config(TINY_VIT)
     built = build_encoder(VisualConfig(clip_model=TINY_VIT, clip_layers=2))

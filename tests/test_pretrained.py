@@ -17,18 +17,22 @@ import torch
 from transformers import PreTrainedModel
 
 import mm_adapter
-from mm_adapter import (AdapterConfig, BaseIdentity, MMAdapterError, attach_adapter, count_trainable, detach_adapter,
-                        from_pretrained, load_base, push_to_hub, read_adapter, save_pretrained)
-from mm_adapter.adapter import prompt_offset
-from mm_adapter.checkpoint import PROMPT_FORMAT_KEY
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter import (
+    AdapterConfig, BaseIdentity, MMAdapterError, attach_adapter, count_trainable, detach_adapter, from_pretrained,
+    load_base, push_to_hub, read_adapter, save_pretrained,
+)
+from mm_adapter.encoders.clip import build_encoder
+from mm_adapter.encoders.projection import VisualProjection, visual_extras
+from mm_adapter.jobs.configs import ModelOptions, ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from mm_adapter.jobs.options import ModelOptions
-from mm_adapter.multimodal import attach_projection
-from mm_adapter.pretrained import (CONFIG_NAME, FOLDER_FILES, WEIGHTS_NAME, loaded_adapter, read_pretrained,
-                                   resolve_adapter)
+from mm_adapter.model.adapter import prompt_offset
+from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY
+from mm_adapter.pretrained import (
+    CONFIG_NAME, FOLDER_FILES, WEIGHTS_NAME, load_multimodal_adapter, loaded_adapter, read_pretrained,
+    resolve_adapter,
+)
 from mm_adapter.scienceqa.predictions import load_predictions
-from mm_adapter.visual import VisualProjection, build_encoder, load_multimodal_adapter, visual_extras
+from mm_adapter.training.multimodal import attach_projection
 from tests.test_demo_predictor import CHOICES, QUESTION, TINY, make_demo_files
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 from tests.test_eval_run_script import official_layout
@@ -103,6 +107,19 @@ def test_model_save_pretrained_writes_the_adapter_folder_only(base, tmp_path, ca
     detach_adapter(model)
     assert "save_pretrained" not in vars(model)
     assert model.save_pretrained.__func__ is PreTrainedModel.save_pretrained
+
+
+def test_the_folder_writer_is_installed_from_above_in_a_fresh_process(tmp_path):
+    """The model layer never imports the folder layer; importing ``attach_adapter`` from the package installs
+    ``model.save_pretrained``'s folder writer all the same (a fresh process, nothing else imported)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tiny import tiny_model; "
+            "from mm_adapter import AdapterConfig, attach_adapter; "
+            "model = attach_adapter(tiny_model(), AdapterConfig(adapter_len=2, adapter_layers=1)); "
+            "assert 'mm_adapter.pretrained' in sys.modules; model.save_pretrained(sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "saved")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == sorted(FOLDER_FILES)
 
 
 def test_folder_says_what_it_is_and_its_weights_read_as_our_single_file(base, tmp_path):

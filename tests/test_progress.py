@@ -1,11 +1,11 @@
-"""mm_adapter.progress: a tqdm bar on terminals, sparse plain lines in logs, silence when disabled."""
+"""mm_adapter.files.progress: a tqdm bar on terminals, sparse plain lines in logs, silence when disabled."""
 
 import io
 
 import pytest
 
-from mm_adapter import progress as progress_module
-from mm_adapter.progress import ENV_VAR, progress
+from mm_adapter.files import progress as progress_module
+from mm_adapter.files.progress import ENV_VAR, progress
 
 
 class FakeTty(io.StringIO):

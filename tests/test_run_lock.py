@@ -19,10 +19,10 @@ import pytest
 from test_output_paths import alpaca_data, predictions, scienceqa_data
 
 from mm_adapter import MMAdapterError
-from mm_adapter.atomic import _temp_name
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
-from mm_adapter.outputs import LOCK_NAME, folder_lock, output_folder
+from mm_adapter.files.atomic import _temp_name
+from mm_adapter.files.output_folder import LOCK_NAME, folder_lock, output_folder
 from tiny_text import REPO, command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mm_adapter import MMAdapterError, load_base
+from mm_adapter.files.safe_load import load_torch_file
 from mm_adapter.interop import import_adapter
-from mm_adapter.safe_load import load_torch_file
 from tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,11 +82,11 @@ def test_every_importer_refuses_the_payload(tmp_path):
 
 def test_no_reader_bypasses_load_torch_file():
     """Every pickle read in the project's code goes through safe_load (weights_only=True): the installed package
-    (mm_adapter, with the scienceqa/ and eval/ folders it installs as mm_adapter.scienceqa and mm_adapter.eval),
-    the scripts and the benchmarks."""
+    (mm_adapter, with the scienceqa/ and eval/ folders it installs as mm_adapter.scienceqa and mm_adapter.eval)
+    and the benchmarks."""
     unsafe = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|torch\.jit\.load\(")
     offenders = []
-    for folder in ("mm_adapter", "scripts", "scienceqa", "eval", "bench"):
+    for folder in ("mm_adapter", "scienceqa", "eval", "bench"):
         sources = sorted((REPO / folder).rglob("*.py"))
         assert len(sources) > 1, f"{folder}/: no sources found; is the scan list out of date?"
         for path in sources:

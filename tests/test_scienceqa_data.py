@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa.data import Problem, image_path, load_official, null_counts, read_official, read_problems
-from mm_adapter.scienceqa.errors import ScienceQAError
 
 
 def record(**overrides) -> dict:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa.data import Problem
-from mm_adapter.scienceqa.errors import ScienceQAError
 from mm_adapter.scienceqa.metrics import bootstrap_ci, column_masks, compare, confusion_by, mcnemar, score
 from mm_adapter.scienceqa.predictions import Predictions, check_predictions, load_predictions
 

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+
 import pytest
 
 from mm_adapter.demo.server import DRAIN_LIMIT, MAX_BODY, build_server
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs import ModelOptions, ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from mm_adapter.jobs.options import ModelOptions
 from tests.test_demo_predictor import QUESTION, DemoFiles, make_demo_files, png
 from tests.test_demo_web import ask, multipart
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)

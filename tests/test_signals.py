@@ -22,7 +22,7 @@ from test_train_resume import same_layers
 import mm_adapter.eval.run as runner
 from mm_adapter.eval.run import partial_path
 from mm_adapter.scienceqa.predictions import load_predictions
-from mm_adapter.train_process import KILL_ENV, StopRequest, TrainingInterrupted, stop_requests
+from mm_adapter.training.process import KILL_ENV, StopRequest, TrainingInterrupted, stop_requests
 from tests.test_eval_run_script import base_folder, official_layout  # noqa: F401 (module fixture)
 from tiny_text import REPO, arguments, command_here, finetune_here, one_thread  # noqa: F401 (autouse fixture)
 

@@ -29,13 +29,13 @@ from PIL import ExifTags, Image
 
 from mm_adapter import MMAdapterError
 from mm_adapter.cli import main
-from mm_adapter.alpaca import read_alpaca
+from mm_adapter.data.alpaca import read_alpaca
+from mm_adapter.data.features import compute_features
 from mm_adapter.demo.predictor import check_image
-from mm_adapter.eval.features import compute_features
-from mm_adapter.feature_cache import FeatureCache, cache_key, image_features, load_image
+from mm_adapter.encoders.clip import build_encoder
+from mm_adapter.encoders.feature_cache import FeatureCache, cache_key, image_features, load_image
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa.data import Problem, image_path, read_official
-from mm_adapter.scienceqa.errors import ScienceQAError
-from mm_adapter.visual import build_encoder
 from tests.test_demo_predictor import TINY, DemoFiles, make_demo_files, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 from tests.test_scienceqa_data import record, write_official

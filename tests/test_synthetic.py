@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mm_adapter.cli import main
+from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa.data import read_official
-from mm_adapter.scienceqa.errors import ScienceQAError
-from mm_adapter.scienceqa.synthetic import CANDIDATES, IMAGE_FAMILIES, TEXT_FAMILIES, generate, main, make_problem
+from mm_adapter.scienceqa.synthetic import CANDIDATES, IMAGE_FAMILIES, TEXT_FAMILIES, generate, make_problem
 
 SIZES = {"train": 120, "val": 30, "test": 50}
 
@@ -108,11 +109,12 @@ def test_cli_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    assert main([str(target), "--n-train", "3", "--n-val", "1", "--n-test", "1"]) == 2
+    assert main(["data", "synthetic-images", str(target), "--n-train", "3", "--n-val", "1", "--n-test", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
     assert not (target / "problems.json").exists()
-    assert main([str(target), "--n-train", "3", "--n-val", "1", "--n-test", "1", "--overwrite", "--seed", "9"]) == 0
+    assert main(["data", "synthetic-images", str(target), "--n-train", "3", "--n-val", "1", "--n-test", "1",
+                 "--overwrite", "--seed", "9"]) == 0
     problems, _ = read_official(target, "train")
     assert len(problems) == 3
     with pytest.raises(ScienceQAError, match="not a folder"):
@@ -137,11 +139,10 @@ def test_probe_script_reads_colour_but_not_noise(capsys):
     assert noise_accuracy < 0.7
 
 
-def test_probe_keeps_its_older_script_path(tmp_path):
-    """``python scripts/probe_synthetic.py`` (the older, documented spelling) still reaches the probe benchmark in
-    a real process, from any working folder."""
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "probe_synthetic.py"),
-                           "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def test_the_probe_runs_as_a_benchmark_module():
+    """``python -m bench.probe_synthetic`` (the documented benchmark; bench/ is not installed, so from the
+    repository) reaches the probe in a real process."""
+    done = subprocess.run([sys.executable, "-m", "bench.probe_synthetic", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert "linear probe" in done.stdout and "--clip-model" in done.stdout and "--families" in done.stdout

@@ -9,11 +9,14 @@ import random
 
 import pytest
 
+from mm_adapter.cli import main
+from mm_adapter.encoders.video import clip_frames, count_frames, is_clip, sample_indices
 from mm_adapter.scienceqa.data import image_path, read_official
 from mm_adapter.scienceqa.synthetic import generate
-from mm_adapter.scienceqa.synthetic_video import (CANDIDATES, CLIP_NAME, PHASE_FRAMES, TEMPORAL, VIDEO_FAMILIES,
-                                                  clip_bytes, colour_first, draw_clip_problem, flash_count, main)
-from mm_adapter.video import clip_frames, count_frames, is_clip, sample_indices
+from mm_adapter.scienceqa.synthetic_video import (
+    CANDIDATES, CLIP_NAME, PHASE_FRAMES, TEMPORAL, VIDEO_FAMILIES, clip_bytes, colour_first, draw_clip_problem,
+    flash_count,
+)
 
 SEEDS = range(40)
 
@@ -89,9 +92,9 @@ def test_eight_uniform_frames_see_what_the_answer_needs(family):
 
 
 def test_the_command_writes_the_set(tmp_path, capsys):
-    """``python -m scienceqa.synthetic_video OUT`` writes the official layout (its own description in --help)."""
-    assert main([str(tmp_path / "set"), "--n-train", "4", "--n-val", "2", "--n-test", "2"]) == 0
+    """``mm-adapter data synthetic-video OUT`` writes the official layout with clips (its own description in --help)."""
+    assert main(["data", "synthetic-video", str(tmp_path / "set"), "--n-train", "4", "--n-val", "2", "--n-test", "2"]) == 0
     assert json.loads((tmp_path / "set" / "pid_splits.json").read_text()).keys() == {"train", "val", "test"}
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "clips whose answer needs the order of the frames" in " ".join(capsys.readouterr().out.split())
+    assert list((tmp_path / "set" / "images").rglob("clip.gif"))
+    assert main(["--help"]) == 0
+    assert "clip set whose answers need the order of the frames" in " ".join(capsys.readouterr().out.split())

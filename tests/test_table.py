@@ -1,4 +1,4 @@
-"""The table job (``build_table``, ``mm-adapter table``, the documented ``python -m eval.table``): reproduces
+"""The table job (``build_table``, ``mm-adapter table``, in a real process): reproduces
 published numbers, writes every output, fails in one line.
 
 Outputs always go to tmp_path: nothing here writes next to the real data.
@@ -18,6 +18,7 @@ from mm_adapter.jobs.configs import TableConfig
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.metrics import COLUMN_NAMES, score
 from mm_adapter.scienceqa.predictions import load_predictions
+from tests.command import MM_ADAPTER
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {  # TXT, IMG, NO, Avg of the published tables
@@ -49,10 +50,10 @@ def test_real_predictions_reproduce_published_table(shared_data):
 
 
 def test_cli_json_stdout_on_real_data(shared_data):
-    """The same through the documented command line (``python -m eval.table`` from the repository), as a user runs
+    """The same through the documented command line (``mm-adapter table`` in a real process), as a user runs
     it; stdout is pure JSON holding every table: the rows, the McNemar tests and the reference rows."""
     root = shared_data / "scienceqa"
-    cmd = [sys.executable, "-m", "eval.table", *(str(root / "external" / n) for n in PUBLISHED),
+    cmd = [MM_ADAPTER, "table", *(str(root / "external" / n) for n in PUBLISHED),
            "--problems", str(root / "problems.json"), "--json", "-", "--mcnemar"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -240,9 +241,9 @@ def test_bad_input_is_one_line_exit_2(files, tmp_path, capsys, case, message):
 
 
 def test_cli_subprocess_error_has_no_traceback(files):
-    """The documented ``python -m eval.table`` in a real process: bad input is one line naming the file, exit 2,
+    """``mm-adapter table`` in a real process: bad input is one line naming the file, exit 2,
     no traceback."""
-    done = subprocess.run([sys.executable, "-m", "eval.table", str(files["a"]), "--problems", str(files["a"])],
+    done = subprocess.run([MM_ADAPTER, "table", str(files["a"]), "--problems", str(files["a"])],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ") and "a.json" in done.stderr

@@ -3,7 +3,7 @@ such a file (not UTF-8, not JSON, JSON of the wrong kind, missing, a folder, a F
 ``MMAdapterError`` line naming it, with the line (and column) where that helps, and a FIFO or device is refused
 without being opened for reading.
 
-``mm_adapter.textio`` on its own; then a foreign adapter's ``adapter_config.json`` (the file the issue names)
+``mm_adapter.files.text`` on its own; then a foreign adapter's ``adapter_config.json`` (the file the issue names)
 through ``import_adapter`` and ``mm-adapter convert --from peft`` in this process, and once through
 ``python -m mm_adapter`` in a real process; and a check that the model side reads JSON only through it.
 """
@@ -18,8 +18,8 @@ import pytest
 from test_bad_base import assert_one_line, command_refuses, deadline, process_refuses, refuses, snapshot
 
 from mm_adapter import MMAdapterError
+from mm_adapter.files.text import POSITIVE_INT, STRING, check_fields, parse_json, read_json, read_text
 from mm_adapter.interop import import_adapter
-from mm_adapter.textio import POSITIVE_INT, STRING, check_fields, parse_json, read_json, read_text
 from tiny import tiny_model
 from tiny_text import REPO, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 
@@ -155,8 +155,8 @@ def test_fifo_adapter_config_in_a_real_process_does_not_hang(base, tmp_path):
     assert snapshot(tmp_path) == before and not (tmp_path / "out.safetensors").exists()
 
 
-MODEL_SIDE_READERS = ["mm_adapter/base.py", "mm_adapter/meta_format.py", "mm_adapter/checkpoint.py",
-                      "mm_adapter/safe_load.py", "mm_adapter/visual.py", *sorted(
+MODEL_SIDE_READERS = ["mm_adapter/model/base.py", "mm_adapter/model/meta_format.py", "mm_adapter/model/adapter_file.py",
+                      "mm_adapter/files/safe_load.py", "mm_adapter/encoders/clip.py", *sorted(
                           str(p.relative_to(REPO)) for p in (REPO / "mm_adapter" / "interop").glob("*.py"))]
 
 

@@ -7,24 +7,17 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_model
-from tiny_text import one_thread, records, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
 from mm_adapter import AdapterConfig, TrainConfig, attach_adapter, read_adapter
-from mm_adapter.alpaca import AlpacaRecord, encode_alpaca
-from mm_adapter.errors import MMAdapterError
-from mm_adapter.options import ConfigError
-from mm_adapter.train import (
-    TrainingDiverged,
-    build_optimizer,
-    effective_lr,
-    evaluate_loss,
-    lm_loss_sum,
-    lr_factor,
-    train,
+from mm_adapter.data.alpaca import AlpacaRecord, encode_alpaca
+from mm_adapter.errors import ConfigError, MMAdapterError
+from mm_adapter.training.batches import BatchPlan, PadCollator, epoch_batches, padded_tokens
+from mm_adapter.training.metrics_log import MetricsLog
+from mm_adapter.training.trainer import (
+    TrainingDiverged, build_optimizer, effective_lr, evaluate_loss, lm_loss_sum, lr_factor, train,
 )
-from mm_adapter.train_data import BatchPlan, PadCollator, epoch_batches, padded_tokens
-from mm_adapter.train_log import MetricsLog
+from tiny import tiny_model
+from tiny_text import one_thread, records, tiny_tokenizer  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture

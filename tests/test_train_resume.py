@@ -11,28 +11,21 @@ import sys
 import pytest
 import torch
 import yaml
-from tiny_text import (
-    REPO,
-    SCRIPT,
-    alpaca_config,
-    arguments,
-    command_here,
-    finetune_here,
-    records,
-    tiny_base_folder,
-    write_records,
-)
 
 from mm_adapter import read_adapter
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
-from mm_adapter.train_process import KILL_ENV
+from mm_adapter.training.process import KILL_ENV
+from tests.command import MM_ADAPTER
+from tiny_text import (
+    REPO, alpaca_config, arguments, command_here, finetune_here, records, tiny_base_folder, write_records,
+)
 
 
 def finetune(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """scripts/finetune_alpaca.py in a fresh process (what a user runs, and what SIGKILL can hit)."""
+    """``mm-adapter train alpaca`` in a fresh process (what a user runs, and what SIGKILL can hit)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments(*args)], capture_output=True, text=True,
+    return subprocess.run([MM_ADAPTER, "train", "alpaca", *arguments(*args)], capture_output=True, text=True,
                           env=environment, cwd=REPO, timeout=300)
 
 

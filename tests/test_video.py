@@ -11,13 +11,14 @@ import torch
 from clips import clip, gif
 from PIL import Image
 
-import mm_adapter.video as video_module
+import mm_adapter.encoders.video as video_module
 from mm_adapter import MMAdapterError, read_adapter
 from mm_adapter.demo.predictor import Predictor
-from mm_adapter.feature_cache import FeatureCache, image_features
-from mm_adapter.options import ConfigError
-from mm_adapter.video import clip_frames, count_frames, frame_order, is_clip, sample_indices
-from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, projection_from_adapter
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
+from mm_adapter.encoders.feature_cache import FeatureCache, image_features
+from mm_adapter.encoders.projection import VisualProjection, projection_from_adapter
+from mm_adapter.encoders.video import clip_frames, count_frames, frame_order, is_clip, sample_indices
+from mm_adapter.errors import ConfigError
 from tests.test_demo_predictor import CHOICES, QUESTION, make_demo_files, noise_png, png
 from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 from tests.test_visual_cache import cache_dir, encoder  # noqa: F401 (fixtures: the tiny ViT, a fresh cache)

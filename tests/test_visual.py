@@ -9,10 +9,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, prompt_offset, read_adapter, save_adapter
-from mm_adapter.options import ConfigError
-from mm_adapter.visual import (TINY_VIT, VisualConfig, VisualProjection, build_encoder, check_encoder, feature_dim,
-                               load_multimodal_adapter, projection_from_adapter, resolve_depths, trainable_summary,
-                               visual_extras)
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder, feature_dim, resolve_depths
+from mm_adapter.encoders.projection import (
+    VisualProjection, check_encoder, projection_from_adapter, trainable_summary, visual_extras,
+)
+from mm_adapter.errors import ConfigError
+from mm_adapter.pretrained import load_multimodal_adapter
 from tiny import left_padded_batch, tiny_model
 
 TINY = VisualConfig(clip_model=TINY_VIT, clip_layers=2)

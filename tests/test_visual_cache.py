@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from mm_adapter import MMAdapterError
-from mm_adapter.eval.features import ImageOffsets, compute_features, problem_image, report_skipped, with_features
-from mm_adapter.feature_cache import FeatureCache, image_features, load_image
+from mm_adapter.data.features import ImageOffsets, compute_features, problem_image, report_skipped, with_features
+from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder
+from mm_adapter.encoders.feature_cache import FeatureCache, image_features, load_image
+from mm_adapter.encoders.projection import VisualProjection
 from mm_adapter.scienceqa.data import Problem
-from mm_adapter.visual import TINY_VIT, VisualConfig, VisualProjection, build_encoder
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mm_adapter import AdapterConfig, TrainConfig
-from mm_adapter.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
-from mm_adapter.jobs.configs import TrainAlpacaConfig
-from mm_adapter.jobs.options import ModelOptions
+from mm_adapter.data.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from mm_adapter.jobs.configs import ModelOptions, TrainAlpacaConfig
 from tiny import tiny_model
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
@@ -75,7 +74,6 @@ def tiny_base_folder(folder: Path) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "finetune_alpaca.py"  # the documented thin shell over `mm-adapter train alpaca`
 
 # The tiny run's training settings; `arguments` spells the same run as flags (test_train_resume checks they agree).
 TINY_TRAIN = dict(epochs=2, warmup_epochs=0.5, batch_size=4, lr=2e-2, bf16=False, checkpoint_every=3,
@@ -90,7 +88,7 @@ def alpaca_config(base: Path, data: Path, out: Path, **train) -> TrainAlpacaConf
 
 
 def arguments(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    """The tiny run as flags of `mm-adapter train alpaca` (also of scripts/finetune_alpaca.py)."""
+    """The tiny run as flags of `mm-adapter train alpaca` (run as a process by test_train_resume)."""
     return ["--base", str(base), "--data", str(data), "--out", str(out), "--adapter-len", "4", "--adapter-layers", "3",
             "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "4", "--lr", "2e-2", "--dtype", "fp32",
             "--no-bf16", "--checkpoint-every", "3", "--no-progress", *extra]

@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .boundary import EXIT_BAD_INPUT
-from .commands import COMMANDS, find
+from mm_adapter.cli.boundary import EXIT_BAD_INPUT
+from mm_adapter.cli.commands import COMMANDS, find
 
 USAGE = "usage: mm-adapter [--debug] COMMAND [flags]   (mm-adapter COMMAND --help for its flags)"
 DEBUG_ENV = "MM_ADAPTER_DEBUG"
@@ -64,6 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_error(f"unknown command {' '.join(args[:2])!r}; one of: {', '.join(c.name for c in COMMANDS)} "
                    "(see mm-adapter --help)")
         return EXIT_BAD_INPUT
-    from .boundary import run_command
+    from mm_adapter.cli.boundary import run_command
 
     return run_command(command, rest, debug)

@@ -9,7 +9,7 @@ import sys
 import threading
 import traceback
 
-from .commands import Command
+from mm_adapter.cli.commands import Command
 
 EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -31,10 +31,9 @@ def describe_os_error(error: OSError) -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from ..errors import MMAdapterError
-    from ..scienceqa.errors import ScienceQAError
+    from mm_adapter.errors import MMAdapterError  # the one root: ConfigError, ScienceQAError, ... are its kinds
 
-    return MMAdapterError, ScienceQAError
+    return (MMAdapterError,)
 
 
 class Terminated(KeyboardInterrupt):
@@ -49,7 +48,7 @@ def _terminate(signum: int, frame) -> None:
 
 def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
     """Parse, run the job, print its report; every failure becomes one line on stderr."""
-    from .parse import parse, print_help
+    from mm_adapter.cli.parse import parse, print_help
 
     if any(arg in ("-h", "--help") for arg in argv):
         print_help(command)
@@ -61,7 +60,7 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
         _quiet_libraries()
         result = command.job_function()(config)
         if command.report:
-            from . import reports
+            from mm_adapter.cli import reports
 
             getattr(reports, command.report)(result)
         sys.stdout.flush()

@@ -20,10 +20,10 @@ import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import MMAdapterError
-from ..options import ConfigError, flag_name
-from ..recipes import recipe_file
-from .commands import Command
+from mm_adapter.cli.commands import Command
+from mm_adapter.errors import ConfigError, MMAdapterError
+from mm_adapter.fields import flag_name
+from mm_adapter.recipes import recipe_file
 
 CONFIG_FLAGS = ("--config", "--preset")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..demo.predictor import Prediction
-from ..scienceqa.prompts import option_letters
+from mm_adapter.demo.predictor import Prediction
+from mm_adapter.scienceqa.prompts import option_letters
 
 BAR_WIDTH = 40
 
@@ -59,6 +59,11 @@ def converted(path) -> None:
     print(f"wrote {path}")
 
 
+def generated(result) -> None:
+    sizes = ", ".join(f"{split} {count}" for split, count in result.sizes.items())
+    print(f"wrote {sum(result.sizes.values())} problems ({sizes}) to {result.out}")
+
+
 def pushed(url: str) -> None:
     print(f"pushed: {url}")
 
@@ -101,7 +106,7 @@ def planned(result) -> None:
     strategy = result.strategy if chosen == result.strategy else f"{chosen} (-> {result.strategy} on {gpus})"
     print(f"strategy {strategy}, activation checkpointing {'on' if run.checkpointing else 'off'}; weights "
           f"{run.weight_dtype or 'as stored'}, {'bf16 autocast' if run.autocast else 'no autocast'}")
-    print(f"memory per GPU on {gpus} (an estimate; formulas in mm_adapter/plan.py):")
+    print(f"memory per GPU on {gpus} (an estimate; formulas in mm_adapter/training/memory_plan.py):")
     for item in result.memory:
         print(f"  {item.name:<18}{size(item.bytes)}  {item.note}")
     fits = "fits" if result.total_bytes <= result.gpu_memory_gib * 2**30 else "does NOT fit"

@@ -22,18 +22,19 @@ from typing import Sequence
 
 import torch
 
-from ..base import DEFAULT_SPEC
-from ..errors import MMAdapterError
-from ..eval.run import resolve_format
-from ..eval.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
-from ..feature_cache import ImageInput, decode_media, image_bytes, image_features
-from ..method_config import LLAMA_ADAPTER
-from ..method_folders import load_answering
-from ..pretrained import adapter_name, locate_adapter
-from ..scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
-from ..scienceqa.prompts import PromptFormat, build_prompt, option_letters
-from ..video import looks_like_video
-from ..visual import ClipEncoder, VisualProjection, frames_note
+from mm_adapter.encoders.clip import ClipEncoder
+from mm_adapter.encoders.feature_cache import ImageInput, decode_media, image_bytes, image_features
+from mm_adapter.encoders.projection import VisualProjection, frames_note
+from mm_adapter.encoders.video import looks_like_video
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.eval.run import resolve_format
+from mm_adapter.inference.loading import load_answering
+from mm_adapter.inference.scoring import check_context, choice_scores, context_tokens, precision, tokens_needed
+from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.model.base import DEFAULT_SPEC
+from mm_adapter.pretrained import adapter_name, locate_adapter
+from mm_adapter.scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
+from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, option_letters
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import MMAdapterError
-from ..feature_cache import MAX_IMAGE_BYTES
-from .predictor import Predictor
+from mm_adapter.demo.predictor import Predictor
+from mm_adapter.encoders.feature_cache import MAX_IMAGE_BYTES
+from mm_adapter.errors import MMAdapterError
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY = MAX_IMAGE_BYTES + 2**20  # the image plus room for the text fields

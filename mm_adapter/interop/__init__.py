@@ -1,7 +1,7 @@
 """Adapters made elsewhere, on our stack: the official v1 release, PEFT adaption_prompt, litgpt.
 
 Each importer reads a foreign file (safetensors, or a torch pickle through ``load_torch_file``,
-which never runs code) and returns our :class:`~mm_adapter.checkpoint.AdapterFile` for a given
+which never runs code) and returns our :class:`~mm_adapter.model.adapter_file.AdapterFile` for a given
 base, so ``apply_adapter`` puts it on that base and ``save_adapter`` writes it as ours. Formats,
 key names and semantics: ``docs/interop.md``.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import AdapterFile, apply_adapter, save_adapter
-from ..errors import MMAdapterError
-from ..pretrained import base_metadata, read_pretrained, save_pretrained
-from .litgpt import import_litgpt
-from .official import import_official
-from .peft import export_peft, import_peft
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.interop.litgpt import import_litgpt
+from mm_adapter.interop.official import import_official
+from mm_adapter.interop.peft import export_peft, import_peft
+from mm_adapter.model.adapter_file import AdapterFile, apply_adapter, save_adapter
+from mm_adapter.pretrained import base_metadata, read_pretrained, save_pretrained
 
 SOURCES = ("official", "peft", "litgpt", "ours", "folder")
 TARGETS = ("ours", "peft", "folder")

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import decoder_layers
-from ..checkpoint import AdapterFile, BaseIdentity
-from ..config import AdapterConfig
-from ..errors import MMAdapterError
-from ..safe_load import check_tensor, load_torch_file, read_safetensors
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.safe_load import check_tensor, load_torch_file, read_safetensors
+from mm_adapter.model.adapter import decoder_layers
+from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity
+from mm_adapter.model.config import AdapterConfig
 
 
 @dataclass

@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import decoder_layers
-from ..checkpoint import AdapterFile
-from ..errors import MMAdapterError
-from ..family import head_layout
-from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.interop.common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+from mm_adapter.model.adapter import decoder_layers
+from mm_adapter.model.adapter_file import AdapterFile
+from mm_adapter.model.family import head_layout
 
 KEY = re.compile(r"^transformer\.h\.(\d+)\.attn\.(adapter_wte\.weight|gating_factor)$")
 LAYOUTS = ("pre-0.5.5", "0.5.5+")

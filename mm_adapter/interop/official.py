@@ -26,10 +26,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..adapter import decoder_layers
-from ..checkpoint import AdapterFile
-from ..errors import MMAdapterError
-from .common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.interop.common import ForeignLayer, build_adapter, expect_shape, read_tensors, split_keys
+from mm_adapter.model.adapter import decoder_layers
+from mm_adapter.model.adapter_file import AdapterFile
 
 PROMPT_KEY = "adapter_query.weight"
 CAPTION_KEY = "cap_adapter_query.weight"

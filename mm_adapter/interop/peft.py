@@ -34,12 +34,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..adapter import adapter_config, adaption_prompts, decoder_layers
-from ..atomic import atomic_dir
-from ..checkpoint import AdapterFile
-from ..errors import MMAdapterError
-from ..textio import POSITIVE_INT, check_fields, read_json
-from .common import ForeignLayer, build_adapter, expect_shape, layer_ranges, read_tensors, split_keys
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.atomic import atomic_dir
+from mm_adapter.files.text import POSITIVE_INT, check_fields, read_json
+from mm_adapter.interop.common import ForeignLayer, build_adapter, expect_shape, layer_ranges, read_tensors, split_keys
+from mm_adapter.model.adapter import adapter_config, adaption_prompts, decoder_layers
+from mm_adapter.model.adapter_file import AdapterFile
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")

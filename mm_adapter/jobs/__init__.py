@@ -1,5 +1,5 @@
 """The jobs: one library function per task, each taking a config dataclass (``configs.py``) and
-returning a result object. The ``mm-adapter`` command, the scripts and the benchmarks call these.
+returning a result object. The ``mm-adapter`` command, tests and the benchmarks call these.
 
     train_alpaca.train_alpaca(TrainAlpacaConfig) -> TrainResult
     train_scienceqa.train_scienceqa(TrainScienceQAConfig) -> ScienceQATrainResult
@@ -13,4 +13,5 @@ returning a result object. The ``mm-adapter`` command, the scripts and the bench
     ablate.ablate_scienceqa(AblateConfig) -> AblateResult
     plan.plan(PlanConfig) -> PlanResult
     push.push(PushConfig) -> str (the repository's URL)
+    synthetic_data.synthetic_images / synthetic_video(SyntheticDataConfig) -> SyntheticDataResult
 """

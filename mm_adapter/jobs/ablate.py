@@ -28,16 +28,16 @@ from typing import Any
 
 import yaml
 
-from ..atomic import atomic_path, atomic_write_text
-from ..checkpointing import checkpoint_dirs
-from ..errors import MMAdapterError
-from ..outputs import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from ..train import ADAPTER_NAME, CHECKPOINTS
-from ..train_config import TrainConfig
-from .configs import AblateConfig, TrainScienceQAConfig
-from .runtime import job_folder, source_inputs
-from .train_scienceqa import scienceqa_outputs, train_scienceqa
-from .validation import LOG_NAME, best_logged
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.atomic import atomic_path, atomic_write_text
+from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
+from mm_adapter.jobs.configs import AblateConfig, TrainScienceQAConfig
+from mm_adapter.jobs.runtime import job_folder, source_inputs
+from mm_adapter.jobs.train_scienceqa import scienceqa_outputs, train_scienceqa
+from mm_adapter.jobs.validation import LOG_NAME, best_logged
+from mm_adapter.training.checkpoints import checkpoint_dirs
+from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.trainer import ADAPTER_NAME, CHECKPOINTS
 
 COMMAND = "ablate scienceqa"
 TABLE_MD, TABLE_JSON, TABLE_PNG = "table.md", "table.json", "table.png"
@@ -144,7 +144,7 @@ def axis_values(config: AblateConfig, axis: Axis) -> list[Any]:
     return list(dict.fromkeys(getattr(config, axis.values)))
 
 
-def plan(config: AblateConfig) -> list[list[Entry]]:
+def planned_runs(config: AblateConfig) -> list[list[Entry]]:
     """Per ablation, its entries; each group holds the baseline (first when its value is not listed)."""
     base = baseline_config(config)
     groups = []
@@ -226,7 +226,7 @@ def ablate_scienceqa(config: AblateConfig) -> AblateResult:
     """Train every variant not yet finished (baseline first), then write the table, its JSON and the chart."""
     started = time.perf_counter()
     out = Path(config.out)
-    groups = plan(config)
+    groups = planned_runs(config)
     variants = {entry.variant: entry.config for group in groups for entry in group}
     variants = {BASELINE: variants.pop(BASELINE), **variants}
     config.source.require()

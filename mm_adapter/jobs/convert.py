@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..base import load_base
-from ..interop import OURS, check_output
-from ..interop import convert as convert_adapter
-from ..outputs import Output, check_no_overlap
-from ..pretrained import resolve_adapter
-from .configs import ConvertConfig
-from .runtime import prepare
+from mm_adapter.files.output_folder import Output, check_no_overlap
+from mm_adapter.interop import OURS, check_output
+from mm_adapter.interop import convert as convert_adapter
+from mm_adapter.jobs.configs import ConvertConfig
+from mm_adapter.jobs.runtime import prepare
+from mm_adapter.model.base import load_base
+from mm_adapter.pretrained import resolve_adapter
 
 
 def convert(config: ConvertConfig) -> Path:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from ..demo.predictor import Prediction, Predictor, check_image, check_question
-from .configs import DemoConfig, ServeConfig
-from .runtime import prepare
+from mm_adapter.demo.predictor import Prediction, Predictor, check_image, check_question
+from mm_adapter.jobs.configs import DemoConfig, ServeConfig
+from mm_adapter.jobs.runtime import prepare
 
 
 def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:

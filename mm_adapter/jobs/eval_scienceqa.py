@@ -3,7 +3,7 @@
 An adapter trained with images records its visual config: its encoder and projection are
 rebuilt from the file and each problem's image is encoded once (feature cache) and added to the
 adaption prompts. Another method's folder (``--method`` of the training jobs) loads through
-``method_folders.load_answering``: PEFT's on the base, a full fine-tune as the base. Predictions go
+``inference.loading.load_answering``: PEFT's on the base, a full fine-tune as the base. Predictions go
 to ``OUT/predictions.json`` in the official shape, appended to ``OUT/predictions.partial.jsonl`` as
 they are computed, so rerunning after a kill resumes.
 """
@@ -18,20 +18,21 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..eval.features import ImageOffsets, compute_features, report_skipped
-from ..eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
-from ..method_config import LLAMA_ADAPTER
-from ..method_folders import adapter_digest, identity_of, load_answering
-from ..outputs import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from ..pretrained import adapter_name, locate_adapter
-from ..scienceqa.metrics import Scores, score
-from ..scienceqa.predictions import load_predictions
-from ..scienceqa.report import markdown, read_reference, to_dict
-from ..visual import frames_note
-from .configs import EvalScienceQAConfig
-from .runtime import job_folder, prepare, source_inputs
-from .scienceqa_data import load_problems
+from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped
+from mm_adapter.data.problems import load_problems
+from mm_adapter.encoders.projection import frames_note
+from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
+from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
+from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
+from mm_adapter.inference.loading import identity_of, load_answering
+from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.jobs.runtime import job_folder, prepare, source_inputs
+from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.methods.folders import adapter_digest
+from mm_adapter.pretrained import adapter_name, locate_adapter
+from mm_adapter.scienceqa.metrics import Scores, score
+from mm_adapter.scienceqa.predictions import load_predictions
+from mm_adapter.scienceqa.report import markdown, read_reference, to_dict
 
 COMMAND = "eval scienceqa"
 PREDICTIONS, TABLE, SUMMARY = "predictions.json", "table.md", "summary.json"

@@ -2,7 +2,7 @@
 
 All adapter files are read and checked against the base up front; switching between them copies
 tensors into the loaded model (no base reload). Another training method's folder (``--method``) is
-loaded through ``method_folders.load_answering`` and given alone: it cannot be switched that way.
+loaded through ``inference.loading.load_answering`` and given alone: it cannot be switched that way.
 Without an instruction it reads one per line from stdin; ``:use NAME`` switches adapter. Sampling defaults are the original's (temperature
 0.1, top_p 0.75; temperature 0 is greedy).
 """
@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..alpaca import prompt_text
-from ..base import load_base
-from ..checkpoint import AdapterFile, BaseIdentity, apply_adapter
-from ..errors import MMAdapterError
-from ..eval.scoring import precision
-from ..generate import generate_text
-from ..method_config import LLAMA_ADAPTER
-from ..method_folders import load_answering
-from ..pretrained import adapter_name, check_base, locate_adapter, read_pretrained
-from .configs import GenerateConfig
-from .runtime import prepare
+from mm_adapter.data.alpaca import prompt_text
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.inference.generate import generate_text
+from mm_adapter.inference.loading import load_answering
+from mm_adapter.inference.scoring import precision
+from mm_adapter.jobs.configs import GenerateConfig
+from mm_adapter.jobs.runtime import prepare
+from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter
+from mm_adapter.model.base import load_base
+from mm_adapter.pretrained import adapter_name, check_base, locate_adapter, read_pretrained
 
 
 @dataclass

@@ -14,19 +14,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AdapterConfig, VisualConfig
-from ..demo.predictor import Prediction, Predictor
-from ..eval.config import EvalConfig
-from ..eval.table import TableResult, build_table
-from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
-from ..scienceqa.data import image_path, read_official
-from ..scienceqa.synthetic import generate
-from ..train_config import TrainConfig
-from .configs import EvalScienceQAConfig, MainConfig, TableConfig, TrainScienceQAConfig
-from .eval_scienceqa import EvalResult, eval_outputs, eval_scienceqa
-from .options import ModelOptions, ScienceQASource
-from .runtime import job_folder, resolve_device, use_threads
-from .train_scienceqa import ScienceQATrainResult, scienceqa_outputs, train_scienceqa
+from mm_adapter.data.config import ScienceQASource
+from mm_adapter.demo.predictor import Prediction, Predictor
+from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.table import TableResult, build_table
+from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
+from mm_adapter.jobs.configs import EvalScienceQAConfig, MainConfig, ModelOptions, TableConfig, TrainScienceQAConfig
+from mm_adapter.jobs.eval_scienceqa import EvalResult, eval_outputs, eval_scienceqa
+from mm_adapter.jobs.runtime import job_folder, resolve_device, use_threads
+from mm_adapter.jobs.train_scienceqa import ScienceQATrainResult, scienceqa_outputs, train_scienceqa
+from mm_adapter.model.config import AdapterConfig
+from mm_adapter.scienceqa.data import image_path, read_official
+from mm_adapter.scienceqa.synthetic import generate
+from mm_adapter.training.config import TrainConfig
 
 COMMAND = "main"
 HUB_HOST, HUB_DATASET = "huggingface.co", "derek-thomas/ScienceQA"

@@ -1,8 +1,8 @@
 """``mm-adapter plan RECIPE``: what a training recipe needs before anything is downloaded.
 
 The recipe (a name such as ``llama7b-alpaca``, its file name ``alpaca-llama7b``, or a recipe / config.yaml file) is
-read into its training command's config, the model is laid out on the meta device (``mm_adapter.plan``), and the
-result holds the parameter counts, each term of one GPU's memory, the data's size and the schedule on ``gpus``
+read into its training command's config, the model is laid out on the meta device
+(``mm_adapter.training.memory_plan``), and the result holds the parameter counts, each term of one GPU's memory, the data's size and the schedule on ``gpus``
 GPUs. No weights and no data are downloaded; a local data file is read to count it.
 """
 
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import plan as model_plan
-from ..errors import MMAdapterError
-from ..family import text_config
-from ..recipes import recipe_file, recipe_names
-from ..textio import read_text
-from ..train import effective_lr
-from .configs import PlanConfig, TrainAlpacaConfig, TrainScienceQAConfig
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.text import read_text
+from mm_adapter.jobs.configs import PlanConfig, TrainAlpacaConfig, TrainScienceQAConfig
+from mm_adapter.model.family import text_config
+from mm_adapter.recipes import recipe_file, recipe_names
+from mm_adapter.training import memory_plan as model_plan
+from mm_adapter.training.trainer import effective_lr
 
 # recipe prefix -> (the command it configures, its config class)
 RECIPE_COMMANDS = {"alpaca": ("train alpaca", TrainAlpacaConfig), "scienceqa": ("train scienceqa", TrainScienceQAConfig)}
@@ -164,12 +164,12 @@ def _local_tokenizer(base: str):
 def _local_examples(config: Any, tokenizer) -> tuple[str, list, list | None]:
     """(source, records, encoded examples or None) of a recipe whose data is a local file or folder."""
     if isinstance(config, TrainAlpacaConfig):
-        from ..alpaca import encode_alpaca, read_alpaca
+        from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 
         records = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split).records[:config.limit]
         encoded = encode_alpaca(tokenizer, records, config.max_seq_len)[0] if tokenizer else None
         return config.data, records, encoded
-    from .scienceqa_data import encode_problems, load_problems
+    from mm_adapter.data.problems import encode_problems, load_problems
 
     source = config.source.data or config.source.hf
     problems = load_problems(config.source, config.train_split, config.captions, config.limit, say=lambda _: None)

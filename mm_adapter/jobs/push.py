@@ -7,8 +7,8 @@ line before any network call. Only the folder's three files are uploaded.
 
 from __future__ import annotations
 
-from ..pretrained import push_to_hub
-from .configs import PushConfig
+from mm_adapter.jobs.configs import PushConfig
+from mm_adapter.pretrained import push_to_hub
 
 
 def push(config: PushConfig) -> str:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MMAdapterError
-from ..outputs import Output, PathLike, check_no_overlap, output_folder
-from ..train import check_out_dir, check_run_state
-from .options import ModelOptions, ScienceQASource
+from mm_adapter.data.config import ScienceQASource
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.output_folder import Output, PathLike, check_no_overlap, output_folder
+from mm_adapter.jobs.configs import ModelOptions
+from mm_adapter.training.trainer import check_out_dir, check_run_state
 
 
 def use_threads(threads: int | None) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..demo.server import build_server
-from .configs import ServeConfig
-from .demo import load_predictor
+from mm_adapter.demo.server import build_server
+from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.demo import load_predictor
 
 
 def serve(config: ServeConfig) -> None:

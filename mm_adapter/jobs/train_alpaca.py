@@ -12,21 +12,21 @@ from typing import Any
 
 import torch
 
-from ..adapter import count_trainable
-from ..alpaca import encode_alpaca, read_alpaca
-from ..checkpoint import save_adapter
-from ..errors import MMAdapterError
-from ..eval.scoring import context_tokens
-from ..method_folders import ADAPTER_FOLDER, relocated, trainer_export
-from ..methods import Tuned, attach_method
-from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
-from ..pretrained import base_metadata
-from ..sharded_load import load_training_base
-from ..train import TrainResult, train, trainer_outputs
-from ..train_process import setup_distributed
-from ..train_data import Example, PadCollator
-from .configs import TrainAlpacaConfig
-from .runtime import finish_distributed, job_folder, prepare, rank_zero_print
+from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
+from mm_adapter.inference.scoring import context_tokens
+from mm_adapter.jobs.configs import TrainAlpacaConfig
+from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print
+from mm_adapter.methods.attach import Tuned, attach_method
+from mm_adapter.methods.folders import ADAPTER_FOLDER, relocated, trainer_export
+from mm_adapter.model.adapter import count_trainable
+from mm_adapter.model.adapter_file import save_adapter
+from mm_adapter.pretrained import base_metadata
+from mm_adapter.training.base_loading import load_training_base
+from mm_adapter.training.batches import Example, PadCollator
+from mm_adapter.training.process import setup_distributed
+from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
 
 COMMAND = "train alpaca"
 

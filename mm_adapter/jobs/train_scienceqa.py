@@ -17,38 +17,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import count_trainable
-from ..checkpoint import PROMPT_FORMAT_KEY, save_adapter
-from ..eval.config import EvalConfig
-from ..eval.run import check_fit
-from ..eval.scoring import context_tokens
-from ..eval.features import (
-    ImageOffsets,
-    compute_features,
-    report_skipped,
-    with_features,
-)
-from ..method_config import LLAMA_ADAPTER
-from ..method_folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
-from ..methods import Tuned, attach_method
-from ..multimodal import (
-    VisualExport,
-    attach_projection,
-    multimodal_loss,
-    projection_lr_scales,
-)
-from ..outputs import CONFIG_NAME, Output, outputs_in, write_config
-from ..pretrained import base_metadata
-from ..scienceqa.data import Problem
-from ..sharded_load import load_training_base
-from ..train import TrainResult, train, trainer_outputs
-from ..train_process import DistInfo, setup_distributed
-from ..train_data import BatchPlan, Example, PadCollator
-from ..visual import VisualProjection, build_encoder, frames_note, trainable_summary
-from .configs import TrainScienceQAConfig
-from .runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
-from .scienceqa_data import encode_problems, load_problems
-from .validation import LOG_NAME, ValidationSelector
+from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped, with_features
+from mm_adapter.data.problems import encode_problems, load_problems
+from mm_adapter.encoders.clip import build_encoder
+from mm_adapter.encoders.projection import VisualProjection, frames_note, trainable_summary
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.run import check_fit
+from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
+from mm_adapter.inference.scoring import context_tokens
+from mm_adapter.jobs.configs import TrainScienceQAConfig
+from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
+from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
+from mm_adapter.methods.attach import Tuned, attach_method
+from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.methods.folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
+from mm_adapter.model.adapter import count_trainable
+from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY, save_adapter
+from mm_adapter.pretrained import base_metadata
+from mm_adapter.scienceqa.data import Problem
+from mm_adapter.training.base_loading import load_training_base
+from mm_adapter.training.batches import BatchPlan, Example, PadCollator
+from mm_adapter.training.multimodal import VisualExport, attach_projection, multimodal_loss, projection_lr_scales
+from mm_adapter.training.process import DistInfo, setup_distributed
+from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
 
 COMMAND = "train scienceqa"
 BEST_NAME = "best.safetensors"

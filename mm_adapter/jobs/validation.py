@@ -9,11 +9,11 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import save_adapter
-from ..errors import MMAdapterError
-from ..eval.config import EvalConfig
-from ..eval.run import Offsets, accuracy, evaluate
-from ..scienceqa.data import Problem
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.run import Offsets, accuracy, evaluate
+from mm_adapter.model.adapter_file import save_adapter
+from mm_adapter.scienceqa.data import Problem
 
 LOG_NAME = "validation.jsonl"
 

@@ -1,0 +1,333 @@
+"""Alpaca instruction data: reading, the two prompt templates, and tokenisation with loss on the response only.
+
+Prompt and response are tokenised separately and concatenated, so the label boundary is exact and
+generation (which tokenises the prompt alone, see :func:`prompt_text`) sees exactly the prompt ids
+the adapter was trained on. The templates are the original LLaMA-Adapter/Stanford Alpaca ones.
+
+Reading goes through ``datasets``: a local JSON list, JSONL or parquet file, or a hub dataset id
+(``tatsu-lab/alpaca``; offline, or when the hub cannot be reached, the copy in the Hugging Face hub
+cache). Its Arrow cache lives in ``cache_root()/datasets``; a local file's entry is keyed by the
+file's bytes as well, because datasets keys it by path and modification time only. What we check
+ourselves: each field is text in every record (datasets reads a column that mixes strings with
+other JSON values as JSON, which cannot tell ``"3"`` from ``3``, so such a file is refused whole,
+naming the first such record), and each record's fields are present, non-empty and bounded.
+
+Bounds: each field has at most ``MAX_TEXT_CHARS`` characters, checked before anything is
+tokenised (a longer one is a bad record: refused in one line, or skipped and counted with
+``skip_bad``); an example is then cut to ``max_seq_len`` tokens, or to the model's context when
+that is given and shorter (right-truncation; a record whose prompt alone fills it is dropped and
+counted). A local file is read only if it is a regular file of at most ``MAX_DATA_BYTES`` (never a
+FIFO or device), checked through ``files.text`` before datasets opens it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.text import json_type, parse_json, read_bytes, read_text
+from mm_adapter.model.base import cache_root
+from mm_adapter.training.batches import IGNORE_INDEX, Example
+
+if TYPE_CHECKING:
+    import datasets
+
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+FIELDS = ("instruction", "input", "output")
+MAX_TEXT_CHARS = 20_000  # characters in one field (the same bound as mm_adapter.scienceqa.data's)
+MAX_DATA_BYTES = 256 * 2**20  # a data file larger than this is refused before it is read (52K Alpaca: 22 MB)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "org/name" (or a bare legacy "name")
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet")  # a name ending so is a local file, never a hub id
+WHOLE_FILE = "(the whole file is refused: --skip-bad skips only records with a missing, empty or over-long field)"
+
+
+@dataclass(frozen=True)
+class AlpacaRecord:
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass
+class AlpacaData:
+    """Records read from one source, and how many bad ones were skipped (only with ``skip_bad``)."""
+
+    source: str  # the local file, or "org/name[split]" for a hub dataset (how messages name it)
+    records: list[AlpacaRecord]
+    skipped: int = 0
+
+
+class _Opened(NamedTuple):
+    dataset: datasets.Dataset
+    where: str  # how messages name the source
+    json_file: Path | None = None  # a local JSON(L) file, re-read only to say where a problem is
+
+
+def format_prompt(instruction: str, input: str = "") -> str:
+    """The Alpaca prompt, ending in ``### Response:``; the input block only when the input is non-empty."""
+    if input.strip():
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def prompt_text(tokenizer, instruction: str, input: str = "") -> str:
+    """BOS (as text, when the tokenizer has one) + prompt; tokenise with ``add_special_tokens=False``."""
+    return (tokenizer.bos_token or "") + format_prompt(instruction, input)
+
+
+def is_hub_dataset(source: str) -> bool:
+    """Whether ``--data`` names a hub dataset: shaped like ``org/name`` and no such file here (a local path wins,
+    as in datasets; a name ending in .json, .jsonl or .parquet is always a file, so a typo says "no such file")."""
+    return (HUB_ID.fullmatch(source) is not None and not source.lower().endswith(FILE_SUFFIXES)
+            and not os.path.lexists(source))
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars or log lines from datasets while it loads: it logs a parse failure itself, and a refusal
+    must stay one line. Restores what was set before."""
+    import datasets
+
+    logger = logging.getLogger("datasets")
+    level, bars_were_off = logger.level, datasets.are_progress_bars_disabled()
+    logger.setLevel(logging.CRITICAL + 1)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _load_failures() -> tuple[type[BaseException], ...]:
+    """What datasets (and pyarrow under it) raise for data it cannot read or find."""
+    import datasets
+    import pyarrow
+
+    return datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError
+
+
+def _reason(error: BaseException) -> str:
+    """The parser's message under datasets' generic "An error occurred while generating the dataset"."""
+    if isinstance(error.__cause__, Exception):
+        error = error.__cause__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load(source: str, split: str, **options) -> datasets.Dataset:
+    """``datasets.load_dataset`` into our cache folder, quietly."""
+    import datasets
+
+    with _quiet_datasets():
+        return datasets.load_dataset(source, split=split, cache_dir=str(cache_root() / "datasets"), **options)
+
+
+def _open_file(path: Path, split: str) -> _Opened:
+    """A local file through datasets' parquet builder (``.parquet``) or its json builder (any other name: a JSON
+    list or JSONL, as before datasets). The cache entry is keyed by the file's bytes: datasets' own key, path and
+    mtime, is blind to a rewrite that keeps the mtime (``cp -p``, ``tar``, ``rsync -t``, two writes in one tick)."""
+    if split != "train":
+        raise MMAdapterError(f"{path}: a local data file is one split, 'train'; --split {split!r} is for hub datasets")
+    data = read_bytes(path, "data file", MAX_DATA_BYTES)  # a regular file (never a FIFO or device), size bounded
+    if not data.strip():
+        raise MMAdapterError(f"{path}: no usable records (the file is empty)")
+    builder = "parquet" if path.suffix.lower() == ".parquet" else "json"
+    key = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        dataset = _load(builder, "train", name=f"alpaca-{key}", data_files={"train": [glob.escape(str(path))]})
+    except _load_failures() as error:
+        problem = _json_problem(path) if builder == "json" else None
+        reason = problem or f"datasets cannot read it as {builder} ({_reason(error)})"
+        raise MMAdapterError(f"{path}: {reason}") from None
+    return _Opened(dataset, str(path), path if builder == "json" else None)
+
+
+def _cached_snapshot(repo_id: str) -> str:
+    """The folder of ``repo_id``'s snapshot in the Hugging Face hub cache, never asking the hub."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):  # not cached; ValueError: an id the hub would refuse
+        raise MMAdapterError(f"{repo_id}: no such data file, and hub dataset {repo_id!r} is not in the Hugging Face "
+                             f"cache ({constants.HF_HUB_CACHE}) and the hub is not asked (offline) or cannot be "
+                             f"reached: fetch it once online, or pass a local file") from None
+
+
+def _open_hub(repo_id: str, split: str) -> _Opened:
+    """A hub dataset: from the hub when online (its files land in the hub cache); offline (HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE), or when the hub cannot be reached, from the snapshot in the hub cache."""
+    import datasets
+
+    where = f"{repo_id}[{split}]"
+    if not datasets.config.HF_HUB_OFFLINE:
+        try:
+            return _Opened(_load(repo_id, split), where)
+        except ConnectionError:
+            pass  # unreachable: read the hub cache, as offline
+        except _load_failures() as error:
+            raise MMAdapterError(f"{where}: datasets cannot load it ({_reason(error)})") from None
+    snapshot = _cached_snapshot(repo_id)
+    try:
+        return _Opened(_load(snapshot, split), where)
+    except _load_failures() as error:
+        raise MMAdapterError(f"{where}: datasets cannot load the cached copy {snapshot} ({_reason(error)})") from None
+
+
+def _shape_problem(value: object) -> str | None:
+    """Why one parsed JSON record cannot be a row of text fields, or None."""
+    if not isinstance(value, dict):
+        return f"is a JSON {json_type(value)}, expected an object with {', '.join(FIELDS)}"
+    for name in FIELDS:
+        if value.get(name) is not None and not isinstance(value[name], str):
+            return f"field {name!r} is a JSON {json_type(value[name])}, expected a string"
+    return None
+
+
+def _list_problem(text: str, path: Path) -> str | None:
+    values = parse_json(text, path, "data file", expect=list)  # not JSON: raises naming line and column
+    if not values:
+        return "no usable records (an empty list)"
+    for index, value in enumerate(values):
+        problem = _shape_problem(value)
+        if problem:
+            return f"record {index}: {problem} {WHOLE_FILE}"
+    return None
+
+
+def _lines_problem(text: str) -> str | None:
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for index, (number, line) in enumerate(lines):
+        try:
+            problem = _shape_problem(json.loads(line))
+        except json.JSONDecodeError as error:
+            problem = f"is not JSON ({error.msg})"
+        if problem:
+            return f"record {index}: line {number} {problem} {WHOLE_FILE}"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    """The first place where a JSON list or JSONL file is not a list of objects with text fields. Asked only after
+    datasets failed, or read a field as something other than text, so that the refusal can say where."""
+    text = read_text(path, "data file", MAX_DATA_BYTES)  # not UTF-8: raises naming the line
+    return _list_problem(text, path) if text.lstrip().startswith("[") else _lines_problem(text)
+
+
+def _is_text(arrow_type) -> bool:
+    """A column of strings, or of nulls only (every record lacks the field)."""
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type)
+
+
+def _not_text(opened: _Opened, name: str, column_type) -> MMAdapterError:
+    """The refusal of a field datasets read as something other than text (say where, for a local JSON file)."""
+    import pyarrow as pa
+
+    problem = _json_problem(opened.json_file) if opened.json_file else None
+    if problem:
+        return MMAdapterError(f"{opened.where}: {problem}")
+    dates = " (datasets reads a column whose every value looks like a date as dates)"
+    dates = dates if pa.types.is_temporal(column_type) else ""
+    return MMAdapterError(f"{opened.where}: field {name!r} is read as {opened.dataset.features[name]}, expected text "
+                          f"in every record{dates}")
+
+
+def _text_columns(opened: _Opened) -> list[list[str | None]]:
+    """The three fields as columns of str or None (missing or null)."""
+    dataset, columns = opened.dataset, []
+    for name in FIELDS:
+        if name not in dataset.column_names:
+            columns.append([None] * dataset.num_rows)
+            continue
+        column = dataset.data.column(name)
+        if not _is_text(column.type):
+            raise _not_text(opened, name, column.type)
+        columns.append(column.to_pylist())
+    return columns
+
+
+def _record(values: tuple[str | None, ...]) -> AlpacaRecord:
+    for name, value in zip(FIELDS, values):
+        if value is None:
+            raise MMAdapterError(f"field {name!r} is missing (or null)")
+        if len(value) > MAX_TEXT_CHARS:
+            raise MMAdapterError(f"field {name!r} has {len(value):,} characters, over the limit of "
+                                 f"{MAX_TEXT_CHARS:,} (MAX_TEXT_CHARS)")
+    record = AlpacaRecord(*values)
+    if not record.instruction.strip():
+        raise MMAdapterError("field 'instruction' is empty")
+    if not record.output.strip():
+        raise MMAdapterError("field 'output' is empty")
+    return record
+
+
+def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train") -> AlpacaData:
+    """Read ``{instruction, input, output}`` records from a local JSON list, JSONL or parquet file, or from split
+    ``split`` of a hub dataset id (see :func:`is_hub_dataset`).
+
+    A bad record raises :class:`MMAdapterError` naming file (or id), record index and field, unless
+    ``skip_bad``, which drops it and counts it in ``skipped``. A file datasets cannot read, or a field
+    that is not text in every record, is refused in one line either way.
+    """
+    source = str(source)
+    opened = _open_hub(source, split) if is_hub_dataset(source) else _open_file(Path(source), split)
+    records, skipped = [], 0
+    for index, values in enumerate(zip(*_text_columns(opened))):
+        try:
+            records.append(_record(values))
+        except MMAdapterError as error:
+            if not skip_bad:
+                raise MMAdapterError(f"{opened.where}: record {index}: {error} (use --skip-bad to skip bad "
+                                     f"records)") from None
+            skipped += 1
+    if not records:
+        raise MMAdapterError(f"{opened.where}: no usable records")
+    return AlpacaData(opened.where, records, skipped)
+
+
+def encode_record(tokenizer, record: AlpacaRecord, max_seq_len: int) -> Example | None:
+    """``[bos] prompt response [eos]`` ids, labels only on response + EOS; ``None`` if truncation leaves no label."""
+    prompt_ids = tokenizer(prompt_text(tokenizer, record.instruction, record.input),
+                           add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_seq_len]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_len]
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return None
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_alpaca(tokenizer, records: list[AlpacaRecord], max_seq_len: int = 512,
+                 context: int | None = None) -> tuple[list[Example], int]:
+    """Tokenise records, each cut to ``max_seq_len`` tokens or the model's ``context`` when that is shorter;
+    returns the examples and how many were dropped because the prompt fills that bound."""
+    limit = min(max_seq_len, context or max_seq_len)
+    examples = [encode_record(tokenizer, record, limit) for record in records]
+    kept = [example for example in examples if example is not None]
+    return kept, len(examples) - len(kept)

@@ -1,0 +1,30 @@
+"""Sampling settings of ``generate`` (torch-free, so the command line builds flags from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mm_adapter.fields import check
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How new tokens are chosen; the defaults are the original LLaMA-Adapter demo's."""
+
+    max_new_tokens: int = 128
+    """tokens generated at most"""
+    temperature: float = 0.1
+    """sampling temperature (0: greedy)"""
+    top_p: float = 0.75
+    """nucleus sampling: smallest set of tokens whose probability reaches top_p"""
+
+    def __post_init__(self) -> None:
+        check(self, "max_new_tokens", low=1, integer=True)
+        check(self, "temperature", low=0)
+        check(self, "top_p", low=0, low_open=True, high=1)
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}

@@ -1,0 +1,37 @@
+"""The one loader of a model with any method's adapter on it: what evaluation, the demo and generation call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, PEFT_METHODS
+from mm_adapter.methods.folders import BASE_IDENTITY_ATTR, load_peft_folder
+from mm_adapter.model.adapter_file import BaseIdentity
+from mm_adapter.model.base import load_base
+from mm_adapter.pretrained import load_multimodal_adapter
+
+
+def identity_of(model: nn.Module) -> BaseIdentity:
+    """The identity of the base beneath a model :func:`load_answering` returned (PEFT's layers hide it)."""
+    return getattr(model, BASE_IDENTITY_ATTR, None) or BaseIdentity.of(model)
+
+
+def load_answering(base: str, method: str, adapter: Path | None, device, dtype: str | None = None,
+                   say: Callable[[str], None] = print):
+    """``(model, tokenizer, visual)``: the base with ``adapter`` of ``method`` on it, on ``device``; the only place
+    evaluation, the demo and generation load a model. ``adapter`` is what ``pretrained.locate_adapter`` found: our
+    file (``visual`` is its encoder and projection when it has them, else None) or a method's folder; a full
+    fine-tune's folder is loaded as the base instead of ``base``."""
+    if method == FULL:
+        say(f"note: {adapter} is a full fine-tune; it is loaded as the base instead of {base}")
+    model, tokenizer = load_base(str(adapter) if method == FULL else base, dtype=dtype)
+    model.to(device)
+    visual = None
+    if adapter is not None and method == LLAMA_ADAPTER:
+        visual = load_multimodal_adapter(model, adapter, device)
+    elif method in PEFT_METHODS:
+        model = load_peft_folder(model, adapter)
+    return model, tokenizer, visual

@@ -1,0 +1,35 @@
+"""Generated ScienceQA-format sets (``mm-adapter data synthetic-images`` and ``mm-adapter data synthetic-video``).
+
+The generators live on the benchmark side (``mm_adapter.scienceqa.synthetic``, ``...synthetic_video``); these jobs
+are their one way in from the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mm_adapter.jobs.configs import SyntheticDataConfig
+from mm_adapter.scienceqa.synthetic import DrawProblem, draw_image_problem, generate
+from mm_adapter.scienceqa.synthetic_video import draw_clip_problem
+
+
+@dataclass
+class SyntheticDataResult:
+    out: Path
+    sizes: dict[str, int]
+
+
+def _generate(config: SyntheticDataConfig, draw: DrawProblem) -> SyntheticDataResult:
+    sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
+    return SyntheticDataResult(generate(config.out, sizes, config.seed, config.overwrite, draw), sizes)
+
+
+def synthetic_images(config: SyntheticDataConfig) -> SyntheticDataResult:
+    """Problems whose answer is visible only in the image (``scienceqa.synthetic``)."""
+    return _generate(config, draw_image_problem)
+
+
+def synthetic_video(config: SyntheticDataConfig) -> SyntheticDataResult:
+    """Problems about short clips whose answer needs the order of the frames (``scienceqa.synthetic_video``)."""
+    return _generate(config, draw_clip_problem)

@@ -1,0 +1,71 @@
+"""Which parameters a training run trains, and how many: the method and its sizes (``--method``, ``--lora-rank``, ...).
+
+Torch-free, like the other configs: the command line builds its flags from this dataclass before any model
+code is imported. Sizes left unset (None) are resolved per method on the base by ``mm_adapter.methods.attach``, so
+a written ``config.yaml`` keeps them unset and reproduces the run, and an option that does not apply to the
+chosen method can be told from one the user set: it is refused in one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from mm_adapter.errors import ConfigError
+from mm_adapter.fields import check, option
+
+LLAMA_ADAPTER = "llama-adapter"
+PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING, FULL = (
+    "peft-adaption-prompt", "lora", "prompt-tuning", "prefix-tuning", "full")
+METHODS = (LLAMA_ADAPTER, PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING, FULL)
+PEFT_METHODS = (PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING)
+VIRTUAL_TOKEN_METHODS = (PROMPT_TUNING, PREFIX_TUNING)
+DEFAULT_LORA_TARGETS = "q_proj,v_proj"
+# option -> the methods it sizes; set for any other method it is refused
+APPLIES_TO = {"lora_rank": (LORA,), "lora_alpha": (LORA,), "lora_targets": (LORA,),
+              "num_virtual_tokens": VIRTUAL_TOKEN_METHODS}
+
+
+def peft_installed() -> bool:
+    """Whether the ``peft`` package can be imported (found without importing it: that takes seconds)."""
+    return importlib.util.find_spec("peft") is not None
+
+
+@dataclass
+class TuningConfig:
+    """What training trains: our LLaMA-Adapter, a PEFT method (through PEFT itself) or the whole base. Unset sizes
+    are chosen on the base so the trainable count is nearest the LLaMA-Adapter of --adapter-len x
+    --adapter-layers (printed at the start of the run)."""
+
+    method: str = option(LLAMA_ADAPTER, choices=METHODS)
+    """llama-adapter (ours); peft-adaption-prompt, lora, prompt-tuning, prefix-tuning (PEFT's own, saved as a
+    folder); full (every base weight, in fp32; saved as a whole model folder)"""
+    lora_rank: int | None = None
+    """lora only: rank (None: the rank nearest the llama-adapter's trainable count; 3 on SmolLM2-135M)"""
+    lora_alpha: float | None = None
+    """lora only: scaling numerator, the update is alpha/rank x BA (None: 2 x rank)"""
+    lora_targets: str | None = None
+    """lora only: comma list of module names (None: q_proj,v_proj; all-linear: every linear layer but the head)"""
+    num_virtual_tokens: int | None = None
+    """prompt-tuning, prefix-tuning only: virtual tokens (None: nearest the llama-adapter's trainable count; 300
+    and 15 on SmolLM2-135M)"""
+
+    def __post_init__(self) -> None:
+        check(self, "method", choices=METHODS)
+        for name in ("lora_rank", "num_virtual_tokens"):
+            check(self, name, low=1, integer=True, optional=True)
+        check(self, "lora_alpha", low=0, low_open=True, optional=True)
+        if self.lora_targets is not None and not self.targets:
+            raise ConfigError("lora_targets", "names no module; give a comma list such as q_proj,v_proj")
+        for name, methods in APPLIES_TO.items():
+            if getattr(self, name) is not None and self.method not in methods:
+                raise ConfigError(name, f"applies to --method {' or '.join(methods)}, not {self.method}")
+        if self.method in PEFT_METHODS and not peft_installed():
+            raise ConfigError("method", f"{self.method} trains through PEFT, which is not installed here "
+                                        "(pip install peft, or the project's bench extra)")
+
+    @property
+    def targets(self) -> str:
+        """LoRA's target modules, normalised: ``a,b`` (no spaces or empty names) or PEFT's word ``all-linear``."""
+        text = DEFAULT_LORA_TARGETS if self.lora_targets is None else self.lora_targets
+        return ",".join(name.strip() for name in text.split(",") if name.strip())

@@ -1,0 +1,70 @@
+"""The adapter's configuration, which travels in adapter files (JSON round-trip); the visual path's is
+``mm_adapter.encoders.config``.
+
+Torch-free on purpose: the command line builds its flags from these dataclasses before any model
+code is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mm_adapter.fields import check, config_from_dict, option
+
+GATE_ACTIVATIONS = ("tanh", "identity")
+GATE_GRANULARITIES = ("head", "layer")
+GATE_INITS = ("zero", "random")
+PROMPT_INITS = ("normal", "norm_scaled")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """LLaMA-Adapter: prompts and zero-initialised gates in the top decoder layers."""
+
+    adapter_len: int = 10
+    """learnable prompt vectors per adapted layer (paper: 10)"""
+    adapter_layers: int = 30
+    """top decoder layers that get prompts (paper: 30 of LLaMA-7B's 32)"""
+    gate_activation: str = option("tanh", choices=GATE_ACTIVATIONS)
+    """tanh of the zero-initialised gate (the official training code) or the raw gate (identity: its inference code
+    and PEFT); one choice for training and inference alike"""
+    prompt_init_std: float = 1.0
+    """prompts start as N(0, std^2), like the original's nn.Embedding"""
+    prompt_init: str = option("normal", choices=PROMPT_INITS)
+    """normal (the original) or norm_scaled: times the layer's input norm weight, so prompts look like the
+    normalised hidden states the projections expect (SmolLM2's norm weights are ~0.03-0.4)"""
+    gate_granularity: str = option("head", choices=GATE_GRANULARITIES)
+    """head: one zero-initialised gate per attention head (the paper); layer: one per layer, PEFT's
+    adaption_gate, so a trained adapter exports to PEFT"""
+    gate_init: str = option("zero", choices=GATE_INITS)
+    """zero: the model starts as exactly the base model (the paper's zero-init attention); random: gates start as
+    N(0, gate_init_std^2), the paper's ablation of it"""
+    gate_init_std: float = 1.0
+    """std of the random gate initialisation (gate_init=random only)"""
+
+    def __post_init__(self) -> None:
+        check(self, "adapter_len", low=1, integer=True)
+        check(self, "adapter_layers", low=1, integer=True)
+        check(self, "gate_activation", choices=GATE_ACTIVATIONS)
+        check(self, "gate_granularity", choices=GATE_GRANULARITIES)
+        check(self, "prompt_init", choices=PROMPT_INITS)
+        check(self, "prompt_init_std", low=0, low_open=True)
+        check(self, "gate_init", choices=GATE_INITS)
+        check(self, "gate_init_std", low=0, low_open=True)
+
+    def gates_per_layer(self, num_heads: int) -> int:
+        """How many gate values one adapted layer holds on a base with ``num_heads`` query heads."""
+        return num_heads if self.gate_granularity == "head" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> "AdapterConfig":
+        return config_from_dict(cls, data, source, "adapter config")

@@ -1,0 +1,66 @@
+"""Training with images: the projection as a trainable part of the model, its learning rates, its loss.
+
+Image features are computed once, before training (``feature_cache``), and ride on each example
+as ``image_features`` + ``image_mask``; epochs never run the encoder. The trainable projection
+hangs on the model as ``model.visual_projection`` so the trainer optimises it, checkpoints it and
+restores it on resume like any other parameter that requires grad. A row without a (usable)
+image has mask False: the projection gives it an offset of exactly 0, so it is answered as by
+the text-only adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mm_adapter.encoders.clip import ClipEncoder
+from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.encoders.projection import VisualProjection, visual_extras
+from mm_adapter.model.adapter import prompt_offset
+from mm_adapter.training.trainer import lm_loss_sum
+
+PROJECTION_ATTR = "visual_projection"
+
+
+def attach_projection(model: nn.Module, projection: VisualProjection) -> VisualProjection:
+    """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume)."""
+    setattr(model, PROJECTION_ATTR, projection.requires_grad_(True))
+    return projection
+
+
+def projection_lr_scales(projection: VisualProjection, lr_scale: float) -> dict[nn.Parameter, float]:
+    """Per-parameter lr multipliers for ``train(..., lr_scales=...)``.
+
+    Adam's early steps move a unit's pre-activation by about lr x fan_in x |input|, so the widest
+    layer (thousands of features) gets ``lr x lr_scale`` and each Linear ``lr x lr_scale x widest
+    fan_in / its fan_in`` (capped at lr): every layer's output then moves at a similar pace. Norm
+    parameters go with the widest layer. At the prompts' lr the first layer's GELU units all died.
+    """
+    linears = [m for m in projection.modules() if isinstance(m, nn.Linear)]
+    widest = max(m.in_features for m in linears)
+    scales = {parameter: lr_scale for parameter in projection.parameters()}
+    for layer in linears:
+        for parameter in layer.parameters():
+            scales[parameter] = min(1.0, lr_scale * widest / layer.in_features)
+    return scales
+
+
+def multimodal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``lm_loss_sum`` with each row's projected image features added to every adaption prompt."""
+    offsets = getattr(model, PROJECTION_ATTR)(batch["image_features"], batch["image_mask"])
+    with prompt_offset(model, offsets):
+        return lm_loss_sum(model, batch)
+
+
+@dataclass
+class VisualExport:
+    """What an adapter file needs besides prompts and gates: the projection, config and encoder identity."""
+
+    config: VisualConfig
+    projection: VisualProjection
+    encoder: ClipEncoder
+
+    def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return visual_extras(self.config, self.projection, self.encoder)
