@@ -41,8 +41,9 @@ from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.progress import progress as progress_bar
 from mm_adapter.files.text import read_text
 from mm_adapter.inference.scoring import (
-    calibrated_scores, check_context, choice_scores, context_tokens, greedy_generate, precision, tokens_needed,
+    calibrated_scores, check_context, choice_scores, greedy_generate, precision, tokens_needed,
 )
+from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.pretrained import recorded_format
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import NO_ANSWER, make_predictions

@@ -27,7 +27,8 @@ from mm_adapter.demo.predictor import Predictor, check_question
 from mm_adapter.errors import ScienceQAError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate, partial_path, run
-from mm_adapter.inference.scoring import context_tokens, tokens_needed
+from mm_adapter.inference.scoring import tokens_needed
+from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.scienceqa.data import MAX_TEXT_CHARS, Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt
 from tests.test_demo_predictor import DemoFiles, make_demo_files

@@ -25,7 +25,7 @@ from mm_adapter.eval.config import EvalConfig
 from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
-from mm_adapter.inference.scoring import context_tokens, option_log_probs, option_text_log_probs
+from mm_adapter.inference.scoring import option_log_probs, option_text_log_probs
 from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.generate import generate
@@ -37,6 +37,7 @@ from mm_adapter.methods.config import (
     FULL, LLAMA_ADAPTER, LORA, METHODS, PEFT_METHODS, PREFIX_TUNING, PROMPT_TUNING, TuningConfig,
 )
 from mm_adapter.methods.folders import RECORD_NAME, save_method_folder
+from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.pretrained import resolve_adapter
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, stated_answer
 from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)

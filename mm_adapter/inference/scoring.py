@@ -22,7 +22,6 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.methods.virtual_tokens import virtual_tokens
 from mm_adapter.model.adapter import prompt_offset
 from mm_adapter.scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
 
@@ -213,14 +212,6 @@ def calibrated_scores(model, tokenizer, prompts: Sequence[str], content_free: Se
     scores = choice_scores(model, tokenizer, prompts, choices, fmt, offsets)
     prior = choice_scores(model, tokenizer, content_free, choices, fmt)
     return torch.where(prior.isfinite(), scores - prior, scores)  # -inf - -inf would be nan
-
-
-def context_tokens(model) -> int | None:
-    """The most tokens of text the model reads at once (its text config's ``max_position_embeddings``, less the
-    positions a PEFT prompt-learning method's virtual tokens take); None if unstated."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    found = getattr(config, "max_position_embeddings", None)
-    return found - virtual_tokens(model) if isinstance(found, int) and found > 0 else None
 
 
 def tokens_needed(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],

@@ -15,11 +15,11 @@ import torch
 from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.inference.scoring import context_tokens
 from mm_adapter.jobs.configs import TrainAlpacaConfig
 from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.folders import ADAPTER_FOLDER, relocated, trainer_export
+from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.adapter import count_trainable
 from mm_adapter.model.adapter_file import save_adapter
 from mm_adapter.pretrained import base_metadata

@@ -24,13 +24,13 @@ from mm_adapter.encoders.projection import VisualProjection, frames_note, traina
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.inference.scoring import context_tokens
 from mm_adapter.jobs.configs import TrainScienceQAConfig
 from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
+from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.adapter import count_trainable
 from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY, save_adapter
 from mm_adapter.pretrained import base_metadata

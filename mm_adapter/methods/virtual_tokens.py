@@ -32,6 +32,14 @@ def virtual_tokens(model: nn.Module) -> int:
     return config.num_virtual_tokens if config is not None and config.is_prompt_learning else 0
 
 
+def context_tokens(model) -> int | None:
+    """The most tokens of text the model reads at once (its text config's ``max_position_embeddings``, less the
+    positions a PEFT prompt-learning method's virtual tokens take); None if unstated."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    found = getattr(config, "max_position_embeddings", None)
+    return found - virtual_tokens(model) if isinstance(found, int) and found > 0 else None
+
+
 def _prefix(width: int, like: torch.Tensor) -> torch.Tensor:
     return torch.ones(like.shape[0], width, dtype=like.dtype, device=like.device)
 
