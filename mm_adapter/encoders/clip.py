@@ -1,28 +1,13 @@
-"""The visual path: a frozen open_clip ViT, multi-scale global features, a trainable projection.
+"""The image encoder: a frozen open_clip ViT and its multi-scale global features.
 
 LLaMA-Adapter's multimodal variant adds one projected image vector to every adaption prompt of
-every adapted layer (``adapter.prompt_offset``). Here:
-
-* features: the class token after each of ``depths`` resblocks of the frozen visual transformer
-  (open_clip's own ``forward_intermediates``), each put through a LayerNorm *without* parameters,
-  then concatenated -> (batch, n_depths * width). Why not ``ln_post``: its affine was trained for
-  the last block only, while the residual stream's scale grows with depth; a parameter-free
-  per-depth norm puts every depth on one scale so no depth dominates the concatenation.
-* projection (trainable): LayerNorm -> Linear(in, 64) -> GELU -> Linear(64, hidden) ("mlp"), or
-  LayerNorm -> Linear(in, hidden) ("linear"). The last Linear starts at zero, so an adapter with
-  images starts exactly where the text-only adapter is (the offset is 0 until it learns).
-* a problem without an image gets an offset row of exactly 0 (``torch.where``, not a product).
-* video clips (``frames`` = K > 1): everything before the last Linear runs on each frame with shared weights
-  (the same frame encoder for every position), then the K frame vectors go side by side, in time order, into
-  the last Linear (in = K x visual_hidden). The slot is the frame's position, so order survives without a
-  position embedding (one added before pooling is what pooling needs to keep order); a still image is the
-  1-frame case, which is exactly the layout and arithmetic of image adapters, so their files load unchanged.
-
-With ViT-L-14 (width 1024, 24 blocks, 4 depths -> 4096 features) and LLaMA-7B (hidden 4096) the
-"mlp" projection has 536,640 parameters; with the adapter's 1,229,760 that is 1,766,400 (~1.8M,
-the paper's count). A full "linear" projection would be 16.8M.
+every adapted layer (``adapter.prompt_offset``); this module makes the features, ``projection.py``
+projects them. Features: the class token after each of ``depths`` resblocks of the frozen visual
+transformer (open_clip's own ``forward_intermediates``), each put through a LayerNorm *without*
+parameters, then concatenated -> (batch, n_depths * width). Why not ``ln_post``: its affine was
+trained for the last block only, while the residual stream's scale grows with depth; a
+parameter-free per-depth norm puts every depth on one scale so no depth dominates the concatenation.
 """
-
 from __future__ import annotations
 
 import hashlib

@@ -1,6 +1,20 @@
-"""The trainable projection from frozen encoder features into the adaption prompts, and an adapter file's visual
-part (its projection, checked against the encoder it was trained with)."""
+"""The trainable projection from frozen encoder features into the adaption prompts, and an adapter file's
+visual part (its projection, checked against the encoder it was trained with).
 
+* projection: LayerNorm -> Linear(in, 64) -> GELU -> Linear(64, hidden) ("mlp"), or
+  LayerNorm -> Linear(in, hidden) ("linear"). The last Linear starts at zero, so an adapter with
+  images starts exactly where the text-only adapter is (the offset is 0 until it learns).
+* a problem without an image gets an offset row of exactly 0 (``torch.where``, not a product).
+* video clips (``frames`` = K > 1): everything before the last Linear runs on each frame with shared weights
+  (the same frame encoder for every position), then the K frame vectors go side by side, in time order, into
+  the last Linear (in = K x visual_hidden). The slot is the frame's position, so order survives without a
+  position embedding (one added before pooling is what pooling needs to keep order); a still image is the
+  1-frame case, which is exactly the layout and arithmetic of image adapters, so their files load unchanged.
+
+With ViT-L-14 (width 1024, 24 blocks, 4 depths -> 4096 features) and LLaMA-7B (hidden 4096) the
+"mlp" projection has 536,640 parameters; with the adapter's 1,229,760 that is 1,766,400 (~1.8M,
+the paper's count). A full "linear" projection would be 16.8M.
+"""
 from __future__ import annotations
 
 import torch

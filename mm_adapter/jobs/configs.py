@@ -4,6 +4,9 @@ Each job function (``mm_adapter.jobs.<job>``) takes one of these and returns a r
 The command line generates its flags from the fields (help from the field docstrings), loads a
 recipe with ``--config FILE`` (flags override it), and jobs with an output folder write the
 resolved config there as ``config.yaml``: passing that file back reproduces the run. Torch-free.
+
+Option groups shared by several commands mean the same everywhere: ``--base``/``--dtype``/``--device``/
+``--threads`` come from :class:`ModelOptions`, ``--data``/``--hf`` from ``data.config.ScienceQASource``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Folders of the methods other than ours (``--method``), and the one loader of a model with any method's adapter.
+"""Folders of the methods other than ours (``--method``): writing them, reading their record, loading a PEFT one
+(the one loader of a model with any method's adapter is ``inference/loading.py``).
 
 * PEFT methods: ``PeftModel.save_pretrained`` writes its ``adapter_config.json``, ``adapter_model.safetensors``
   and card, untouched, so ``PeftModel.from_pretrained(base, folder)`` loads the folder anywhere; we load it so.
