@@ -26,7 +26,7 @@ from mm_adapter.jobs import ablate
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
 from mm_adapter.scienceqa.data import read_official
 from mm_adapter.training.process import KILL_ENV
-from tests.test_formats_training import tiny_sqa  # noqa: F401  (fixture)
+from test_formats_training import tiny_sqa  # noqa: F401  (fixture)
 from tiny_text import command_here
 
 CHANGED = {"baseline": None, "gate-random": ("adapter.gate_init", "random"), "layers-1": ("adapter.adapter_layers", 1),

@@ -31,11 +31,11 @@ from mm_adapter.inference.scoring import tokens_needed
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.scienceqa.data import MAX_TEXT_CHARS, Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt
-from tests.test_demo_predictor import DemoFiles, make_demo_files
-from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
-from tests.test_scienceqa_data import record, write_official
-from tests.test_special_files import ENV, assert_refused, command, refuses, snapshot
-from tests.tiny import tiny_model
+from test_demo_predictor import DemoFiles, make_demo_files
+from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from test_scienceqa_data import record, write_official
+from test_special_files import ENV, assert_refused, command, refuses, snapshot
+from tiny import tiny_model
 
 TOO_LONG = "x" * (MAX_TEXT_CHARS + 1)
 WORDY = "Which animal is a mammal? " * 60  # ~1,600 characters: within the character bound, over 256 tokens

@@ -20,10 +20,10 @@ from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate
 from mm_adapter.jobs import train_scienceqa as train_job
 from mm_adapter.scienceqa.prompts import build_prompt, content_free, option_letters
-from tests.test_cloze import _reference_scores
-from tests.test_eval_run import ATOL, PROBLEMS, model, single_thread, tokenizer  # noqa: F401  (fixtures)
-from tests.test_formats_training import tiny_sqa, tiny_train_config  # noqa: F401  (fixture)
-from tests.tiny import tiny_model
+from test_cloze import _reference_scores
+from test_eval_run import ATOL, PROBLEMS, model, single_thread, tokenizer  # noqa: F401  (fixtures)
+from test_formats_training import tiny_sqa, tiny_train_config  # noqa: F401  (fixture)
+from tiny import tiny_model
 
 
 def _probs(answers, problem) -> torch.Tensor:

@@ -22,8 +22,8 @@ from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
 from mm_adapter.training.batches import IGNORE_INDEX
-from tests.test_eval_run import ATOL, PROBLEMS, make_tokenizer, single_thread  # noqa: F401  (fixture)
-from tests.tiny import tiny_model
+from test_eval_run import ATOL, PROBLEMS, make_tokenizer, single_thread  # noqa: F401  (fixture)
+from tiny import tiny_model
 
 FMT = "QCM-T"
 

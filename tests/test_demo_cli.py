@@ -24,11 +24,11 @@ from mm_adapter.demo.predictor import Predictor
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
 from mm_adapter.jobs.configs import DemoConfig, ModelOptions
 from mm_adapter.jobs.demo import demo
-from tests.command import MM_ADAPTER
-from tests.test_demo_predictor import (
+from entry_point import MM_ADAPTER
+from test_demo_predictor import (
     CHOICES, QUESTION, DemoFiles, adapted_model, make_demo_files, noise_png, png, save_visual_adapter,
 )
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 

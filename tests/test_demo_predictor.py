@@ -22,8 +22,8 @@ from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach
 from mm_adapter.demo.predictor import Predictor, check_image, check_question
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig, build_encoder
 from mm_adapter.encoders.projection import VisualProjection, visual_extras
-from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
-from tests.tiny import tiny_model
+from test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from tiny import tiny_model
 
 TINY = VisualConfig(clip_model=TINY_VIT, clip_layers=2)
 QUESTION = "Which solution has a higher concentration of green particles?"

@@ -25,10 +25,10 @@ from mm_adapter.demo.server import MAX_BODY, build_server
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
 from mm_adapter.encoders.feature_cache import MAX_IMAGE_BYTES
 from mm_adapter.encoders.video import clip_frames
-from tests.clips import clip, frames_of
-from tests.test_demo_predictor import CHOICES, QUESTION, adapted_model, png, save_visual_adapter
-from tests.test_demo_web import ask, browser, read_answer  # noqa: F401 (browser: the fixture)
-from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from clips import clip, frames_of
+from test_demo_predictor import CHOICES, QUESTION, adapted_model, png, save_visual_adapter
+from test_demo_web import ask, browser, read_answer  # noqa: F401 (browser: the fixture)
+from test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 
 FRAMES = 3
 SIX = ["red", "green", "blue", "yellow", "white", "black"]  # sampled at 3 frames: green, yellow, black

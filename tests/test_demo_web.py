@@ -31,9 +31,9 @@ from mm_adapter.cli import main
 from mm_adapter.demo.server import PAGE, build_server, parse_choices
 from mm_adapter.jobs.configs import ModelOptions, ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from tests.command import MM_ADAPTER
-from tests.test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from entry_point import MM_ADAPTER
+from test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))  # Debian's package

@@ -21,7 +21,7 @@ from mm_adapter.inference.scoring import encode_scored, greedy_generate, option_
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
-from tests.tiny import tiny_model
+from tiny import tiny_model
 
 ATOL = 1e-5  # float32: batched vs unbatched matmuls differ only by rounding
 

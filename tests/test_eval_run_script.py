@@ -23,9 +23,9 @@ from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.scienceqa.data import load_official
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
-from tests.command import MM_ADAPTER
-from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
-from tests.tiny import tiny_model
+from entry_point import MM_ADAPTER
+from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = [MM_ADAPTER, "eval", "scienceqa"]

@@ -29,8 +29,8 @@ from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import build_prompt
 from mm_adapter.scienceqa.synthetic import generate
 from mm_adapter.training.batches import IGNORE_INDEX
-from tests.test_eval_run import make_tokenizer, single_thread  # noqa: F401  (autouse fixture)
-from tests.tiny import tiny_model
+from test_eval_run import make_tokenizer, single_thread  # noqa: F401  (autouse fixture)
+from tiny import tiny_model
 
 EXPLAINED = Problem("e1", "Which is a mammal?", ("trout", "cat"), 1, lecture="Mammals have fur.\nThey feed milk.",
                     solution="A cat has fur.")

@@ -19,7 +19,7 @@ from mm_adapter.interop import load_foreign_adapter
 from mm_adapter.interop.litgpt import LAYOUTS, import_litgpt
 from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig, ModelOptions
 from mm_adapter.jobs.convert import convert as convert_job
-from tests.command import MM_ADAPTER
+from entry_point import MM_ADAPTER
 from tiny_text import REPO, tiny_base_folder
 
 COMMAND = [MM_ADAPTER, "convert"]

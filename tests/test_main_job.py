@@ -22,9 +22,9 @@ from mm_adapter.cli import reports
 from mm_adapter.encoders.clip import TINY_VIT
 from mm_adapter.jobs.configs import MainConfig, ModelOptions
 from mm_adapter.jobs.main_job import main_job
-from tests.command import MM_ADAPTER
-from tests.test_eval_run import make_tokenizer
-from tests.tiny import tiny_model
+from entry_point import MM_ADAPTER
+from test_eval_run import make_tokenizer
+from tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -40,10 +40,10 @@ from mm_adapter.methods.folders import RECORD_NAME, save_method_folder
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.pretrained import resolve_adapter
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, stated_answer
-from tests.test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
-from tests.test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)
-from tests.tiny import tiny_model
-from tests.tiny_text import arguments, command_here, records, tiny_base_folder, write_records
+from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)
+from tiny import tiny_model
+from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
 
 ADAPTER = AdapterConfig(adapter_len=4, adapter_layers=3)  # 780 trainable on the tiny Llama: the budget matched
 FOLDER_METHODS = [m for m in METHODS if m != LLAMA_ADAPTER]

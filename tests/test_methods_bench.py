@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bench import methods
-from tests.test_formats_training import tiny_sqa_folder
+from test_formats_training import tiny_sqa_folder
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,11 @@ from mm_adapter.pretrained import (
 )
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.training.multimodal import attach_projection
-from tests.test_demo_predictor import CHOICES, QUESTION, TINY, make_demo_files
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from tests.test_eval_run_script import official_layout
-from tests.tiny import randomise_adapter, tiny_model
-from tests.tiny_text import command_here, finetune_here, records, tiny_base_folder, write_records
+from test_demo_predictor import CHOICES, QUESTION, TINY, make_demo_files
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_eval_run_script import official_layout
+from tiny import randomise_adapter, tiny_model
+from tiny_text import command_here, finetune_here, records, tiny_base_folder, write_records
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 IDS = torch.arange(3, 12)[None]

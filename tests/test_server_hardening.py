@@ -23,10 +23,10 @@ import pytest
 from mm_adapter.demo.server import DRAIN_LIMIT, MAX_BODY, build_server
 from mm_adapter.jobs.configs import ModelOptions, ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from tests.test_demo_predictor import QUESTION, DemoFiles, make_demo_files, png
-from tests.test_demo_web import ask, multipart
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from tests.test_special_files import ENV, finishes
+from test_demo_predictor import QUESTION, DemoFiles, make_demo_files, png
+from test_demo_web import ask, multipart
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_special_files import ENV, finishes
 
 TIMEOUT = 0.5  # the server's read timeout in these tests
 WORDY = "Which animal is a mammal? " * 60  # within the character bound, over the tiny model's 256 tokens

@@ -23,7 +23,7 @@ import mm_adapter.eval.run as runner
 from mm_adapter.eval.run import partial_path
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.training.process import KILL_ENV, StopRequest, TrainingInterrupted, stop_requests
-from tests.test_eval_run_script import base_folder, official_layout  # noqa: F401 (module fixture)
+from test_eval_run_script import base_folder, official_layout  # noqa: F401 (module fixture)
 from tiny_text import REPO, arguments, command_here, finetune_here, one_thread  # noqa: F401 (autouse fixture)
 
 EXIT_CODE = {"SIGINT": 130, "SIGTERM": 143}

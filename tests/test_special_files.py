@@ -36,9 +36,9 @@ from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.feature_cache import FeatureCache, cache_key, image_features, load_image
 from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa.data import Problem, image_path, read_official
-from tests.test_demo_predictor import TINY, DemoFiles, make_demo_files, png
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from tests.test_scienceqa_data import record, write_official
+from test_demo_predictor import TINY, DemoFiles, make_demo_files, png
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_scienceqa_data import record, write_official
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -18,7 +18,7 @@ from mm_adapter.jobs.configs import TableConfig
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.metrics import COLUMN_NAMES, score
 from mm_adapter.scienceqa.predictions import load_predictions
-from tests.command import MM_ADAPTER
+from entry_point import MM_ADAPTER
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {  # TXT, IMG, NO, Avg of the published tables

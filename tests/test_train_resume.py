@@ -16,7 +16,7 @@ from mm_adapter import read_adapter
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
 from mm_adapter.training.process import KILL_ENV
-from tests.command import MM_ADAPTER
+from entry_point import MM_ADAPTER
 from tiny_text import (
     REPO, alpaca_config, arguments, command_here, finetune_here, records, tiny_base_folder, write_records,
 )

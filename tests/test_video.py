@@ -19,9 +19,9 @@ from mm_adapter.encoders.feature_cache import FeatureCache, image_features
 from mm_adapter.encoders.projection import VisualProjection, projection_from_adapter
 from mm_adapter.encoders.video import clip_frames, count_frames, frame_order, is_clip, sample_indices
 from mm_adapter.errors import ConfigError
-from tests.test_demo_predictor import CHOICES, QUESTION, make_demo_files, noise_png, png
-from tests.test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from tests.test_visual_cache import cache_dir, encoder  # noqa: F401 (fixtures: the tiny ViT, a fresh cache)
+from test_demo_predictor import CHOICES, QUESTION, make_demo_files, noise_png, png
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_visual_cache import cache_dir, encoder  # noqa: F401 (fixtures: the tiny ViT, a fresh cache)
 
 FIXTURE = Path(__file__).with_name("fixtures") / "image_adapter_e4db5fc"
 RGB = {"red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),

@@ -27,8 +27,8 @@ from mm_adapter.jobs.ablate import ablate_scienceqa
 from mm_adapter.jobs.configs import AblateConfig, EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.scienceqa.data import read_official
-from tests.test_demo_predictor import png
-from tests.test_multimodal import cache_dir, one_thread, word_tokenizer  # noqa: F401 (autouse fixtures)
+from test_demo_predictor import png
+from test_multimodal import cache_dir, one_thread, word_tokenizer  # noqa: F401 (autouse fixtures)
 from tiny import tiny_model
 
 COLOURS = ["red", "green", "blue"]
