@@ -31,12 +31,12 @@ from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.table import build_table
 from mm_adapter.files.atomic import atomic_write_text
-from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.methods.config import TuningConfig
 from mm_adapter.model.base import DEFAULT_SPEC
-from mm_adapter.model.config import AdapterConfig
+from mm_adapter.model.config import AdapterConfig, ModelOptions
 from mm_adapter.training.config import TrainConfig
 
 

@@ -10,8 +10,9 @@ from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_adapt
 from mm_adapter.data.alpaca import prompt_text
 from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
-from mm_adapter.jobs.configs import GenerateConfig, ModelOptions
+from mm_adapter.jobs.configs import GenerateConfig
 from mm_adapter.jobs.generate import generate
+from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model
 from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
 

@@ -9,9 +9,9 @@ import torch
 
 from mm_adapter import MMAdapterError, load_base
 from mm_adapter.errors import ConfigError
-from mm_adapter.jobs.configs import ModelOptions
 from mm_adapter.jobs.runtime import prepare, resolve_device
 from mm_adapter.model.base import smollm2_gguf_path
+from mm_adapter.model.config import ModelOptions
 from tiny import left_padded_batch, tiny_model
 
 

@@ -10,25 +10,25 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from entry_point import MM_ADAPTER
 from PIL import Image
+from test_demo_predictor import (
+    CHOICES, QUESTION, DemoFiles, adapted_model, make_demo_files, noise_png, png, save_visual_adapter,
+)
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter import MMAdapterError
 from mm_adapter.cli import main
 from mm_adapter.cli.reports import format_prediction
 from mm_adapter.demo.predictor import Predictor
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
-from mm_adapter.jobs.configs import DemoConfig, ModelOptions
+from mm_adapter.jobs.configs import DemoConfig
 from mm_adapter.jobs.demo import demo
-from entry_point import MM_ADAPTER
-from test_demo_predictor import (
-    CHOICES, QUESTION, DemoFiles, adapted_model, make_demo_files, noise_png, png, save_visual_adapter,
-)
-from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from mm_adapter.model.config import ModelOptions
 
 REPO = Path(__file__).resolve().parents[1]
 

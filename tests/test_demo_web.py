@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -25,15 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from entry_point import MM_ADAPTER
 from PIL import Image
+from test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter.cli import main
 from mm_adapter.demo.server import PAGE, build_server, parse_choices
-from mm_adapter.jobs.configs import ModelOptions, ServeConfig
+from mm_adapter.jobs.configs import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
-from entry_point import MM_ADAPTER
-from test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
-from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from mm_adapter.model.config import ModelOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DEMO_CHROMIUM", "/usr/bin/chromium"))  # Debian's package

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from entry_point import MM_ADAPTER
+from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter import MMAdapterError
 from mm_adapter.cli import main as cli_main
@@ -18,13 +19,12 @@ from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate, partial_path
 from mm_adapter.inference.scoring import encode_scored
-from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions
+from mm_adapter.jobs.configs import EvalScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.scienceqa.data import load_official
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
-from entry_point import MM_ADAPTER
-from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 from tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

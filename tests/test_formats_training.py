@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_eval_run import make_tokenizer, single_thread  # noqa: F401  (autouse fixture)
 
 from mm_adapter import AdapterConfig, TrainConfig, load_adapter, load_base, read_adapter
 from mm_adapter.cli import main
@@ -22,14 +23,14 @@ from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate
 from mm_adapter.inference.scoring import encode_scored
-from mm_adapter.jobs.configs import ModelOptions, TrainScienceQAConfig
+from mm_adapter.jobs.configs import TrainScienceQAConfig
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import build_prompt
 from mm_adapter.scienceqa.synthetic import generate
 from mm_adapter.training.batches import IGNORE_INDEX
-from test_eval_run import make_tokenizer, single_thread  # noqa: F401  (autouse fixture)
 from tiny import tiny_model
 
 EXPLAINED = Problem("e1", "Which is a mammal?", ("trout", "cat"), 1, lecture="Mammals have fur.\nThey feed milk.",

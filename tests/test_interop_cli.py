@@ -5,10 +5,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
+from entry_point import MM_ADAPTER
 from safetensors import safe_open
 from test_interop_litgpt import litgpt_file
 
@@ -17,10 +17,10 @@ from mm_adapter.cli import main
 from mm_adapter.errors import ConfigError
 from mm_adapter.interop import load_foreign_adapter
 from mm_adapter.interop.litgpt import LAYOUTS, import_litgpt
-from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig, ModelOptions
+from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig
 from mm_adapter.jobs.convert import convert as convert_job
-from entry_point import MM_ADAPTER
-from tiny_text import REPO, tiny_base_folder
+from mm_adapter.model.config import ModelOptions
+from tiny_text import tiny_base_folder
 
 COMMAND = [MM_ADAPTER, "convert"]
 

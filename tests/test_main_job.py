@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from entry_point import MM_ADAPTER
+from test_eval_run import make_tokenizer
 
 from mm_adapter import read_adapter
 from mm_adapter.cli import reports
 from mm_adapter.encoders.clip import TINY_VIT
-from mm_adapter.jobs.configs import MainConfig, ModelOptions
+from mm_adapter.jobs.configs import MainConfig
 from mm_adapter.jobs.main_job import main_job
-from entry_point import MM_ADAPTER
-from test_eval_run import make_tokenizer
+from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

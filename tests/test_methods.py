@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
+from test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mm_adapter import AdapterConfig, MMAdapterError, TrainConfig, load_base
@@ -26,7 +28,7 @@ from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
 from mm_adapter.inference.scoring import option_log_probs, option_text_log_probs
-from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, ModelOptions, TrainScienceQAConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.generate import generate
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
@@ -38,10 +40,9 @@ from mm_adapter.methods.config import (
 )
 from mm_adapter.methods.folders import RECORD_NAME, save_method_folder
 from mm_adapter.methods.virtual_tokens import context_tokens
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.pretrained import resolve_adapter
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, stated_answer
-from test_eval_run import PROBLEMS, make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
-from test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)
 from tiny import tiny_model
 from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
 

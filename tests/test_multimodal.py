@@ -29,9 +29,10 @@ from mm_adapter.encoders.projection import VisualProjection, visual_extras
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate
 from mm_adapter.inference.scoring import option_log_probs
-from mm_adapter.jobs.configs import EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.pretrained import load_multimodal_adapter
 from mm_adapter.scienceqa.data import Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_demo_predictor import CHOICES, QUESTION, TINY, make_demo_files
+from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
+from test_eval_run_script import official_layout
 from transformers import PreTrainedModel
 
 import mm_adapter
@@ -23,19 +26,17 @@ from mm_adapter import (
 )
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, visual_extras
-from mm_adapter.jobs.configs import ModelOptions, ServeConfig
+from mm_adapter.jobs.configs import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.adapter import prompt_offset
 from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.pretrained import (
     CONFIG_NAME, FOLDER_FILES, WEIGHTS_NAME, load_multimodal_adapter, loaded_adapter, read_pretrained,
     resolve_adapter,
 )
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.training.multimodal import attach_projection
-from test_demo_predictor import CHOICES, QUESTION, TINY, make_demo_files
-from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from test_eval_run_script import official_layout
 from tiny import randomise_adapter, tiny_model
 from tiny_text import command_here, finetune_here, records, tiny_base_folder, write_records
 

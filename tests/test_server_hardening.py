@@ -19,14 +19,15 @@ import threading
 import time
 
 import pytest
-
-from mm_adapter.demo.server import DRAIN_LIMIT, MAX_BODY, build_server
-from mm_adapter.jobs.configs import ModelOptions, ServeConfig
-from mm_adapter.jobs.demo import load_predictor
 from test_demo_predictor import QUESTION, DemoFiles, make_demo_files, png
 from test_demo_web import ask, multipart
 from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 from test_special_files import ENV, finishes
+
+from mm_adapter.demo.server import DRAIN_LIMIT, MAX_BODY, build_server
+from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.demo import load_predictor
+from mm_adapter.model.config import ModelOptions
 
 TIMEOUT = 0.5  # the server's read timeout in these tests
 WORDY = "Which animal is a mammal? " * 60  # within the character bound, over the tiny model's 256 tokens

