@@ -11,7 +11,7 @@ name or path, revision, identity), the method's sizes, the prompt format, the tr
 ``best/`` folder the val accuracy and step. It is a file of its own because transformers takes a folder
 holding an ``adapter_config.json`` for a PEFT adapter (a full model folder with ours in it would not load),
 and PEFT warns about fields it does not know. Our single-file adapters and their folders are
-``model/adapter_file.py`` and ``pretrained.py``.
+``model/adapter_file.py`` and ``pretrained/adapter_folder.py``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 RECORD_NAME = "mm_adapter.json"
 ADAPTER_FOLDER, BEST_FOLDER = "adapter", "best"  # another method's adapter.safetensors and best.safetensors
-RECORD_FORMAT = "mm-adapter-folder/1"  # pretrained.FOLDER_FORMAT: one format of folders, two kinds of record
+RECORD_FORMAT = "mm-adapter-folder/1"  # adapter_folder.FOLDER_FORMAT: one format of folders, two kinds of record
 LIBRARY = "mm-adapter"
 BASE_IDENTITY_ATTR = "mm_adapter_base_identity"  # on a loaded PeftModel: its base's identity, taken before PEFT
 FOLDER_METHODS = tuple(m for m in METHODS if m != LLAMA_ADAPTER)

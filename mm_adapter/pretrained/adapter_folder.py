@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,13 +23,14 @@ from torch import nn
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir, atomic_write_json, atomic_write_text
-from mm_adapter.files.safe_load import one_line, open_safetensors
+from mm_adapter.files.safe_load import open_safetensors
 from mm_adapter.files.text import STRING, Rule, check_fields, parse_json, read_json
 from mm_adapter.methods.folders import RECORD_NAME, read_record
 from mm_adapter.model.adapter import adaption_prompts, has_adapter, install_folder_saver
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
 from mm_adapter.model.base import CONFIG_NAME as MODEL_CONFIG_NAME
 from mm_adapter.model.base import base_source
+from mm_adapter.pretrained.hub import hub_errors, hub_offline, hub_snapshot, is_hub_id, is_repo_id, split_revision
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -41,11 +40,10 @@ FOLDER_FORMAT = "mm-adapter-folder/1"
 METHOD = "llama-adapter"
 LIBRARY = "mm-adapter"
 BASE_SOURCE_KEY = "base_source"  # adapter file metadata: JSON {spec, name_or_path, revision} of the base
-VISUAL_KEY = "visual"  # adapter file metadata of a visual adapter (visual.visual_extras)
+VISUAL_KEY = "visual"  # adapter file metadata of a visual adapter (encoders.projection.visual_extras)
 LOADED_ATTR = "mm_adapter_loaded"  # what from_pretrained put on a model (see Loaded)
-TRAINING_PROJECTION = "visual_projection"  # multimodal.PROJECTION_ATTR (not imported: it pulls in open_clip)
+TRAINING_PROJECTION = "visual_projection"  # training.multimodal.PROJECTION_ATTR (not imported: it pulls in open_clip)
 _VISUAL_BUFFERS = ("feature_mean", "feature_std")  # stored with the projection, not trained
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OBJECT = Rule(lambda value: isinstance(value, dict), "a JSON object")
 _REQUIRED = {"format": STRING, "method": STRING, "adapter_config": _OBJECT, "base_identity": _OBJECT}
 _OPTIONAL = {"library_name": STRING, "base_model_name_or_path": STRING, "base_model_spec": STRING,
@@ -80,7 +78,7 @@ def locate_adapter(spec: str | os.PathLike, revision: str | None = None) -> tupl
             raise MMAdapterError(f"{spec}: a revision applies only to an adapter on the hub (org/name)")
         return METHOD, path
     repo_id, pinned = split_revision(str(spec))
-    return _in_folder(hub_snapshot(repo_id, revision or pinned), label=str(spec))
+    return _in_folder(hub_snapshot(repo_id, revision or pinned, [*FOLDER_FILES, RECORD_NAME]), label=str(spec))
 
 
 def _in_folder(folder: Path, label: str | None = None) -> tuple[str, Path]:
@@ -98,19 +96,6 @@ def recorded_format(adapter: str | os.PathLike) -> str | None:
     return read_adapter(path).prompt_format
 
 
-def is_hub_id(text: str) -> bool:
-    """``org/name`` or ``org/name@revision`` that is not spelled as a path or an adapter file."""
-    if text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
-        return False
-    return bool(_HUB_ID.match(text.split("@", 1)[0]))
-
-
-def split_revision(spec: str) -> tuple[str, str | None]:
-    """``org/name@rev`` -> (``org/name``, ``rev``); without ``@`` the revision is None (the default branch)."""
-    repo_id, _, revision = spec.partition("@")
-    return repo_id, revision or None
-
-
 def adapter_name(spec: str | os.PathLike) -> str:
     """A short name for an adapter: a file's stem, a folder's name, a hub repo's name (what ``--use`` takes)."""
     path = Path(spec)
@@ -122,36 +107,6 @@ def adapter_name(spec: str | os.PathLike) -> str:
 def read_pretrained(spec: str | os.PathLike, revision: str | None = None) -> AdapterFile:
     """``read_adapter`` of whatever ``spec`` names (file, folder or hub id)."""
     return read_adapter(resolve_adapter(spec, revision))
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it, but now (its constants are read once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-@contextmanager
-def hub_errors(what: str) -> Iterator[None]:
-    """What huggingface_hub raises (HTTP, connection, missing cache entries) as one line: ``WHAT (Type: msg)``."""
-    import huggingface_hub.utils
-
-    client = getattr(huggingface_hub.utils, "httpx", None)  # the HTTP client it uses: its connection errors
-    errors = (OSError, ValueError, *((client.HTTPError,) if client else ()))
-    try:
-        yield
-    except errors as error:
-        raise MMAdapterError(f"{what} ({one_line(error)})") from None
-
-
-def hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The cached snapshot folder of ``repo_id`` at ``revision`` holding the adapter files (downloaded if needed)."""
-    from huggingface_hub import snapshot_download
-
-    offline = hub_offline()
-    where = f"{repo_id}{'@' + revision if revision else ''}"
-    reason = "not in the hub cache (HF_HUB_OFFLINE=1)" if offline else "not fetched from the hub"
-    with hub_errors(f"{where}: no such adapter file or folder here, and {reason}"):
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*FOLDER_FILES, RECORD_NAME],
-                                      local_files_only=offline, cache_dir=os.environ.get("HF_HUB_CACHE") or None))
 
 
 # ----- the folder's adapter_config.json --------------------------------------------------------------------------
@@ -246,7 +201,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike,
     """Write ``model``'s adapter as a folder (what PEFT's ``save_pretrained`` writes for its adapters).
 
     ``extra_tensors`` / ``extra_metadata`` are as for ``save_adapter`` (``visual_extras(...)`` for a visual adapter,
-    ``{checkpoint.PROMPT_FORMAT_KEY: fmt}``); by default, what :func:`from_pretrained` put on the model. The base
+    ``{adapter_file.PROMPT_FORMAT_KEY: fmt}``); by default, what :func:`from_pretrained` put on the model. The base
     the model was loaded from is recorded. Returns the folder.
     """
     if not has_adapter(model):
@@ -391,7 +346,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
         raise MMAdapterError(f"{folder}: not an adapter folder; write one with save_pretrained or "
                              "mm-adapter convert --to folder")
     resolve_adapter(folder)  # another method's folder is refused in one line
-    if not _HUB_ID.match(repo_id):
+    if not is_repo_id(repo_id):
         raise MMAdapterError(f"{repo_id!r}: not a hub repo id; expected org/name")
     from huggingface_hub import HfApi, get_token
 
@@ -410,7 +365,3 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 
 
 install_folder_saver(save_pretrained)  # model.save_pretrained on an adapted model writes this folder
-
-__all__ = ["CONFIG_NAME", "FOLDER_FILES", "WEIGHTS_NAME", "Loaded", "adapter_name", "base_metadata", "check_base",
-           "from_pretrained", "load_multimodal_adapter", "loaded_adapter", "locate_adapter", "push_to_hub",
-           "read_pretrained", "recorded_format", "resolve_adapter", "save_pretrained"]
