@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_layers import MODULES  # every library file with its one module name
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = ("mm_adapter", "eval", "scienceqa", "tests", "bench")  # the suite's own modules count too
@@ -22,22 +23,6 @@ def _run(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=environment,
                           timeout=120)
-
-
-def library_modules() -> list[str]:
-    """Every module of the package; eval/ and scienceqa/ are read as themselves (the links are not walked)."""
-    names = []
-    files = [*(REPO / "mm_adapter").rglob("*.py"), *(REPO / "eval").rglob("*.py"), *(REPO / "scienceqa").rglob("*.py")]
-    for path in sorted(files):
-        parts = list(path.relative_to(REPO).with_suffix("").parts)
-        if parts[0] != "mm_adapter":
-            parts.insert(0, "mm_adapter")
-        if parts[-1] == "__main__":
-            continue
-        if parts[-1] == "__init__":
-            parts.pop()
-        names.append(".".join(parts))
-    return names
 
 
 @pytest.mark.parametrize("name", TOP_LEVEL)
@@ -75,7 +60,7 @@ def test_every_library_file_has_one_module_in_this_process():
     would make: two ``EvalConfig`` classes, two error roots). The suite's own modules count too: pytest has
     imported every test file by the time this runs, so a helper imported as both ``tiny`` and ``tests.tiny``
     fails here."""
-    names = library_modules()
+    names = [name for _, name in MODULES if not name.endswith(".__main__")]
     assert {"mm_adapter.eval.run", "mm_adapter.scienceqa.metrics", "mm_adapter.model.adapter"} <= set(names)
     for name in names:
         importlib.import_module(name)
