@@ -29,7 +29,8 @@ from mm_adapter.encoders.video import looks_like_video
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.run import resolve_format
 from mm_adapter.inference.loading import load_answering
-from mm_adapter.inference.scoring import check_context, choice_scores, precision, tokens_needed
+from mm_adapter.inference.precision import precision
+from mm_adapter.inference.scoring import check_context, choice_scores, tokens_needed
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.base import DEFAULT_SPEC

@@ -21,7 +21,7 @@ from mm_adapter.data.alpaca import prompt_text
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
-from mm_adapter.inference.scoring import precision
+from mm_adapter.inference.precision import precision
 from mm_adapter.jobs.configs import GenerateConfig
 from mm_adapter.jobs.runtime import prepare
 from mm_adapter.methods.config import LLAMA_ADAPTER
