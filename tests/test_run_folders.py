@@ -7,56 +7,22 @@ The runs are tiny (7 problems, 2 epochs of 2 steps on the tiny Llama); each is t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
-from test_eval_run_script import base_folder, official_layout  # noqa: F401 (fixture)
-from test_methods import sqa_config
+from test_eval_run_script import base_folder  # noqa: F401 (fixture)
+from test_table_rows import evaluate, runs, trainable_in  # noqa: F401 (fixture)
 from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
 
 from mm_adapter import from_pretrained, load_base
-from mm_adapter.data.config import ScienceQASource
-from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.record import eval_record
-from mm_adapter.files.safe_load import open_safetensors
-from mm_adapter.jobs.configs import EvalScienceQAConfig
-from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.generate import read_all
-from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.methods.config import LLAMA_ADAPTER, LORA
 from mm_adapter.methods.run_record import disk_bytes, read_run_record
-from mm_adapter.model.config import ModelOptions
 from mm_adapter.pretrained import adapter_name, loaded_adapter, locate_adapter
-
-
-def evaluate(base: Path, data: Path, out: Path, adapter: str | None, **settings) -> str:
-    """``eval scienceqa`` on the tiny val problems in this process; returns what it said on stderr."""
-    said = io.StringIO()
-    eval_settings = {"batch_size": 16, **settings.pop("eval", {})}
-    with contextlib.redirect_stderr(said):
-        eval_scienceqa(EvalScienceQAConfig(
-            split="val", out=str(out), source=ScienceQASource(data=str(data)), adapter=adapter,
-            model=ModelOptions(base=str(base), device="cpu", dtype="fp32"), eval=EvalConfig(**eval_settings),
-            bootstrap=0, progress=False, **settings))
-    return said.getvalue()
-
-
-@pytest.fixture(scope="module")
-def runs(base_folder, tmp_path_factory) -> dict[str, Path]:
-    """A LLaMA-Adapter run ``ours`` and a LoRA run ``lora`` of the same budget, on the same data."""
-    root = tmp_path_factory.mktemp("runs")
-    data = official_layout(root / "data")
-    found = {"data": data}
-    for name, method in (("ours", LLAMA_ADAPTER), ("lora", LORA)):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train_scienceqa(sqa_config(base_folder, data, root / name, method))
-        found[name] = root / name
-    return found
 
 
 def test_a_training_run_records_what_it_is_and_what_it_cost(runs, base_folder):
@@ -81,10 +47,8 @@ def test_a_training_run_records_what_it_is_and_what_it_cost(runs, base_folder):
     assert read_run_record(runs["lora"])["sizes"]["lora_rank"] >= 1
     ours = read_run_record(runs["ours"])
     assert ours["sizes"]["adapter"]["adapter_len"] == 4
-    with open_safetensors(runs["ours"] / "best.safetensors") as handle:
-        assert ours["costs"]["trainable"] == sum(handle.get_slice(k).get_shape()[0] * (
-            handle.get_slice(k).get_shape()[1] if len(handle.get_slice(k).get_shape()) > 1 else 1)
-            for k in handle.keys())
+    assert ours["costs"]["trainable"] == trainable_in(runs["ours"] / "best.safetensors")
+    assert read_run_record(runs["lora"])["costs"]["trainable"] == trainable_in(runs["lora"] / "best")
     assert ours["costs"]["trainable"] != read_run_record(runs["lora"])["costs"]["trainable"]
 
 
