@@ -125,3 +125,18 @@ def test_an_eval_folder_records_what_it_evaluated_with_absolute_paths(runs, base
     assert written["method"] == LLAMA_ADAPTER and written["adapter"]["given"] == "ours/best.safetensors"
     predictions = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert predictions["method"] == "llama-adapter ours/best QCM-T val[:3]"
+
+
+def test_convert_takes_a_run_folder_and_push_refuses_one(runs, base_folder, tmp_path, capsys):
+    """`convert RUN OUT --to folder` writes the run's chosen adapter as an adapter folder; `push RUN` is refused in one
+    line saying so (it uploads a folder's own files, and a run folder holds no adapter_config.json)."""
+    from mm_adapter import MMAdapterError, push_to_hub
+    from mm_adapter.model.adapter_file import read_adapter
+
+    code, _, err = command_here(["convert", str(runs["ours"]), str(tmp_path / "folder"), "--to", "folder", "--base",
+                                 str(base_folder)], capsys)
+    assert code == 0, err
+    assert read_adapter(tmp_path / "folder" / "adapter_model.safetensors").layers.keys() == \
+        read_adapter(runs["ours"] / "best.safetensors").layers.keys()
+    with pytest.raises(MMAdapterError, match="a training run's folder, not an adapter folder; write its adapter"):
+        push_to_hub(runs["ours"], "org/name", token="unused")

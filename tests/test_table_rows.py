@@ -234,7 +234,8 @@ def old_style_eval(root: Path, adapter: Path) -> Path:
 
 
 @pytest.mark.parametrize("line, field", [('{"step": 1, "step_s": "fast"}', "step_s"),
-                                         ('{"step": 1, "elapsed_s": 2, "peak_mb": NaN}', "peak_mb")])
+                                         ('{"step": 1, "elapsed_s": 2, "peak_mb": NaN}', "peak_mb"),
+                                         ('{"step": 1, "elapsed_s": [1]}', "elapsed_s")])
 def test_a_bad_metrics_log_is_one_line_naming_the_file_line_and_field(tmp_path, capsys, line, field):
     """A cost field that is not a finite number is refused in one line (the old code's bare float() was a bug
     report, exit 1, or a NaN printed as a cost)."""

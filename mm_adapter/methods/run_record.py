@@ -33,7 +33,8 @@ CHOSEN, FINAL = "chosen", "final"
 FINAL_NAMES = ("adapter.safetensors", "adapter")  # ours (one file), another method's (a folder)
 CHOSEN_NAMES = ("best.safetensors", "best")
 ADAPTER_NAMES = FINAL_NAMES + CHOSEN_NAMES
-COST_FIELDS = ("train_s", "step_s", "peak_mb")
+COST_FIELDS = ("train_s", "step_s", "peak_mb")  # the record's costs besides the counts
+METRIC_FIELDS = ("elapsed_s", "step_s", "peak_mb")  # the metrics log's fields they are made from
 _OBJECT = Rule(lambda value: isinstance(value, dict), "a JSON object")
 _REQUIRED = {"format": STRING, "method": STRING, "adapters": _OBJECT, "costs": _OBJECT}
 _OPTIONAL = {"command": STRING, "sizes": _OBJECT, "base": _OBJECT, "prompt_format": STRING, "data": _OBJECT,
@@ -64,7 +65,7 @@ def metrics_rows(folder: Path) -> list[dict[str, Any]]:
             raise MMAdapterError(f"{path}: line {number} is not JSON; fix or delete the line") from None
         if not isinstance(row, dict) or "step" not in row:
             continue  # not a step row (the log holds only these today)
-        check_fields(row, f"{path}: line {number}", "metrics row", {}, {name: _NUMBER for name in COST_FIELDS})
+        check_fields(row, f"{path}: line {number}", "metrics row", {}, {name: _NUMBER for name in METRIC_FIELDS})
         rows.append(row)
     return rows
 

@@ -369,6 +369,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     if not folder.is_dir():
         raise MMAdapterError(f"{folder}: not an adapter folder; write one with save_pretrained or "
                              "mm-adapter convert --to folder")
+    if _run_adapter(folder) is not None:  # what is uploaded is the folder's own files, which a run folder lacks
+        raise MMAdapterError(f"{folder}: a training run's folder, not an adapter folder; write its adapter as one "
+                             f"with mm-adapter convert {folder} OUT --to folder, then push OUT")
     resolve_adapter(folder)  # another method's folder is refused in one line
     if not is_repo_id(repo_id):
         raise MMAdapterError(f"{repo_id!r}: not a hub repo id; expected org/name")
