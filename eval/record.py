@@ -140,16 +140,27 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _read_old_config(folder: Path, path: Path) -> EvalRecord:
+def _read_old_config(folder: Path, path: Path) -> EvalRecord | None:
     """An eval folder from before ``eval.json``: its flags as given. A relative adapter stays unresolved."""
     import yaml
 
+    class NoAliases(yaml.SafeLoader):
+        """The writer (``yaml.safe_dump`` of fresh objects) never makes aliases; one here is not its file."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("an alias (*name); a config.yaml written by mm-adapter has none")
+            return super().compose_node(parent, index)
+
     try:
-        data = yaml.safe_load(read_text(path, "eval config", MAX_CONFIG_BYTES))
+        data = yaml.load(read_text(path, "eval config", MAX_CONFIG_BYTES), Loader=NoAliases)  # noqa: S506
     except yaml.YAMLError as error:
-        raise MMAdapterError(f"{path}: not YAML ({' '.join(str(error).split())[:120]})") from None
+        raise MMAdapterError(f"{path}: not a config.yaml of mm-adapter ({' '.join(str(error).split())[:120]})") \
+            from None
     if not isinstance(data, dict):
         raise MMAdapterError(f"{path}: eval config must be a mapping of settings")
+    if data.get("command") != "eval scienceqa":
+        return None  # another command's folder: its predictions.json has no eval behind it to read
     optional = {"adapter": STRING, "split": STRING, "limit": _LIMIT, "name": STRING}
     check_fields(data, path, "eval config", {}, optional)
     settings = data.get("eval") if isinstance(data.get("eval"), dict) else {}

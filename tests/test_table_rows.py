@@ -278,3 +278,14 @@ def test_build_table_takes_the_problems_from_the_records(evals):
     """The library call needs no problems either (the records name them)."""
     result = build_table(TableConfig(predictions=[str(evals["ours"])], markdown=None, json=None))
     assert [s.name for s in result.scores] == ["llama-adapter ours/best QCM-T val"]
+
+
+def test_an_old_eval_config_with_yaml_aliases_is_one_line(tmp_path, capsys):
+    """An old folder's config.yaml is read without YAML aliases (mm-adapter never writes one; a crafted file could
+    expand without bound), refused in one line naming it."""
+    folder = tmp_path / "eval"
+    shutil.copytree(OLD_EVAL / "eval", folder)
+    (folder / "config.yaml").write_text("command: eval scienceqa\nbase: &a [x, x]\nsplit: *a\n")
+    code, out, err = table(capsys, folder, "--problems", OLD_EVAL / "data")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{folder / 'config.yaml'}: not a config.yaml of mm-adapter (an alias" in err
