@@ -159,7 +159,7 @@ def _read_old_config(folder: Path, path: Path) -> EvalRecord | None:
             from None
     if not isinstance(data, dict):
         raise MMAdapterError(f"{path}: eval config must be a mapping of settings")
-    if data.get("command") != "eval scienceqa":
+    if data.get("command", "eval scienceqa") != "eval scienceqa":
         return None  # another command's folder: its predictions.json has no eval behind it to read
     optional = {"adapter": STRING, "split": STRING, "limit": _LIMIT, "name": STRING}
     check_fields(data, path, "eval config", {}, optional)

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mm_adapter.eval.record import EvalRecord, eval_record
-from mm_adapter.files.safe_load import open_safetensors
-from mm_adapter.methods.folders import RECORD_NAME, adapter_digest, read_record
-from mm_adapter.pretrained import WEIGHTS_NAME
-from mm_adapter.methods.run_record import disk_bytes, has_run_record, metric_costs, read_run_record, run_of
-
-_BUFFERS = ("feature_mean", "feature_std")  # a visual projection's feature statistics: stored, not trained
+from mm_adapter.methods.folders import adapter_digest
+from mm_adapter.methods.run_record import (
+    disk_bytes, has_run_record, metric_costs, read_run_record, run_of, trainable_in,
+)
 
 
 @dataclass(frozen=True)
@@ -39,27 +37,6 @@ class RunCosts:
         return {"trainable": number(self.trainable, ","), "train min": number(self.train_s and self.train_s / 60, ".1f"),
                 "s/step": number(self.step_s, ".2f"), "peak MB": number(self.peak_mb, ",.0f"),
                 "adapter MB": number(self.adapter_mb, ",.2f")}
-
-
-def _trainable(adapter: Path) -> int | None:
-    """The adapter's trainable count: another method's folder records it; our file's tensors are counted (their
-    shapes, from the checked header)."""
-    if adapter.is_dir() and os.path.lexists(adapter / RECORD_NAME):
-        return read_record(adapter).get("trainable_parameters", {}).get("total")
-    if adapter.is_dir() and os.path.lexists(adapter / WEIGHTS_NAME):
-        adapter = adapter / WEIGHTS_NAME
-    if adapter.is_file() and adapter.suffix == ".safetensors":
-        with open_safetensors(adapter) as handle:
-            return sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys()
-                       if not key.endswith(_BUFFERS))
-    return None
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def record_costs(record: EvalRecord) -> tuple[RunCosts | None, str | None]:
@@ -81,7 +58,7 @@ def record_costs(record: EvalRecord) -> tuple[RunCosts | None, str | None]:
         costs = read_run_record(run)["costs"]
         return RunCosts(costs["trainable"], costs.get("train_s"), costs.get("step_s"), costs.get("peak_mb"), size), None
     found = metric_costs(run if run is not None else adapter.parent)
-    return RunCosts(_trainable(adapter), found["train_s"], found["step_s"], found["peak_mb"], size), None
+    return RunCosts(trainable_in(adapter), found["train_s"], found["step_s"], found["peak_mb"], size), None
 
 
 def run_costs(predictions: Path) -> RunCosts | None:

@@ -24,7 +24,9 @@ from typing import Any
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_write_json
+from mm_adapter.files.safe_load import open_safetensors
 from mm_adapter.files.text import STRING, Rule, check_fields, read_json, read_text
+from mm_adapter.methods.folders import RECORD_NAME, read_record
 from mm_adapter.training.metrics_log import METRICS_NAME
 
 RUN_RECORD = "run.json"
@@ -33,6 +35,7 @@ CHOSEN, FINAL = "chosen", "final"
 FINAL_NAMES = ("adapter.safetensors", "adapter")  # ours (one file), another method's (a folder)
 CHOSEN_NAMES = ("best.safetensors", "best")
 ADAPTER_NAMES = FINAL_NAMES + CHOSEN_NAMES
+_BUFFERS = ("feature_mean", "feature_std")  # a visual projection's feature statistics: stored, not trained
 COST_FIELDS = ("train_s", "step_s", "peak_mb")  # the record's costs besides the counts
 METRIC_FIELDS = ("elapsed_s", "step_s", "peak_mb")  # the metrics log's fields they are made from
 _OBJECT = Rule(lambda value: isinstance(value, dict), "a JSON object")
@@ -90,6 +93,19 @@ def metric_costs(folder: Path) -> dict[str, float | None]:
             "peak_mb": max(peaks) if peaks else None}
 
 
+def trainable_in(adapter: Path) -> int | None:
+    """The trainable count of a saved adapter, from what it holds: another method's folder records it (counted on its
+    model when saved); our file's tensor shapes, read from its checked header (a visual projection's feature
+    statistics are stored, not trained); None for anything else."""
+    adapter = Path(adapter)
+    if adapter.is_dir() and os.path.lexists(adapter / RECORD_NAME):
+        return read_record(adapter).get("trainable_parameters", {}).get("total")
+    if not (adapter.is_file() and adapter.suffix == ".safetensors"):
+        return None
+    with open_safetensors(adapter) as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys() if not key.endswith(_BUFFERS))
+
+
 def disk_bytes(path: Path) -> int:
     """An adapter's size on disk: the file, or every file of the folder."""
     path = Path(path)
@@ -111,10 +127,12 @@ def write_run_record(folder: str | os.PathLike, *, command: str, method: str, si
     if chosen is not None and chosen not in CHOSEN_NAMES:
         raise ValueError(f"chosen adapter {chosen!r} is not one of {CHOSEN_NAMES}")
     shipped = folder / (chosen or final)
+    counted = trainable_in(shipped)  # sizes from tensors: under fsdp the live model holds only a shard
     record = {"format": RUN_FORMAT, "command": command, "method": method, "sizes": sizes, "base": base,
               "prompt_format": prompt_format, "data": data, "splits": splits, "seed": seed,
               "adapters": {FINAL: final, CHOSEN: chosen, "chosen_by": chosen_by},
-              "costs": {"trainable": trainable, **metric_costs(folder), "adapter_bytes": disk_bytes(shipped)}}
+              "costs": {"trainable": counted if counted is not None else trainable, **metric_costs(folder),
+                        "adapter_bytes": disk_bytes(shipped)}}
     return atomic_write_json(folder / RUN_RECORD, record, indent=2)
 
 
