@@ -136,6 +136,7 @@ def test_convert_takes_a_run_folder_and_push_refuses_one(runs, base_folder, tmp_
     code, _, err = command_here(["convert", str(runs["ours"]), str(tmp_path / "folder"), "--to", "folder", "--base",
                                  str(base_folder)], capsys)
     assert code == 0, err
+    assert f"{runs['ours']}: a training run; taking its chosen adapter best.safetensors" in err
     assert read_adapter(tmp_path / "folder" / "adapter_model.safetensors").layers.keys() == \
         read_adapter(runs["ours"] / "best.safetensors").layers.keys()
     with pytest.raises(MMAdapterError, match="a training run's folder, not an adapter folder; write its adapter"):
