@@ -141,3 +141,12 @@ def test_convert_takes_a_run_folder_and_push_refuses_one(runs, base_folder, tmp_
         read_adapter(runs["ours"] / "best.safetensors").layers.keys()
     with pytest.raises(MMAdapterError, match="a training run's folder, not an adapter folder; write its adapter"):
         push_to_hub(runs["ours"], "org/name", token="unused")
+
+
+def test_the_demo_names_a_run_folders_adapter_after_its_run(runs, base_folder, capsys):
+    """The demo (and serve) take a run folder and show "adapter ours/best", not "adapter best"."""
+    from mm_adapter.demo.predictor import Predictor
+
+    predictor = Predictor.load(str(base_folder), runs["ours"], dtype="fp32")
+    assert predictor.adapter_name == "ours/best" and "adapter ours/best" in predictor.describe()
+    assert "taking its chosen adapter best.safetensors" in capsys.readouterr().err
