@@ -21,7 +21,6 @@ import torch
 from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped
 from mm_adapter.data.problems import load_problems
 from mm_adapter.encoders.projection import frames_note
-from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.record import EVAL_RECORD, ZERO_SHOT, EvalRecord, absolute, write_eval_record
 from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
@@ -31,11 +30,11 @@ from mm_adapter.jobs.configs import EvalScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.folders import adapter_digest
+from mm_adapter.methods.run_record import run_of
 from mm_adapter.pretrained import adapter_name, locate_adapter
 from mm_adapter.scienceqa.metrics import Scores, score
 from mm_adapter.scienceqa.predictions import load_predictions
 from mm_adapter.scienceqa.report import markdown, read_reference, to_dict
-from mm_adapter.methods.run_record import run_of
 
 COMMAND = "eval scienceqa"
 PREDICTIONS, TABLE, SUMMARY = "predictions.json", "table.md", "summary.json"
@@ -82,17 +81,17 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
         return _evaluate(config, method, adapter, out, device, started)
 
 
-def _names(config: EvalScienceQAConfig, method: str) -> tuple[str, None, str]:
-    """(method, given name, label) of the row: the training method and the adapter's name (RUN/best), or zero-shot
-    and the base."""
+def _names(config: EvalScienceQAConfig, method: str) -> tuple[str, str]:
+    """(method, label) of the row: the training method and the adapter's name (RUN/best), or zero-shot and the
+    base."""
     if config.adapter is None:
-        return ZERO_SHOT, None, Path(config.model.base).name
-    return method, None, adapter_name(config.adapter)
+        return ZERO_SHOT, Path(config.model.base).name
+    return method, adapter_name(config.adapter)
 
 
-def _record(config: EvalScienceQAConfig, eval_config: EvalConfig, method: str, adapter: Path | None,
-            problems: list, out: Path):
-    """``eval.json`` for this evaluation (written once its row name is known), every local path absolute."""
+def _recorded(config: EvalScienceQAConfig, adapter: Path | None) -> dict:
+    """What ``eval.json`` says of the adapter and the data, every local path absolute (resolved now, in the folder
+    the evaluation runs in)."""
     found = None
     if adapter is not None:
         run = run_of(adapter)
@@ -101,11 +100,7 @@ def _record(config: EvalScienceQAConfig, eval_config: EvalConfig, method: str, a
     data = config.source.data
     source = {"source": absolute(data if data is not None else config.source.hf),
               "problems_file": str((Path(data).expanduser() / "problems.json").resolve()) if data else None}
-    row_method = _names(config, method)[0]
-    return lambda name: write_eval_record(
-        out, name=name, method=row_method, base=config.model.base, adapter=found, split=config.split,
-        limit=config.limit, problems=problems, prompt_format=eval_config.prompt_format, mode=eval_config.mode,
-        calibrate=eval_config.calibrate, captions=eval_config.captions, source=source)
+    return {"adapter": found, "source": source}
 
 
 def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, out: Path, device: torch.device,
@@ -130,12 +125,14 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
                 "adapter": adapter_digest(adapter) if adapter else None}
     if offsets is not None:  # which images were used (a skipped one changes answers)
         identity["image_features"] = offsets.features.fingerprint(problems)
-    record = _record(config, eval_config, method, adapter, problems, out)
-    name = config.name or EvalRecord(out, *_names(config, method), split=config.split, limit=config.limit,
+    row_method, label = _names(config, method)
+    name = config.name or EvalRecord(out, row_method, None, label, split=config.split, limit=config.limit,
                                      prompt_format=fmt, mode=eval_config.mode,
                                      calibrate=eval_config.calibrate).row_name()
     write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
-    record(name if config.name else None)
+    write_eval_record(out, name=config.name, method=row_method, base=config.model.base, split=config.split,
+                      limit=config.limit, problems=problems, prompt_format=fmt, mode=eval_config.mode,
+                      calibrate=eval_config.calibrate, captions=eval_config.captions, **_recorded(config, adapter))
     summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
                   progress=config.progress, offsets=offsets)
     _say(f"{config.split}: {summary.total} problems ({summary.resumed} resumed), accuracy {summary.accuracy:.2%}, "

@@ -26,12 +26,12 @@ from mm_adapter.files.atomic import atomic_dir, atomic_write_json, atomic_write_
 from mm_adapter.files.safe_load import open_safetensors
 from mm_adapter.files.text import STRING, Rule, check_fields, parse_json, read_json
 from mm_adapter.methods.folders import RECORD_NAME, read_record
+from mm_adapter.methods.run_record import describe_taken, run_adapter, run_of
 from mm_adapter.model.adapter import adaption_prompts, has_adapter, install_folder_saver
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
 from mm_adapter.model.base import CONFIG_NAME as MODEL_CONFIG_NAME
 from mm_adapter.model.base import base_source
 from mm_adapter.pretrained.hub import hub_errors, hub_offline, hub_snapshot, is_hub_id, is_repo_id, split_revision
-from mm_adapter.methods.run_record import describe_taken, run_adapter, run_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
