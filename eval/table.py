@@ -115,6 +115,9 @@ def problems_file(config: TableConfig, records: list[EvalRecord | None], paths: 
         if record is None or record.problems_file is None:
             raise ScienceQAError(f"--problems: needed, since {path} records no problems file (give it with "
                                  "--problems FILE)")
+        if not os.path.lexists(record.problems_file):
+            raise ScienceQAError(f"--problems: {record.folder}'s record names {record.problems_file}, which is not "
+                                 "there (moved?); give the problems file with --problems FILE")
         named.setdefault(record.problems_file, path)
     if len(named) > 1:
         shown = ", ".join(f"{path} was scored on {file}" for file, path in named.items())
@@ -137,7 +140,7 @@ def _named(config: TableConfig, rows: list[Row]) -> list[Row]:
     if config.name is not None and len(config.name) != len(rows):
         raise ScienceQAError(f"--name: {len(config.name)} name(s) for {len(rows)} PREDICTIONS; give one per file, "
                              "in their order")
-    mixed = len({row.split_tag for row in rows}) > 1
+    mixed = len(_known_splits(rows)) > 1
     names = config.name or [_row_name(row.predictions, row.record, mixed) for row in rows]
     seen: dict[str, Path] = {}
     for row, name in zip(rows, names):
@@ -149,12 +152,17 @@ def _named(config: TableConfig, rows: list[Row]) -> list[Row]:
             for row, name in zip(rows, names)]
 
 
+def _known_splits(rows: list[Row]) -> set[str]:
+    """The splits (with limits) the rows' records name; a bare predictions file (a published one) names none."""
+    return {row.split_tag for row in rows if row.split_tag is not None}
+
+
 def _check_splits(rows: list[Row], config: TableConfig) -> None:
     """Rows of different splits or limits are marked (their names say which); a paired test between them is
     refused, since it would pair different problems."""
-    tags = {row.split_tag for row in rows}
+    tags = _known_splits(rows)
     if len(tags) > 1:
-        shown = ", ".join(sorted(str(tag or "unrecorded") for tag in tags))
+        shown = ", ".join(sorted(tags))
         if config.mcnemar or config.mcnemar_against is not None:
             flag = "--mcnemar" if config.mcnemar else "--mcnemar-against"
             raise ScienceQAError(f"{flag}: the rows cover different splits or limits ({shown}); a paired test "

@@ -186,6 +186,10 @@ def test_problems_come_from_the_eval_records_unless_given(evals, runs, tmp_path,
     (other / "eval.json").write_text(json.dumps(record))
     code, _, err = table(capsys, evals["ours"], other)
     assert code == 2 and err.count("\n") == 1 and "--problems: the rows were evaluated on different problems" in err
+    shutil.rmtree(tmp_path / "data2")
+    code, _, err = table(capsys, other)
+    assert code == 2 and err.count("\n") == 1
+    assert f"--problems: {other}'s record names {tmp_path / 'data2' / 'problems.json'}, which is not there" in err
 
 
 def test_rows_of_different_splits_are_marked_and_not_paired(evals, runs, base_folder, tmp_path, capsys):
@@ -289,3 +293,14 @@ def test_an_old_eval_config_with_yaml_aliases_is_one_line(tmp_path, capsys):
     code, out, err = table(capsys, folder, "--problems", OLD_EVAL / "data")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert f"{folder / 'config.yaml'}: not a config.yaml of mm-adapter (an alias" in err
+
+
+def test_a_bare_predictions_file_beside_an_eval_folder_is_paired_as_before(evals, runs, tmp_path, capsys):
+    """A predictions file without a record (a published one) names no split: it does not make the rows "mixed", so
+    McNemar against it works and names stay as they were."""
+    bare = tmp_path / "published_val.json"
+    results = json.loads((evals["QCM-A"] / "predictions.json").read_text())["results"]
+    bare.write_text(json.dumps({"method": "Published", "results": {pid: 0 for pid in results}}))
+    code, out, err = table(capsys, evals["QCM-A"], bare, "--problems", runs["data"], "--mcnemar", "--json", "-")
+    assert code == 0 and "different splits" not in err, err
+    assert [t["b"] for t in json.loads(out)["mcnemar"]] == ["Published"]
