@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,15 @@ _ADAPTER_OPTIONAL = {"given": STRING, "name": STRING, "run": _ABSOLUTE, "digest"
 _DATA_OPTIONAL = {"source": STRING, "problems_file": _ABSOLUTE, "fingerprint": STRING}
 
 
+FINGERPRINTED = ("pid", "question", "choices", "answer", "hint", "image")  # what problems.json says of a problem
+
+
 def problems_fingerprint(problems: Sequence[Problem]) -> str:
-    """16 hex digits of sha256 over the problems answered, in order (their text, options, answer, image name)."""
+    """16 hex digits of sha256 over the problems answered, by pid: what problems.json says of each (text, options,
+    answer, image name), so ``table`` can tell whether the file it scores against still says it."""
     digest = hashlib.sha256()
-    for problem in problems:
-        fields = {key: value for key, value in asdict(problem).items() if key != "image_bytes"}
+    for problem in sorted(problems, key=lambda p: p.pid):
+        fields = {key: getattr(problem, key) for key in FINGERPRINTED}
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode() + b"\n")
     return digest.hexdigest()[:16]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from mm_adapter.errors import ScienceQAError
 from mm_adapter.eval.config import TableConfig
 from mm_adapter.eval.cost_plot import cost_plot_png
-from mm_adapter.eval.record import EvalRecord, eval_record
+from mm_adapter.eval.record import EVAL_RECORD, EvalRecord, eval_record, problems_fingerprint
 from mm_adapter.eval.run_costs import RunCosts, record_costs
 from mm_adapter.files.atomic import atomic_write_bytes, atomic_write_text
 from mm_adapter.files.output_folder import (
@@ -152,6 +152,29 @@ def _named(config: TableConfig, rows: list[Row]) -> list[Row]:
             for row, name in zip(rows, names)]
 
 
+def _check_fingerprints(rows: list[Row], problems: dict, problems_path: Path) -> None:
+    """Each row's problems as the eval record fingerprinted them: the file it recorded, changed since, is refused;
+    another file (another layout of the benchmark, given with --problems) that differs is noted."""
+    for row in rows:
+        record = row.record
+        if record is None or record.fingerprint is None or any(pid not in problems for pid in row.predictions.results):
+            continue  # unknown pids are named by the scorer
+        if problems_fingerprint([problems[pid] for pid in row.predictions.results]) == record.fingerprint:
+            continue
+        if record.problems_file is not None and _same_file(record.problems_file, problems_path):
+            raise ScienceQAError(f"{problems_path}: its problems changed since {record.folder} was evaluated on them "
+                                 f"(fingerprint {record.fingerprint} in its {EVAL_RECORD}); evaluate again")
+        print(f"note: {row.predictions.name}: {problems_path} says something else of its problems than the data it "
+              "was evaluated on", file=sys.stderr)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _known_splits(rows: list[Row]) -> set[str]:
     """The splits (with limits) the rows' records name; a bare predictions file (a published one) names none."""
     return {row.split_tag for row in rows if row.split_tag is not None}
@@ -200,6 +223,7 @@ def build_table(config: TableConfig) -> TableResult:
     problems = read_problems(problems_path)
     rows = _named(config, [Row(path, load_predictions(path), record) for path, record in zip(paths, records)])
     _check_splits(rows, config)
+    _check_fingerprints(rows, problems, problems_path)
     predictions = [row.predictions for row in rows]
     reference = read_reference(config.reference) if config.reference else {}
     scores = [score(p, problems, n_boot=config.bootstrap, seed=config.seed) for p in predictions]

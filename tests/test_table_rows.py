@@ -304,3 +304,22 @@ def test_a_bare_predictions_file_beside_an_eval_folder_is_paired_as_before(evals
     code, out, err = table(capsys, evals["QCM-A"], bare, "--problems", runs["data"], "--mcnemar", "--json", "-")
     assert code == 0 and "different splits" not in err, err
     assert [t["b"] for t in json.loads(out)["mcnemar"]] == ["Published"]
+
+
+def test_problems_changed_since_the_evaluation_are_refused(evals, runs, tmp_path, capsys):
+    """eval.json fingerprints what the problems file said of the problems answered: a table against that file,
+    edited since (an answer changed), is refused in one line instead of scoring against other answers."""
+    data = tmp_path / "data"
+    shutil.copytree(runs["data"], data)
+    folder = tmp_path / "eval"
+    shutil.copytree(evals["ours"], folder)
+    record = json.loads((folder / "eval.json").read_text())
+    record["data"]["problems_file"] = str(data / "problems.json")
+    (folder / "eval.json").write_text(json.dumps(record))
+    assert table(capsys, folder)[0] == 0
+    problems = json.loads((data / "problems.json").read_text())
+    problems["p2"]["answer"] = 1
+    (data / "problems.json").write_text(json.dumps(problems))
+    code, out, err = table(capsys, folder)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{data / 'problems.json'}: its problems changed since {folder} was evaluated on them" in err
