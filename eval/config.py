@@ -74,8 +74,10 @@ class TableConfig:
 
     predictions: list[str] = option(positional=True, nargs="+", metavar="PREDICTIONS")
     """official predictions JSON files ({"results": {pid: index}}) or eval output folders"""
-    problems: str
-    """problems.json, or the folder holding it"""
+    problems: str | None = None
+    """problems.json, or the folder holding it (None: the one the eval folders' records name)"""
+    name: list[str] | None = option(None, nargs="+", metavar="NAME")
+    """row names, one per PREDICTIONS in order (None: each row's method, run, format and split)"""
     reference: str | None = None
     """published tables JSON: {method: {column: percent}}"""
     out: str | None = None

@@ -5,6 +5,7 @@ config.yaml of every command. The fixture's make.py says how it was made."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,8 +66,14 @@ def test_the_fixture_has_every_command_that_writes_a_config():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.parent.name for path in CONFIGS])
 def test_an_old_config_file_reads_back_every_setting(path):
-    """``--config config.yaml`` of a run made before the regroup gives a config with exactly the settings it lists."""
+    """``--config config.yaml`` of a run made before the regroup gives a config with exactly the settings it lists,
+    and a setting added since (table's --name) at its default."""
     written = yaml.safe_load(path.read_text())
     command, rest, _ = find(written.pop("command").split())
     assert command is not None and rest == []
-    assert config_dict(parse(command, ["--config", str(path)])) == written
+    config = parse(command, ["--config", str(path)])
+    found = config_dict(config)
+    assert {key: found[key] for key in written} == written
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    assert {key: found[key] for key in found.keys() - written.keys()} == \
+        {key: defaults[key] for key in found.keys() - written.keys()}

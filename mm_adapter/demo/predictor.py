@@ -144,7 +144,8 @@ class Predictor:
              fmt: str | PromptFormat | None = None, dtype: str | None = None, bf16: bool = False) -> "Predictor":
         """``adapter``: our file, an adapter folder (of any training method) or a hub id; ``fmt``: the prompt format,
         by default the one the adapter records (else QCM-A)."""
-        method, found = locate_adapter(adapter) if adapter else (LLAMA_ADAPTER, None)
+        say = lambda line: print(line, file=sys.stderr)  # noqa: E731  (which adapter of a run folder was taken)
+        method, found = locate_adapter(adapter, say=say) if adapter else (LLAMA_ADAPTER, None)
         fmt = resolve_format(fmt, found, warn=lambda line: print(line, file=sys.stderr))
         model, tokenizer, visual = load_model(base, found, device, dtype, method)
         return cls(model, tokenizer, visual, adapter_name(adapter) if adapter else None, base, PromptFormat.parse(fmt),

@@ -44,7 +44,7 @@ class TrainAlpacaConfig:
     exists, a Hugging Face hub dataset id such as tatsu-lab/alpaca (offline: its copy in the hub cache)"""
     out: str
     """output folder: adapter.safetensors (another --method: the folder adapter/), metrics.jsonl, loss.png,
-    checkpoints/, config.yaml"""
+    checkpoints/, config.yaml, run.json (the run's record, when it finishes)"""
     split: str = "train"
     """split of a hub dataset; a local file is one split, train"""
     limit: int | None = option(None, alias="--max-records")
@@ -70,7 +70,8 @@ class TrainScienceQAConfig:
 
     out: str
     """output folder: best.safetensors, adapter.safetensors (another --method: the folders best/ and adapter/),
-    validation.jsonl, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
+    validation.jsonl, metrics.jsonl, loss.png, checkpoints/, config.yaml, run.json (the run's record, when it
+    finishes)"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     train_split: str = "train"
     """split trained on"""
@@ -131,15 +132,15 @@ class EvalScienceQAConfig:
     """split to evaluate: test, val, train, minival, ..."""
     out: str
     """output folder: predictions.json (official shape; resumable through predictions.partial.jsonl), table.md,
-    summary.json, config.yaml"""
+    summary.json, config.yaml, eval.json (what was evaluated, paths absolute)"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder or a hub id org/name[@revision]; one trained with images
-    also encodes each problem's image"""
+    """adapter: our .safetensors file, an adapter folder, a training run's folder (its chosen adapter, else its
+    final one) or a hub id org/name[@revision]; one trained with images also encodes each problem's image"""
     limit: int | None = None
     """only the first N problems of the split"""
     name: str | None = None
-    """method name in the predictions file and the table (None: from base, adapter and mode)"""
+    """row name in the predictions file and the table (None: method, run or base, format, split[:N])"""
     reference: str | None = None
     """published tables JSON to show side by side"""
     bootstrap: int = 1000
@@ -163,11 +164,11 @@ class GenerateConfig:
     """Answer an Alpaca-style instruction with the base and one of several adapters, streamed."""
 
     adapter: list[str] = option(default_factory=list, nargs="*")
-    """adapters: our .safetensors files, adapter folders or hub ids org/name[@revision]; all are read and checked
-    against the base up front"""
+    """adapters: our .safetensors files, adapter folders, training run folders or hub ids org/name[@revision]; all
+    are read and checked against the base up front"""
     use: str | None = None
-    """which adapter to apply (file name without .safetensors, folder name, or hub repo name); needed with
-    several"""
+    """which adapter to apply (a run's adapter: RUN/best or RUN/adapter; else the file name without .safetensors,
+    the folder name, or the hub repo name); needed with several"""
     instruction: str | None = None
     """omit for an interactive session (one instruction per line; ':use NAME' switches adapter)"""
     input: str = ""
@@ -197,8 +198,8 @@ class DemoConfig:
     context: str = ""
     """optional hint text shown with the question"""
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
-    id org/name[@revision]; one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     bf16: bool = False
@@ -211,8 +212,8 @@ class ServeConfig:
     """The demo as a local web page: upload an image, type a question and options, see the answer."""
 
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
-    id org/name[@revision]; one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     host: str = "127.0.0.1"

@@ -67,7 +67,7 @@ def method_folder(specs: list[str]) -> tuple[str, str, Path] | None:
     """``(name, method, folder)`` of the adapter of another training method among ``specs``, or None when all are
     LLaMA-Adapters; such an adapter cannot be switched by copying tensors, so it must be the only one."""
     for spec in specs:
-        method, path = locate_adapter(spec)
+        method, path = locate_adapter(spec, say=lambda line: print(line, file=sys.stderr))  # says a run's choice
         if method != LLAMA_ADAPTER:
             if len(specs) > 1:
                 raise MMAdapterError(f"{spec}: a {method} adapter is given alone (--use switches between "
