@@ -240,4 +240,4 @@ def plan(config: PlanConfig) -> PlanResult:
         needed_sharded=model_plan.gpus_needed(lambda n: per_gpu(n, True), gpu_bytes, True),
         data=data, effective_batch=train.batch_size * train.accum_steps * config.gpus,
         lr=effective_lr(train, config.gpus), steps_per_epoch=steps,
-        total_steps=steps * train.epochs if steps else None)
+        total_steps=min(steps * train.epochs, train.max_steps or steps * train.epochs) if steps else None)

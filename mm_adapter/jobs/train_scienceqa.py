@@ -145,7 +145,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
 
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
                      config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
-    every = config.val_every or max(1, plan.total_steps // config.train.epochs)
+    every = config.val_every or max(1, plan.total_steps // config.train.epochs)  # once per epoch
+    plan.max_steps = config.train.max_steps  # the last step validates too: where --max-steps ends the run
     if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
         write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
     selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,

@@ -16,6 +16,9 @@ class TrainConfig:
 
     epochs: int = 5
     """passes over the training examples"""
+    max_steps: int | None = None
+    """stop after this many optimizer steps, if that comes before the end of --epochs; the warmup and cosine
+    schedule end there too (None: run every epoch)"""
     warmup_epochs: float = 2.0
     """linear warmup length in epochs (then half-cycle cosine down to min_lr)"""
     batch_size: int = 4
@@ -65,6 +68,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         for name in ("epochs", "batch_size", "accum_steps", "group_batches", "checkpoint_every", "keep_checkpoints"):
             check(self, name, low=1, integer=True)
+        check(self, "max_steps", low=1, integer=True, optional=True)
         check(self, "warmup_epochs", low=0)
         check(self, "lr", low=0, low_open=True, optional=True)
         check(self, "base_lr", low=0, low_open=True)
