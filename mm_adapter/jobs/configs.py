@@ -375,8 +375,8 @@ class PlanConfig:
     estimate), tokens per epoch, and how many GPUs of a given memory it takes."""
 
     recipe: str = option(positional=True, metavar="RECIPE")
-    """a recipe name (llama7b-alpaca, llama7b-scienceqa-vitl14, llama65b-alpaca-fsdp, or its file name such as
-    alpaca-llama7b), or a recipe / config.yaml file"""
+    """a recipe name, as --config takes it (alpaca-llama7b, scienceqa-llama7b-vitl14, alpaca-llama65b-fsdp, ...;
+    the older llama7b-alpaca works too), or a recipe / config.yaml file"""
     gpus: int = 8
     """GPUs the run uses (the paper's 8): the per-GPU share under fsdp, the effective batch, the lr, the steps"""
     gpu_memory: float = 80.0
