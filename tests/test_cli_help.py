@@ -57,7 +57,7 @@ def test_help_shows_main_flags_first_and_no_internal_names(command):
 def test_help_of_train_alpaca_reads_like_a_tool():
     text = help_text(TRAIN_ALPACA)
     main_block = text.split("main flags:")[1].split("\n\n")[0]
-    for flag in ("--data PATH", "--out DIR", "--limit N", "--max-steps N", "--epochs N", "--config FILE"):
+    for flag in ("--data PATH", "--out DIR", "--limit N", "--max-steps N", "--epochs N", "--strict", "--config FILE"):
         assert flag in main_block, flag
     assert "--bf16/--no-bf16" in text and "--resume/--no-resume" in text
 

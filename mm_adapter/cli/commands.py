@@ -38,7 +38,7 @@ class Command:
 COMMANDS = (
     Command(("train", "alpaca"), "TrainAlpacaConfig", "mm_adapter.jobs.train_alpaca:train_alpaca",
             "fine-tune a LLaMA-Adapter on Alpaca instruction data", recipes="alpaca", report="trained",
-            main_flags=("data", "out", "base", "method", "limit", "epochs", "max_steps", "lr", "threads", "config")),
+            main_flags=("data", "out", "base", "method", "limit", "epochs", "max_steps", "lr", "strict", "threads", "config")),
     Command(("train", "scienceqa"), "TrainScienceQAConfig", "mm_adapter.jobs.train_scienceqa:train_scienceqa",
             "fine-tune on ScienceQA (text-only or with images); keeps the best val checkpoint",
             recipes="scienceqa", report="trained",

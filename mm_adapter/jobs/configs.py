@@ -48,9 +48,13 @@ class TrainAlpacaConfig:
     split: str = "train"
     """split of a hub dataset; a local file is one split, train"""
     limit: int | None = option(None, alias="--max-records")
-    """use only the first N records"""
-    skip_bad: bool = False
-    """skip malformed records (and say how many) instead of stopping at the first"""
+    """use only the first N records (taken before any record is checked)"""
+    strict: bool = False
+    """refuse the first empty or unusable record (a field missing, empty or over-long) instead of skipping it; by
+    default such records are skipped and counted in one line"""
+    skip_bad: bool = True
+    """older spelling: --no-skip-bad is --strict (config files written before --strict say skip_bad: false, which
+    reproduces their run: it had no bad record)"""
     max_seq_len: int = 512
     """tokens per example; a record whose prompt fills it is dropped"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="fp32"))
@@ -60,6 +64,11 @@ class TrainAlpacaConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "limit", "max_seq_len")
+
+    @property
+    def skips_bad(self) -> bool:
+        """Whether bad records are skipped and counted (the default) rather than refused."""
+        return self.skip_bad and not self.strict
 
 
 @dataclass

@@ -38,10 +38,10 @@ def alpaca_outputs(out: str | Path) -> list[Output]:
 
 def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -> tuple[Tuned, Any, list[Example]]:
     """Read the records, load the base, make it trainable by the method, encode (the slow parts)."""
-    data = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split)
+    data = read_alpaca(config.data, skip_bad=config.skips_bad, split=config.split, limit=config.limit)
     if data.skipped:
-        say(f"skipped {data.skipped} bad record(s) in {data.source}")
-    records = data.records[:config.limit] if config.limit else data.records
+        say(data.summary())
+    records = data.records
     model, tokenizer = load_training_base(config.model.base, config.model.dtype, config.train, config.model.device)
     torch.manual_seed(config.train.seed)  # same initialisation on every rank
     tuned = attach_method(model, config.tuning, config.adapter, autocast=config.train.bf16)
