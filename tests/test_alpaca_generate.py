@@ -119,8 +119,9 @@ def test_decoding_is_greedy_unless_a_temperature_is_asked_for(base_and_adapters,
     argv = ["generate", "--base", str(base), "--adapter", str(alpha), "--instruction", "What colour is the sky ?",
             "--max-new-tokens", "6"]
     for seed in ("0", "1", "2"):
-        code, out, _ = command_here([*argv, "--seed", seed], capsys)
+        code, out, err = command_here([*argv, "--seed", seed], capsys)
         assert code == 0 and out.strip() == expected.strip(), (seed, out)
+        assert "precision: base weights float32, bf16 autocast off" in err, err  # said at the start
 
 
 def test_an_empty_answer_is_never_printed_without_a_note(tmp_path, capsys):

@@ -20,6 +20,7 @@ from mm_adapter.cli.commands import BY_WORDS, COMMANDS
 from mm_adapter.cli.parse import parse
 from mm_adapter.data.alpaca import AlpacaRecord, encode_alpaca
 from mm_adapter.jobs.plan import find_recipe
+from mm_adapter.jobs.runtime import precision_line
 from mm_adapter.recipes import recipe_names
 from mm_adapter.training.batches import PadCollator
 from mm_adapter.training.process import stop_requests
@@ -139,3 +140,16 @@ def test_a_stop_signal_is_acknowledged_at_once(capfd):
     with stop_requests(speak=False) as stop:  # the other ranks of a torchrun launch stay quiet
         stop.note(signal.SIGINT, None)
     assert capfd.readouterr().err == ""
+
+
+def test_defaults_agree_across_commands_and_the_precision_is_said():
+    """--bootstrap is 1000 in eval and table alike; --bf16 differs on purpose (training: on; answering: off) and so
+    every model command prints the precision it really runs in."""
+    eval_config = parse(EVAL, ["--split", "val", "--data", "d", "--out", "o"])
+    table = parse(BY_WORDS[("table",)], ["p.json", "--problems", "d"])
+    assert eval_config.bootstrap == table.bootstrap == 1000
+    model = tiny_model("llama-gqa")
+    assert precision_line(model, True, "cpu") == "precision: base weights float32, bf16 autocast on (--dtype, " \
+                                                 "--bf16/--no-bf16)"
+    assert "bf16 autocast off" in precision_line(model.to(torch.bfloat16), False, "cpu")
+    assert "base weights bfloat16" in precision_line(model, False, "cpu")

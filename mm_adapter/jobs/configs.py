@@ -182,7 +182,8 @@ class GenerateConfig:
     input: str = ""
     """optional input/context for the instruction"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     seed: int = 0
     """sampling seed"""
     model: ModelOptions = field(default_factory=ModelOptions)
@@ -211,7 +212,8 @@ class DemoConfig:
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     model: ModelOptions = field(default_factory=ModelOptions)
 
 
@@ -231,7 +233,8 @@ class ServeConfig:
     timeout: float = 60.0
     """seconds a client may stay silent while sending its request; then it is answered 408 or dropped"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     model: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self) -> None:

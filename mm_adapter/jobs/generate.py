@@ -25,7 +25,7 @@ from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
 from mm_adapter.inference.scoring import precision
 from mm_adapter.jobs.configs import GenerateConfig
-from mm_adapter.jobs.runtime import prepare
+from mm_adapter.jobs.runtime import precision_line, prepare
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter
 from mm_adapter.model.base import load_base
@@ -111,6 +111,7 @@ def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> Gene
     device = prepare(config.model)
     torch.manual_seed(config.seed)
     model, tokenizer, adapters, current = _load(config, device)
+    print(precision_line(model, config.bf16, device), file=sys.stderr)
     result = GenerateResult()
 
     def answer(instruction: str, input: str) -> None:

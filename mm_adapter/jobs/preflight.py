@@ -39,10 +39,10 @@ def _check(config: Any) -> None:
         _scienceqa_source(config.source, {"--train-split": config.train_split, "--val-split": config.val_split})
     elif isinstance(config, EvalScienceQAConfig):
         _scienceqa_source(config.source, {"--split": config.split})
-        _file("--reference", config.reference)
+        _file("--reference", config.reference, "reference file")
     elif isinstance(config, DemoConfig):
         check_question(config.question, config.choices, config.context)
-        _file("--image", config.image)
+        _file("--image", config.image, "image file")
     elif isinstance(config, MainConfig) and config.data is not None:
         _folder("--data", config.data)
     if isinstance(config, (TrainAlpacaConfig, TrainScienceQAConfig, EvalScienceQAConfig, MainConfig)):
@@ -85,10 +85,10 @@ def _folder(flag: str, path: str) -> Path:
     return folder
 
 
-def _file(flag: str, path: str | None) -> None:
+def _file(flag: str, path: str | None, what: str = "file") -> None:
     if path is not None:
         try:
-            regular_file_size(path)
+            regular_file_size(path, what)
         except MMAdapterError as error:
             raise MMAdapterError(f"{flag} {error}") from None
 

@@ -16,7 +16,7 @@ from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainAlpacaConfig
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print
+from mm_adapter.jobs.runtime import finish_distributed, job_folder, precision_line, prepare, rank_zero_print
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.folders import ADAPTER_FOLDER, relocated, trainer_export
 from mm_adapter.methods.virtual_tokens import context_tokens
@@ -64,6 +64,7 @@ def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
         tuned, tokenizer, examples = _model_and_examples(config, say)
         model = tuned.model
         say(tuned.describe())
+        say(precision_line(model, config.train.bf16, device))
         say(f"{len(examples)} examples, {count_trainable(model):,} trainable parameters, world size "
             f"{info.world_size}")
         if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces

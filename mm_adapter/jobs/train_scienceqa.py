@@ -25,7 +25,9 @@ from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainScienceQAConfig
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
+from mm_adapter.jobs.runtime import (
+    finish_distributed, job_folder, precision_line, prepare, rank_zero_print, source_inputs,
+)
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.config import LLAMA_ADAPTER
@@ -134,6 +136,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
     check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
     images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
     say(tuned.describe())
+    say(precision_line(model, config.train.bf16, device))
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
 

@@ -38,7 +38,8 @@ class TrainConfig:
     grad_clip: float | None = None
     """clip the gradient norm to this value (None: no clipping)"""
     bf16: bool = True
-    """bf16 autocast where the device supports it"""
+    """bf16 autocast where the device supports it (the paper's mixed precision; eval, generate, demo and serve
+    default to off; the precision used is printed at the start)"""
     seed: int = 0
     """seed of the data order and of the adapter's initialisation"""
     group_batches: int = 64
