@@ -41,12 +41,22 @@ def _check(config: Any) -> None:
         _scienceqa_source(config.source, {"--split": config.split})
         _file("--reference", config.reference, "reference file")
     elif isinstance(config, DemoConfig):
-        check_question(config.question, config.choices, config.context)
+        _question(config)
         _file("--image", config.image, "image file")
     elif isinstance(config, MainConfig) and config.data is not None:
         _folder("--data", config.data)
     if isinstance(config, (TrainAlpacaConfig, TrainScienceQAConfig, EvalScienceQAConfig, MainConfig)):
         _out(config.out)
+
+
+def _question(config: DemoConfig) -> None:
+    """The demo's text, refused with the flag it came from (``--choices: need at least 2 choices, got 1``)."""
+    try:
+        check_question(config.question, config.choices, config.context)
+    except MMAdapterError as error:
+        text = str(error)
+        flag = "--question" if "question" in text else "--context" if "context" in text else "--choices"
+        raise MMAdapterError(f"{flag}: {text}") from None
 
 
 def _alpaca_data(data: str, split: str) -> None:
