@@ -4,11 +4,12 @@
     python -m bench.refusals --repeats 3
 
 Each case is a bad input a newcomer gives (a misspelt split, one choice, a ScienceQA problems.json to
-``train alpaca``, ...) that the command used to refuse only after importing the job, run through the installed ``mm-adapter`` in a fresh process (wall
-clock, start-up included). Baseline, measured in the same run: a fresh process importing the case's job module,
-which the command did before it checked anything (torch and transformers come with it), so before this change
-no such refusal could come sooner. Prints one JSON line per case and a Markdown table with the ratio.
-Uses ../shared/data when present, else small generated files; nothing is downloaded.
+``train alpaca``, ...) that the command used to refuse only after importing the job, run through the installed
+``mm-adapter`` in a fresh process (wall clock, start-up included). Baseline, measured in the same run: a fresh
+process importing the case's job module, which the command did before it checked anything (torch and
+transformers come with it), so before this change no such refusal could come sooner. Prints one JSON line per
+case and a Markdown table with the ratio. Uses ../shared/data when present, else small generated files; nothing
+is downloaded.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             row["import_over_refusal"] = round(row["job_import_s"] / row["refusal_s"], 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| bad input | refusal s | importing the job s (the old floor) | ratio | under 1 s |\n|---|---:|---:|---:|---|")
+    print("\n| bad input | refusal s | importing the job s (the old floor) | ratio | under 1 s |")
+    print("|---|---:|---:|---:|---|")
     for row in rows:
         print(f"| {row['case']} | {row['refusal_s']:.2f} | {row['job_import_s']:.2f} | {row['import_over_refusal']}x | "
               f"{'yes' if row['refusal_s'] < TARGET_S else 'NO'} |")

@@ -71,8 +71,9 @@ def test_no_abbreviations_and_the_nearest_flag_is_named(capsys, tmp_path):
     assert code == 2 and "did you mean --adapter?" in err, err
 
 
-@pytest.mark.parametrize("argv, nearest", [(["trian", "alpaca"], "train alpaca"), (["evl", "scienceqa"], "eval scienceqa"),
-                                           (["tabel"], "table"), (["data", "synthetic-image"], "data synthetic-images")])
+@pytest.mark.parametrize("argv, nearest", [(["trian", "alpaca"], "train alpaca"),
+                                           (["evl", "scienceqa"], "eval scienceqa"), (["tabel"], "table"),
+                                           (["data", "synthetic-image"], "data synthetic-images")])
 def test_a_misspelt_command_names_the_nearest(capsys, argv, nearest):
     code, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and f"did you mean '{nearest}'?" in err, err

@@ -273,7 +273,8 @@ def _record(values: tuple[str | None, ...]) -> AlpacaRecord:
     return record
 
 
-def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train", limit: int | None = None) -> AlpacaData:
+def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train",
+                limit: int | None = None) -> AlpacaData:
     """Read ``{instruction, input, output}`` records from a local JSON list, JSONL or parquet file, or from split
     ``split`` of a hub dataset id (see :func:`is_hub_dataset`); with ``limit``, only the first ``limit`` records are
     taken, before any is checked (a bad record further on does not matter to a limited run).

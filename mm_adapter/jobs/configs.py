@@ -16,7 +16,7 @@ from typing import Tuple
 
 from mm_adapter.data.config import ScienceQASource, SyntheticDataConfig  # noqa: F401  (data synthetic-*)
 from mm_adapter.encoders.config import FRAME_ORDERS, MAX_FRAMES, VisualConfig, parse_depths
-from mm_adapter.errors import ConfigError
+from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from mm_adapter.fields import check, option
 from mm_adapter.inference.config import SamplingConfig
@@ -26,6 +26,8 @@ from mm_adapter.training.config import TrainConfig
 
 CONVERT_SOURCES = ("official", "peft", "litgpt", "ours", "folder")
 CONVERT_TARGETS = ("ours", "peft", "folder")
+NOTHING_TO_ABLATE = ("nothing to ablate: give values to at least one of --gate-inits, --layers, --lengths, "
+                     "--activations (or with --images: --blanked, --frame-orders, --frame-counts)")
 LITGPT_LAYOUTS = ("pre-0.5.5", "0.5.5+")  # mm_adapter.interop.litgpt.LAYOUTS (that module imports torch)
 
 
@@ -378,6 +380,9 @@ class AblateConfig(TrainScienceQAConfig):
         for name in ("frame_orders", "frame_counts"):
             if getattr(self, name) and not self.images:
                 raise ConfigError(name, "compares the frames of video clips, which need --images")
+        if not (self.gate_inits or self.layers or self.lengths or self.activations or self.frame_orders
+                or self.frame_counts or (self.images and self.blanked)):
+            raise MMAdapterError(NOTHING_TO_ABLATE)  # a setting of the command line: refused before the data
 
 
 @dataclass
