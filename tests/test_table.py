@@ -148,7 +148,7 @@ def test_plot_draws_error_bars_only_when_intervals_were_computed(files, tmp_path
                         real_bar(self, *a, **k))
     monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text) or
                         real_title(self, text, *a, **k))
-    build_table(table(files, plot=str(tmp_path / "plain.png"), markdown=str(tmp_path / "plain.md")))
+    build_table(table(files, plot=str(tmp_path / "plain.png"), markdown=str(tmp_path / "plain.md"), bootstrap=0))
     assert [label for label, _ in bars] == ["Mine", "Mine (published, test)", "run_b"]
     assert all(yerr is None for _, yerr in bars) and titles == ["ScienceQA"]
     bars.clear()

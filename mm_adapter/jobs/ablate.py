@@ -31,7 +31,7 @@ import yaml
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_path, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from mm_adapter.jobs.configs import AblateConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs import NOTHING_TO_ABLATE, AblateConfig, TrainScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, source_inputs
 from mm_adapter.jobs.train_scienceqa import scienceqa_outputs, train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
@@ -158,8 +158,7 @@ def planned_runs(config: AblateConfig) -> list[list[Entry]]:
         groups.append([Entry(axis, value, name, with_setting(base, axis.setting, value))
                        for value, name in zip(values, names)])
     if not groups:
-        raise MMAdapterError("nothing to ablate: give values to at least one of --gate-inits, --layers, --lengths, "
-                             "--activations (or with --images: --blanked, --frame-orders, --frame-counts)")
+        raise MMAdapterError(NOTHING_TO_ABLATE)  # a config changed after it was built (AblateConfig refuses it)
     return groups
 
 

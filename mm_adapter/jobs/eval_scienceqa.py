@@ -27,7 +27,7 @@ from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
 from mm_adapter.inference.loading import identity_of, load_answering
 from mm_adapter.jobs.configs import EvalScienceQAConfig
-from mm_adapter.jobs.runtime import job_folder, prepare, source_inputs
+from mm_adapter.jobs.runtime import job_folder, precision_line, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.folders import adapter_digest
 from mm_adapter.methods.run_record import run_of
@@ -112,6 +112,7 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
     model, tokenizer, visual = load_answering(config.model.base, method, adapter, device, config.model.dtype, _say)
+    _say(precision_line(model, eval_config.bf16, device))
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
     offsets = None
     if visual is not None:

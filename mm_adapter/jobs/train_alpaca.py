@@ -17,7 +17,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainAlpacaConfig
 from mm_adapter.jobs.recording import record_run
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print
+from mm_adapter.jobs.runtime import finish_distributed, job_folder, precision_line, prepare, rank_zero_print
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.folders import ADAPTER_FOLDER, relocated, trainer_export
 from mm_adapter.methods.virtual_tokens import context_tokens
@@ -42,10 +42,10 @@ def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]
                         ) -> tuple[Tuned, Any, list[Example], dict[str, Any]]:
     """Read the records, load the base, make it trainable by the method, encode (the slow parts); the split's
     sizes go into the run record."""
-    data = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split)
+    data = read_alpaca(config.data, skip_bad=config.skips_bad, split=config.split, limit=config.limit)
     if data.skipped:
-        say(f"skipped {data.skipped} bad record(s) in {data.source}")
-    records = data.records[:config.limit] if config.limit else data.records
+        say(data.summary())
+    records = data.records
     model, tokenizer = load_training_base(config.model.base, config.model.dtype, config.train, config.model.device)
     torch.manual_seed(config.train.seed)  # same initialisation on every rank
     tuned = attach_method(model, config.tuning, config.adapter, autocast=config.train.bf16)
@@ -70,6 +70,7 @@ def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
         tuned, tokenizer, examples, splits = _model_and_examples(config, say)
         model = tuned.model
         say(tuned.describe())
+        say(precision_line(model, config.train.bf16, device))
         say(f"{len(examples)} examples, {count_trainable(model):,} trainable parameters, world size "
             f"{info.world_size}")
         if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces

@@ -26,7 +26,9 @@ from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainScienceQAConfig
 from mm_adapter.jobs.recording import record_run
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
+from mm_adapter.jobs.runtime import (
+    finish_distributed, job_folder, precision_line, prepare, rank_zero_print, source_inputs,
+)
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.config import LLAMA_ADAPTER
@@ -136,6 +138,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
     check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
     images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
     say(tuned.describe())
+    say(precision_line(model, config.train.bf16, device))
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
 
@@ -147,7 +150,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
 
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
                      config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
-    every = config.val_every or max(1, plan.total_steps // config.train.epochs)
+    every = config.val_every or max(1, plan.total_steps // config.train.epochs)  # once per epoch
+    plan.max_steps = config.train.max_steps  # the last step validates too: where --max-steps ends the run
     if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
         write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
     selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
