@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import re
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.files.text import json_type, parse_json, read_bytes, read_text
+from mm_adapter.files.text import json_problem, json_type, loads_json, parse_json, read_bytes, read_text
 from mm_adapter.model.base import cache_root
 from mm_adapter.training.batches import IGNORE_INDEX, Example
 
@@ -221,9 +220,9 @@ def _lines_problem(text: str) -> str | None:
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     for index, (number, line) in enumerate(lines):
         try:
-            problem = _shape_problem(json.loads(line))
-        except json.JSONDecodeError as error:
-            problem = f"is not JSON ({error.msg})"
+            problem = _shape_problem(loads_json(line))
+        except ValueError as error:  # the shared JSON checks: syntax, NaN, a lone surrogate, too deep
+            problem = f"is not JSON ({json_problem(error)})"
         if problem:
             return f"record {index}: line {number} {problem} {WHOLE_FILE}"
     return None
