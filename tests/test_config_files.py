@@ -22,9 +22,10 @@ from mm_adapter.files.config_file import MAX_CONFIG_BYTES, check_settings, read_
 from mm_adapter.jobs.configs import TrainAlpacaConfig
 from mm_adapter.recipes import FOLDER
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+# A valid setting whose value is 10 nested lists of 9 references each: ~100 bytes per level, 9**10 items once
+# formatted (the flag parser formats every default while it is built)
+ALIAS_BOMB = "out: [&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(9)) + "]\n"
 
 # (file text, words the one-line refusal must hold): each a config a user could be handed
 BAD_YAML = {
