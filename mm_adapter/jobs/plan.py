@@ -160,7 +160,7 @@ def _local_examples(config: Any, tokenizer) -> tuple[str, list, list | None]:
     if isinstance(config, TrainAlpacaConfig):
         from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 
-        records = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split).records[:config.limit]
+        records = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split, limit=config.limit).records
         encoded = encode_alpaca(tokenizer, records, config.max_seq_len)[0] if tokenizer else None
         return config.data, records, encoded
     from mm_adapter.data.problems import encode_problems, load_problems
