@@ -67,7 +67,7 @@ def _traffic(port: int, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 urllib.request.urlopen(url + "health", timeout=5).read()
-            except OSError:
+            except Exception:  # noqa: BLE001 - the server going away mid-answer ends this client
                 return
 
     def predict() -> None:
@@ -75,7 +75,7 @@ def _traffic(port: int, stop: threading.Event) -> None:
             try:
                 request = urllib.request.Request(url + "predict", data=body, headers={"Content-Type": content_type})
                 urllib.request.urlopen(request, timeout=5).read()
-            except OSError:
+            except Exception:  # noqa: BLE001 - the server going away mid-answer ends this client
                 return
 
     def stalled() -> None:
@@ -84,7 +84,7 @@ def _traffic(port: int, stop: threading.Event) -> None:
                 client.sendall(b"POST /predict HTTP/1.0\r\nContent-Type: " + content_type.encode() +
                                b"\r\nContent-Length: 100000\r\n\r\n" + body[:20])
                 stop.wait(10)
-        except OSError:
+        except Exception:  # noqa: BLE001
             return
 
     for target in (health, health, predict, stalled):
@@ -100,6 +100,9 @@ def one_round(base: Path, adapter: Path, stop_signal: int, pythonpath: str | Non
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                cwd=tempfile.gettempdir())
     stop = threading.Event()
+    err_lines: list[str] = []  # drained as it comes: a full stderr pipe would block the server's log writes
+    drain = threading.Thread(target=lambda: err_lines.extend(process.stderr), daemon=True)
+    drain.start()
     try:
         found = re.match(r"demo at http://127\.0\.0\.1:(\d+)/", process.stdout.readline())
         if not found:
@@ -113,8 +116,10 @@ def one_round(base: Path, adapter: Path, stop_signal: int, pythonpath: str | Non
         code = "hung"
     finally:
         stop.set()
-    err = process.stderr.read()
-    return {"code": code, "fatal": "Fatal Python error" in err, "traceback": "Traceback" in err, "started": True}
+    drain.join(10)
+    err = "".join(err_lines)
+    return {"code": code, "fatal": "Fatal Python error" in err, "traceback": "Traceback" in err, "started": True,
+            "tail": err.strip().splitlines()[-3:]}
 
 
 def main() -> None:
@@ -140,6 +145,9 @@ def main() -> None:
                     result = one_round(base, adapter, stop_signal, pythonpath, rng)
                     good = result["code"] == EXPECTED[stop_signal] and not result["fatal"] and not result["traceback"]
                     tallies[name][(signal.Signals(stop_signal).name, result["code"], "ok" if good else "BAD")] += 1
+                    if not good:
+                        print(f"  {name}: {signal.Signals(stop_signal).name} -> {result['code']}, stderr ends "
+                              f"{result.get('tail')}", file=sys.stderr, flush=True)
                 print(f"round {number + 1}/{args.rounds} " + "  ".join(
                     f"{name}: {sum(v for k, v in t.items() if k[2] == 'BAD')} bad" for name, t in tallies.items()),
                     file=sys.stderr, flush=True)

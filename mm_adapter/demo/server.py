@@ -237,10 +237,12 @@ class DemoServer(ThreadingHTTPServer):
         """Stop accepting and stop handler threads logging, then give running handlers ``CLOSE_GRACE`` seconds to
         finish: a daemon thread inside a stderr write when the interpreter exits aborts it (SIGABRT) instead of
         letting Ctrl-C end with its one line."""
-        with self.log_lock:
-            self.closing = True
-        super().server_close()
         deadline = time.monotonic() + self.CLOSE_GRACE
+        locked = self.log_lock.acquire(timeout=self.CLOSE_GRACE)  # a handler blocked writing to a full stderr pipe
+        self.closing = True                                        # must not hold the close for ever
+        if locked:
+            self.log_lock.release()
+        super().server_close()
         for thread in self.running_handlers():
             thread.join(max(0.0, deadline - time.monotonic()))
 
