@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mm_adapter.cli.commands import Command
-from mm_adapter.files.config_file import check_settings, read_config_file
 from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.fields import flag_name
+from mm_adapter.files.config_file import check_settings, read_config_file
 from mm_adapter.recipes import recipe_file
 
 CONFIG_FLAGS = ("--config", "--preset")
