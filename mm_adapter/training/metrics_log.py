@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_adapter.files.atomic import atomic_path, atomic_write_text
-from mm_adapter.files.text import loads_json, read_text
+from mm_adapter.files.text import read_text
 
 METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 
@@ -16,8 +16,8 @@ METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 def _record(line: str) -> dict[str, Any]:
     """One metrics line, or {} for a torn or foreign one (a kill mid-write leaves at most the last line torn)."""
     try:
-        record = loads_json(line)
-    except ValueError:  # torn, NaN, nested too deeply: the shared JSON checks
+        record = json.loads(line)  # our own log: a diverged run's NaN loss is a record, kept as written
+    except (ValueError, RecursionError):  # torn, or a foreign line nested too deeply
         return {}
     return record if isinstance(record, dict) else {}
 
