@@ -27,7 +27,8 @@ class EvalConfig:
     batch_size: int = 8
     """problems per forward"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so a score does not depend on the device's bf16 support (training's default is
+    on; the precision used is printed at the start)"""
     max_new_tokens: int = 32
     """generate mode: tokens decoded per answer"""
     stop_at_newline: bool = True
@@ -74,8 +75,10 @@ class TableConfig:
 
     predictions: list[str] = option(positional=True, nargs="+", metavar="PREDICTIONS")
     """official predictions JSON files ({"results": {pid: index}}) or eval output folders"""
-    problems: str
-    """problems.json, or the folder holding it"""
+    problems: str | None = None
+    """problems.json, or the folder holding it (None: the one the eval folders' records name)"""
+    name: list[str] | None = option(None, nargs="+", metavar="NAME")
+    """row names, one per PREDICTIONS in order (None: each row's method, run, format and split)"""
     reference: str | None = None
     """published tables JSON: {method: {column: percent}}"""
     out: str | None = None
@@ -88,8 +91,8 @@ class TableConfig:
     """write the rows as CSV here ('-': stdout)"""
     plot: str | None = None
     """write a grouped bar chart PNG here"""
-    bootstrap: int = 0
-    """bootstrap resamples for 95% intervals (0: none)"""
+    bootstrap: int = 1000
+    """bootstrap resamples for 95% intervals (0: none); the same default as eval scienceqa's"""
     seed: int = 0
     """bootstrap seed"""
     mcnemar: bool = False

@@ -12,13 +12,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mm_adapter.eval.run_costs import RunCosts
-from mm_adapter.files.atomic import atomic_path
+from mm_adapter.files.atomic import atomic_write_bytes
 from mm_adapter.scienceqa.metrics import Scores
+from mm_adapter.scienceqa.report import png_bytes
 
 
 def cost_plot(scores: Sequence[Scores], costs: Mapping[str, RunCosts], path: str | Path,
               title: str = "ScienceQA") -> list[tuple[str, int, float]]:
-    """Write the chart as PNG; returns the points drawn: (row name, trainable parameters, Avg)."""
+    """Write the chart as PNG (atomically); returns the points drawn: (row name, trainable parameters, Avg)."""
+    png, points = cost_plot_png(scores, costs, title)
+    atomic_write_bytes(path, png)
+    return points
+
+
+def cost_plot_png(scores: Sequence[Scores], costs: Mapping[str, RunCosts],
+                  title: str = "ScienceQA") -> tuple[bytes, list[tuple[str, int, float]]]:
+    """The chart as PNG bytes, and the points drawn: (row name, trainable parameters, Avg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,10 +46,7 @@ def cost_plot(scores: Sequence[Scores], costs: Mapping[str, RunCosts], path: str
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return [(s.name, cost.trainable, s.columns["Avg"].acc) for s, cost in shown]
+    return png_bytes(fig), [(s.name, cost.trainable, s.columns["Avg"].acc) for s, cost in shown]
 
 
 def _spread(xs: list[int], step: float = 1.08) -> list[float]:

@@ -24,6 +24,7 @@ run computes exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -40,8 +41,9 @@ from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.progress import progress as progress_bar
 from mm_adapter.files.text import loads_json, read_text
+from mm_adapter.inference.precision import frozen_linear_weights_in_bf16, precision
 from mm_adapter.inference.scoring import (
-    calibrated_scores, check_context, choice_scores, greedy_generate, precision, tokens_needed,
+    calibrated_scores, check_context, choice_scores, greedy_generate, tokens_needed,
 )
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.pretrained import recorded_format
@@ -76,8 +78,12 @@ def resolve_format(requested: str | None, adapter: str | Path | None,
 
 
 def batch_plan(problems: Sequence[Problem], config: EvalConfig) -> list[list[Problem]]:
-    """Deterministic batches: longest prompt first (less padding; memory trouble shows at once)."""
-    length = {p.pid: len(build_prompt(p, config.prompt_format, config.captions).prompt) for p in problems}
+    """Deterministic batches: longest first (less padding; memory trouble shows at once), by the characters a
+    forward reads: the prompt, and for a text format every option's stated answer too (they sit beside it)."""
+    by_text = PromptFormat.parse(config.prompt_format).answers_by_text and config.mode == "score"
+    length = {p.pid: len(build_prompt(p, config.prompt_format, config.captions).prompt)
+              + (sum(len(stated_answer(p.choices, i, config.prompt_format)) for i in range(len(p.choices)))
+                 if by_text else 0) for p in problems}
     ordered = sorted(problems, key=lambda p: -length[p.pid])  # stable: ties keep input order
     return [ordered[i: i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
 
@@ -129,15 +135,17 @@ def iter_answers(model, tokenizer, problems: Sequence[Problem], config: EvalConf
 
     ``offsets``: per-batch prompt offsets (e.g. each problem's projected image features).
 
-    The model is in eval mode meanwhile (no dropout when called from a training loop), then restored.
+    The model is in eval mode meanwhile (no dropout when called from a training loop), then restored; under bf16
+    autocast its frozen fp32 linear weights are cast to bf16 once for all batches (bit-identical answers).
     """
     was_training = model.training
     model.eval()
     try:
-        for batch in batch_plan(problems, config):
-            todo = [p for p in batch if p.pid not in skip]
-            if todo:
-                yield answer_batch(model, tokenizer, todo, config, offsets(todo) if offsets else None)
+        with frozen_linear_weights_in_bf16(model, config.bf16):
+            for batch in batch_plan(problems, config):
+                todo = [p for p in batch if p.pid not in skip]
+                if todo:
+                    yield answer_batch(model, tokenizer, todo, config, offsets(todo) if offsets else None)
     finally:
         model.train(was_training)
 
@@ -275,7 +283,7 @@ def run(model, tokenizer, problems: Sequence[Problem], out: str | Path, config: 
     no_answer = sum(a.choice == NO_ANSWER for a in answers.values())
     bar = progress_bar(len(problems), "eval", enabled=progress, initial=resumed, unit="q")
     batches = iter_answers(model, tokenizer, problems, config, skip=set(answers), offsets=offsets)
-    with partial_path(out).open("a", encoding="utf-8") as handle, bar:
+    with partial_path(out).open("a", encoding="utf-8") as handle, bar, contextlib.closing(batches):
         for batch in itertools.islice(batches, max_batches):
             _append(handle, batch)
             answers.update((a.pid, a) for a in batch)

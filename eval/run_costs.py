@@ -1,19 +1,25 @@
-"""What a method cost to train, read back from the files its runs wrote (for the comparison table's extra columns).
+"""What a method cost to train, read back from the records its runs wrote (for the comparison table's extra columns).
 
-An evaluation folder's config.yaml names the adapter it evaluated; the adapter lies in (or is) the training
-run's folder, whose metrics.jsonl has a line per optimizer step (``step_s``, ``elapsed_s``, ``peak_mb``).
-Nothing is recomputed: a run that wrote no metrics (an imported adapter, zero-shot) has no costs.
+A row's eval folder records (``eval.json``, ``eval/record.py``) the adapter it evaluated as an absolute path, its
+digest and its training run; the run's ``run.json`` (``methods/run_record.py``) has the costs. A run from before
+the record is read from its files: ``metrics.jsonl`` (a line per optimizer step: ``step_s``, ``elapsed_s``,
+``peak_mb``) and the adapter's tensors, through the same checked readers every command uses. Nothing is
+recomputed, guessed or resolved against the reader's working folder: an adapter that changed since the evaluation,
+or an old folder's relative ``--adapter``, gives no costs and a note saying why. A run that wrote no metrics (an
+imported adapter, zero-shot) has no costs.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_adapter.files.text import read_text
-from mm_adapter.methods.folders import RECORD_NAME, read_record
+from mm_adapter.eval.record import EvalRecord, eval_record
+from mm_adapter.methods.folders import adapter_digest
+from mm_adapter.methods.run_record import (
+    disk_bytes, has_run_record, metric_costs, read_run_record, run_of, trainable_in,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,7 @@ class RunCosts:
     train_s: float | None  # wall time of the whole run, validations included, summed over resumed parts
     step_s: float | None  # median optimizer step, validation excluded
     peak_mb: float | None  # the training process's peak memory (CUDA allocator on a GPU, else resident set)
-    adapter_mb: float  # what the run ships: the adapter file, or the folder
+    adapter_mb: float  # what the row evaluated: the adapter file, or the folder
 
     def cells(self) -> dict[str, str]:
         def number(value: float | None, spec: str) -> str:
@@ -33,69 +39,29 @@ class RunCosts:
                 "adapter MB": number(self.adapter_mb, ",.2f")}
 
 
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _metrics(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in read_text(path, "metrics log").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
-def _wall_seconds(rows: list[dict]) -> float | None:
-    """elapsed_s restarts at 0 in a resumed process: sum each part's last value."""
-    total, last = 0.0, 0.0
-    for row in rows:
-        elapsed = float(row.get("elapsed_s", 0.0))
-        if elapsed < last:
-            total += last
-        last = elapsed
-    return total + last if rows else None
-
-
-def _trainable(adapter: Path) -> int | None:
-    """The adapter's trainable count: another method's folder records it; our file's tensors are counted."""
-    if adapter.is_dir() and (adapter / RECORD_NAME).is_file():
-        return read_record(adapter)["trainable_parameters"].get("total")
-    if adapter.is_file() and adapter.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(adapter), framework="np") as handle:
-            return sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys()
-                       if not key.endswith(("feature_mean", "feature_std")))  # buffers, not trained
-    return None
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+def record_costs(record: EvalRecord) -> tuple[RunCosts | None, str | None]:
+    """``(costs, note)`` of the training run behind one eval folder: costs None when there are none to show, and
+    then ``note`` says why when that is not plain (zero-shot and hub adapters have none, silently)."""
+    if record.unresolved is not None:
+        return None, (f"{record.folder}: its config.yaml names the adapter by the relative path {record.unresolved!r} "
+                      "and not the folder it was relative to; no costs shown (evaluate again for an eval.json)")
+    adapter = record.adapter
+    if adapter is None:
+        return None, None
+    if not os.path.lexists(adapter):
+        return None, f"{record.folder}: its adapter {adapter} is gone; no costs shown"
+    if record.adapter_digest is not None and adapter_digest(adapter) != record.adapter_digest:
+        return None, f"{record.folder}: its adapter {adapter} changed since it was evaluated; no costs shown"
+    run = record.run if record.run is not None and record.run.is_dir() else run_of(adapter)
+    size = disk_bytes(adapter) / 2**20
+    if run is not None and has_run_record(run):
+        costs = read_run_record(run)["costs"]
+        return RunCosts(costs["trainable"], costs.get("train_s"), costs.get("step_s"), costs.get("peak_mb"), size), None
+    found = metric_costs(run if run is not None else adapter.parent)
+    return RunCosts(trainable_in(adapter), found["train_s"], found["step_s"], found["peak_mb"], size), None
 
 
 def run_costs(predictions: Path) -> RunCosts | None:
     """Costs of the training run behind ``predictions`` (an eval folder's predictions.json), or None."""
-    config = predictions.parent / "config.yaml"
-    if not config.is_file():
-        return None
-    import yaml
-
-    adapter_spec = (yaml.safe_load(read_text(config, "eval config")) or {}).get("adapter")
-    adapter = Path(adapter_spec) if adapter_spec else None
-    if adapter is None or not adapter.exists():
-        return None
-    rows = _metrics(adapter.parent)
-    steps = [float(r["step_s"]) for r in rows if "step_s" in r]
-    peaks = [float(r["peak_mb"]) for r in rows if "peak_mb" in r]
-    return RunCosts(_trainable(adapter), _wall_seconds(rows), statistics.median(steps) if steps else None,
-                    max(peaks) if peaks else None, _size(adapter) / 2**20)
+    record = eval_record(Path(predictions).parent)
+    return record_costs(record)[0] if record is not None else None

@@ -9,12 +9,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from mm_adapter.errors import fail
-from mm_adapter.files.atomic import atomic_path
+from mm_adapter.files.atomic import atomic_write_bytes
 from mm_adapter.scienceqa.data import read_benchmark_json
 from mm_adapter.scienceqa.metrics import COLUMN_NAMES, COLUMNS, McNemar, Scores
 
 Reference = dict[str, dict[str, float]]  # method -> column -> published percent
 PARTIAL_MARK = "†"
+PUBLISHED_SPLIT = "test"  # the published ScienceQA tables are of the test split; their rows say so
+PUBLISHED = f" (published, {PUBLISHED_SPLIT})"
+
+
+def published(name: str) -> str:
+    """A published row's label: the method and the split its numbers are of."""
+    return name + PUBLISHED
 
 
 def read_reference(path: str | Path) -> Reference:
@@ -57,9 +64,9 @@ def _ordered_rows(scores: Sequence[Scores], reference: Reference) -> list[tuple[
     for s in scores:
         rows.append((s.name, {n: c.acc for n, c in s.columns.items()}, s))
         if s.name in reference:
-            rows.append((f"{s.name} (published)", reference[s.name], None))
+            rows.append((published(s.name), reference[s.name], None))
             used.add(s.name)
-    rows += [(f"{name} (published)", row, None) for name, row in reference.items() if name not in used]
+    rows += [(published(name), row, None) for name, row in reference.items() if name not in used]
     return rows
 
 
@@ -124,7 +131,7 @@ def csv_text(scores: Sequence[Scores], reference: Reference | None = None, extra
     writer.writerow(header)
     for label, values, s in _ordered_rows(scores, reference or {}):
         counts = [s.columns[c].n for c in COLUMN_NAMES] if s else [""] * len(COLUMN_NAMES)
-        name = s.name if s else label.removesuffix(" (published)")
+        name = s.name if s else label.removesuffix(PUBLISHED)
         cells = [(extra or {}).get(name, {}).get(column, "") if s else "" for column in more]
         writer.writerow([name, "computed" if s else "published", *(values.get(c, "") for c in COLUMN_NAMES), *counts,
                          *cells])
@@ -133,7 +140,24 @@ def csv_text(scores: Sequence[Scores], reference: Reference | None = None, extra
 
 def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Mapping[str, float]] | None = None,
          title: str = "ScienceQA") -> None:
-    """Grouped bar chart (columns x methods); error bars only where bootstrap intervals were computed;
+    """Write :func:`plot_png` to ``path`` (atomically)."""
+    atomic_write_bytes(path, plot_png(scores, reference, title))
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed after): a chart is drawn in memory, so a caller can check every
+    output before it writes any."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_png(scores: Sequence[Scores], reference: Mapping[str, Mapping[str, float]] | None = None,
+             title: str = "ScienceQA") -> bytes:
+    """Grouped bar chart (columns x methods) as PNG; error bars only where bootstrap intervals were computed;
     published rows of the same names are drawn hatched next to the computed ones."""
     import matplotlib
 
@@ -151,7 +175,7 @@ def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Map
                       else (0, 0) for c, v in zip(COLUMN_NAMES, values)]
         series.append((s.name, values, errors, False))
         if s.name in reference:
-            series.append((f"{s.name} (published)", [reference[s.name].get(c) for c in COLUMN_NAMES], None, True))
+            series.append((published(s.name), [reference[s.name].get(c) for c in COLUMN_NAMES], None, True))
     x = np.arange(len(COLUMN_NAMES))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(min(16, 8 + 0.8 * len(series)), 5))
@@ -167,6 +191,4 @@ def plot(scores: Sequence[Scores], path: str | Path, reference: Mapping[str, Map
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(4, len(series)))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    return png_bytes(fig)

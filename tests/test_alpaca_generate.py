@@ -11,7 +11,7 @@ from mm_adapter.data.alpaca import prompt_text
 from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.jobs.configs import GenerateConfig
-from mm_adapter.jobs.generate import generate
+from mm_adapter.jobs.generate import empty_answer_note, generate
 from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model
 from tiny_text import command_here, one_thread, tiny_base_folder  # noqa: F401 (autouse fixture)
@@ -107,3 +107,33 @@ def test_adapter_for_another_base_is_refused(base_and_adapters, tmp_path, capsys
     code, out, err = command_here(["generate", "--base", str(base), "--adapter", str(alpha), str(foreign),
                                    "--use", "alpha", "--instruction", "x"], capsys)
     assert code == 2 and "foreign.safetensors: made for LlamaForCausalLM" in err and out == ""
+
+
+def test_decoding_is_greedy_unless_a_temperature_is_asked_for(base_and_adapters, capsys):
+    """The default answer is the greedy one, whatever the seed (the original's temperature 0.1 gave a different
+    answer, often an empty one, from seed to seed); --temperature above 0 samples."""
+    assert SamplingConfig().generate_kwargs()["do_sample"] is False
+    assert SamplingConfig(temperature=0.7).generate_kwargs()["do_sample"] is True
+    base, (alpha, _) = base_and_adapters
+    expected = expected_answer(base, alpha, "What colour is the sky ?")
+    argv = ["generate", "--base", str(base), "--adapter", str(alpha), "--instruction", "What colour is the sky ?",
+            "--max-new-tokens", "6"]
+    for seed in ("0", "1", "2"):
+        code, out, err = command_here([*argv, "--seed", seed], capsys)
+        assert code == 0 and out.strip() == expected.strip(), (seed, out)
+        assert "precision: base weights float32, bf16 autocast off" in err, err  # said at the start
+
+
+def test_an_empty_answer_is_never_printed_without_a_note(tmp_path, capsys):
+    """A model whose every step picks a token with no text (here: a zeroed LM head, so <pad> wins each step) answers
+    nothing; the command says so on stderr instead of printing a silent blank line."""
+    base = tiny_base_folder(tmp_path / "base")
+    model, _ = load_base(str(base))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.save_pretrained(base)
+    code, out, err = command_here(["generate", "--base", str(base), "--instruction", "What colour is the sky ?",
+                                   "--max-new-tokens", "3"], capsys)
+    assert code == 0 and out.strip() == "", out
+    assert "note: the answer is empty" in err and "--temperature 0.7" in err, err
+    assert "another --seed, or --temperature 0 (greedy)" in empty_answer_note(SamplingConfig(temperature=0.5))

@@ -4,13 +4,19 @@ GPU needed."""
 
 import json
 
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from bench import full_ft, gpu_7b, gpu_suite
+from bench import eval_speed, full_ft, gpu_7b, gpu_suite
 from bench.batches import describe, random_examples, trainer_batches
 from bench.common import interleaved_medians, verdict
 from mm_adapter import AdapterConfig, attach_adapter, count_trainable
+from mm_adapter.scienceqa.data import read_official
+from mm_adapter.scienceqa.prompts import build_prompt
+from test_eval_run import make_tokenizer
+from test_eval_run_script import official_layout
+from tiny import tiny_model
 from tiny_text import tiny_base_folder
 
 
@@ -110,3 +116,38 @@ def test_adapter_vs_full_fine_tuning_reports_time_memory_optimizer_and_checkpoin
     for size in ("optimizer_mb", "export_mb", "resume_mb"):
         assert rows["ours"][size] < rows["full"][size] / 5
     assert "| random | bf16 | full |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["QCM-T", "QCM-A"])
+def test_eval_speed_counts_the_model_work_and_sets_it_against_the_floor(tmp_path, capsys, fmt):
+    """bench.eval_speed on a tiny base and the tiny problems: the tokens it counts are those score mode reads (the
+    prompt once, then each option's own tokens; the letter prefix for QCM-A), the linear FLOPs are 2 x the decoder's
+    linear weights per token, the ratio is eval time over floor time, and a run compared with itself differs nowhere."""
+    tokenizer = make_tokenizer()
+    base = tmp_path / "base"
+    model = tiny_model("llama-gqa", vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = official_layout(tmp_path / "sqa")
+    answers = tmp_path / "answers.json"
+    common = ["--data", str(data), "--split", "val", "--base", str(base), "--threads", "1", "--format", fmt,
+              "--no-bf16", "--adapter-len", "3", "--adapter-layers", "2"]
+    eval_speed.main(common + ["--save", str(answers)])
+    row = eval_speed.main(common + ["--compare", str(answers)])
+    problems = read_official(data, "val")[0]
+    prompts = [build_prompt(p, fmt, True).prompt for p in problems]
+    if fmt == "QCM-A":
+        expected = sum(len(ids) for ids in tokenizer([p + " The answer is" for p in prompts]).input_ids)
+    else:
+        expected = 0
+        for prompt, problem in zip(prompts, problems):  # shared: common to all options, up to the answer prefix
+            full = [tokenizer(f"{prompt} The answer is {c}.").input_ids for c in problem.choices]
+            shared = len(tokenizer(prompt + " The answer is").input_ids)
+            while shared > 1 and len({tuple(f[:shared]) for f in full}) > 1:
+                shared -= 1
+            expected += shared + sum(len(f) - shared for f in full)
+    assert row["tokens"] == expected
+    linear = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear))
+    assert row["linear_flops"] == 2 * linear * expected
+    assert row["eval_over_floor"] == pytest.approx(row["eval_s"] / row["floor_s"])
+    assert row["changed"] == 0 and "answers differing from" in capsys.readouterr().out

@@ -4,7 +4,7 @@ model.
 The rule: a text field (an Alpaca instruction, input or output; a ScienceQA question, choice, hint, lecture,
 solution or caption; the demo's question, options and context) has at most ``MAX_TEXT_CHARS`` (20,000)
 characters, or its record is refused in one line naming file, record or pid, and field (Alpaca: skipped and
-counted with ``--skip-bad``); a problem has at most 26 choices. In tokens: training leaves out (ScienceQA) or
+counted unless ``--strict``); a problem has at most 26 choices. In tokens: training leaves out (ScienceQA) or
 right-truncates (Alpaca) examples over ``max_seq_len`` or the model's context, counted; evaluation and the demo
 refuse, in one line naming the pid, a prompt whose answering does not fit the model's ``max_position_embeddings``
 (never cut: that would change the question). The tiny models here have a context of 256 tokens.
@@ -206,8 +206,8 @@ def test_the_command_refuses_over_long_text_in_one_line(tmp_path, files, capfd):
     base = ["--base", str(files.base), "--device", "cpu"]
     evaluate_argv = ["eval", "scienceqa", "--split", "test", "--out", str(out), *base, "--no-progress"]
     cases = [
-        (["train", "alpaca", "--data", str(data), "--out", str(out), *base], False,
-         (str(data), "record 1", "field 'output'", "--skip-bad")),
+        (["train", "alpaca", "--data", str(data), "--out", str(out), *base, "--strict"], False,
+         (str(data), "record 1", "field 'output'", "--strict")),
         ([*evaluate_argv, "--data", str(lecture)], False, ("problems.json", "pid 2", "field 'lecture'")),
         ([*evaluate_argv, "--data", str(wordy)], True, ("problem 2", "over the model's context of 256")),
         (["demo", *base, "--question", TOO_LONG, "--choices", "a", "b"], False, ("the question is too long",)),

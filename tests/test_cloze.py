@@ -79,14 +79,34 @@ def test_training_labels_cover_exactly_the_stated_answer(tokenizer):
 
 
 def test_score_equals_explicit_per_option_forward(model, tokenizer):
-    """Cloze scores of all options in one padded forward equal an explicit per-option forward (atol 1e-5); padding
-    columns are -inf."""
+    """Cloze scores of all options in one forward (each question's options side by side after its prompt) equal an
+    explicit per-option forward (atol 1e-5); padding columns are -inf."""
     scores = option_text_log_probs(model, tokenizer, [build_prompt(p, FMT, True).prompt for p in PROBLEMS],
                                    [p.choices for p in PROBLEMS])
     for row, problem in enumerate(PROBLEMS):
         reference = torch.tensor(_reference_scores(model, tokenizer, problem))
         assert torch.allclose(scores[row, :len(problem.choices)], reference, atol=ATOL)
         assert torch.isinf(scores[row, len(problem.choices):]).all()
+
+
+@pytest.mark.parametrize("family, attention, overrides", [
+    ("llama-gqa", "eager", {}),  # eager attention adds its mask: a prepared one must be additive there
+    ("mistral-gqa", "sdpa", {"sliding_window": 6}),  # every layer slides, over a window shorter than the prompts
+    ("qwen2-gqa", "eager", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 2}),  # mixed layers
+])
+def test_one_forward_reads_each_option_as_alone_whatever_the_attention(tokenizer, family, attention, overrides):
+    """Every option sees the prompt and itself only, at its own positions, under each attention implementation and
+    sliding-window layout (the mask score mode prepares must say what the model's own masks would): equal to an
+    explicit per-option forward, which builds its masks the model's own way."""
+    model = attach_adapter(tiny_model(family, vocab_size=len(tokenizer), seed=6, attn_implementation=attention,
+                                      **overrides), AdapterConfig(adapter_len=3, adapter_layers=2))
+    for params in adapter_parameters(model).values():
+        params["gate"].data.fill_(2.0)
+    scores = option_text_log_probs(model, tokenizer, [build_prompt(p, FMT, True).prompt for p in PROBLEMS],
+                                   [p.choices for p in PROBLEMS])
+    for row, problem in enumerate(PROBLEMS):
+        reference = torch.tensor(_reference_scores(model, tokenizer, problem))
+        assert torch.allclose(scores[row, :len(problem.choices)], reference, atol=ATOL)
 
 
 def test_offsets_reach_every_option_of_their_own_row_only(model, tokenizer):

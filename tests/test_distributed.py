@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from mm_adapter import read_adapter
+from mm_adapter.methods.run_record import read_run_record
 from mm_adapter.training.process import KILL_ENV
 from tiny_text import REPO, arguments, command_here, finetune_here, records, tiny_base_folder, write_records
 
@@ -65,8 +66,11 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     files = sorted(p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*") if p.is_file())
     assert files == ["adapter.safetensors", "checkpoints/step-00000018/state.json",
                      "checkpoints/step-00000018/tensors.safetensors", "checkpoints/step-00000020/state.json",
-                     "checkpoints/step-00000020/tensors.safetensors", "config.yaml", "loss.png", "metrics.jsonl"]
+                     "checkpoints/step-00000020/tensors.safetensors", "config.yaml", "loss.png", "metrics.jsonl",
+                     "run.json"]
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 20
+    trainable = [read_run_record(tmp_path / run)["costs"]["trainable"] for run in ("single", "ddp")]
+    assert trainable[0] == trainable[1] == sum(t.numel() for layer in expected.values() for t in layer.values())
 
 
 @GLOO
@@ -120,4 +124,7 @@ def test_a_killed_fsdp_run_resumes_to_the_single_process_adapter(tmp_path):
     files = sorted(p.relative_to(tmp_path / "fsdp").as_posix() for p in (tmp_path / "fsdp").rglob("*") if p.is_file())
     assert files == ["adapter.safetensors", "checkpoints/step-00000009/state.json",
                      "checkpoints/step-00000009/tensors.safetensors", "checkpoints/step-00000010/state.json",
-                     "checkpoints/step-00000010/tensors.safetensors", "config.yaml", "loss.png", "metrics.jsonl"]
+                     "checkpoints/step-00000010/tensors.safetensors", "config.yaml", "loss.png", "metrics.jsonl",
+                     "run.json"]
+    trainable = [read_run_record(tmp_path / run)["costs"]["trainable"] for run in ("single", "fsdp")]
+    assert trainable[0] == trainable[1]  # counted on the shipped adapter, not on a rank's shard

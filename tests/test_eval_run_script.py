@@ -61,7 +61,7 @@ def _config(base: Path, data: Path, out: Path, **overrides) -> EvalScienceQAConf
 
 def test_job_writes_the_output_folder_and_refuses_a_rerun(base_folder, tmp_path, capsys):
     """The job answers every problem into OUT/predictions.json (official shape, the base in its config), returns and
-    writes the table (table.md, summary.json, config.yaml; no partial file left), says the run summary on stderr,
+    writes the table (table.md, summary.json, config.yaml, eval.json; no partial file left), says the run summary on stderr,
     and refuses to overwrite a finished run or one of its own inputs (even with overwrite)."""
     data, out = official_layout(tmp_path / "data"), tmp_path / "runs" / "tiny"
     result = eval_scienceqa(_config(base_folder, data, out))
@@ -71,7 +71,8 @@ def test_job_writes_the_output_folder_and_refuses_a_rerun(base_folder, tmp_path,
     predictions = load_predictions(result.predictions)
     assert len(predictions) == 7 and json.loads(result.predictions.read_text())["config"]["base"] == str(base_folder)
     assert (result.summary.total, result.summary.finished) == (7, True) and result.scores.scored == 7
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "predictions.json", "summary.json", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.json", "predictions.json", "summary.json",
+                                                     "table.md"]
     assert not partial_path(result.predictions).exists()
     assert (out / "table.md").read_text() == result.table
     summary = json.loads((out / "summary.json").read_text())

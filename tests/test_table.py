@@ -108,8 +108,8 @@ def test_markdown_default_with_reference_intervals_and_mcnemar(files, capsys):
     assert [s.name for s in result.scores] == ["Mine", "run_b"] and len(result.tests) == 1
     lines = out.splitlines()
     mine = lines.index(next(l for l in lines if l.startswith("| **Mine**")))
-    assert lines[mine + 1].startswith("| ↳ n |") and lines[mine + 2].startswith("| Mine (published) |")
-    assert "| **run_b** |" in out and "| Other (published) | – |" in out  # stem as name, missing cells
+    assert lines[mine + 1].startswith("| ↳ n |") and lines[mine + 2].startswith("| Mine (published, test) |")
+    assert "| **run_b** |" in out and "| Other (published, test) | – |" in out  # stem as name, missing cells
     assert "†" in out and "subject known for 3 of 4" in out  # null metadata is flagged with its n
     assert "[" in lines[mine] and "bootstrap" in out
     assert "| Mine | run_b | 4 |" in out and "exact binomial" in out
@@ -148,14 +148,14 @@ def test_plot_draws_error_bars_only_when_intervals_were_computed(files, tmp_path
                         real_bar(self, *a, **k))
     monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text) or
                         real_title(self, text, *a, **k))
-    build_table(table(files, plot=str(tmp_path / "plain.png"), markdown=str(tmp_path / "plain.md")))
-    assert [label for label, _ in bars] == ["Mine", "Mine (published)", "run_b"]
+    build_table(table(files, plot=str(tmp_path / "plain.png"), markdown=str(tmp_path / "plain.md"), bootstrap=0))
+    assert [label for label, _ in bars] == ["Mine", "Mine (published, test)", "run_b"]
     assert all(yerr is None for _, yerr in bars) and titles == ["ScienceQA"]
     bars.clear()
     build_table(table(files, plot=str(tmp_path / "ci.png"), markdown=str(tmp_path / "ci.md"), bootstrap=50,
                       title="ScienceQA (generated)"))
     errors = {label: yerr for label, yerr in bars}
-    assert errors["Mine (published)"] is None and errors["Mine"] is not None and errors["run_b"] is not None
+    assert errors["Mine (published, test)"] is None and errors["Mine"] is not None and errors["run_b"] is not None
     assert errors["run_b"].shape == (2, len(COLUMN_NAMES)) and titles[-1] == "ScienceQA (generated)"
     assert (tmp_path / "plain.png").read_bytes()[:4] == (tmp_path / "ci.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from mm_adapter.cli import main
 from mm_adapter.eval.config import TableConfig
-from mm_adapter.eval.cost_plot import cost_plot
+from mm_adapter.eval.cost_plot import cost_plot_png
 from mm_adapter.eval.run_costs import run_costs
 from mm_adapter.eval.table import build_table
 
@@ -84,8 +84,12 @@ def test_the_cost_plot_draws_each_row_with_costs_at_its_trainable_count(files, t
     costs are left out. With --out and --costs it is OUT/costs.png."""
     problems, ours, other, _ = files
     drawn = []
-    monkeypatch.setattr("mm_adapter.eval.table.cost_plot",
-                        lambda *args, **kwargs: drawn.append(cost_plot(*args, **kwargs)))
+    def drawing(*args, **kwargs):
+        png, points = cost_plot_png(*args, **kwargs)
+        drawn.append(points)
+        return png, points
+
+    monkeypatch.setattr("mm_adapter.eval.table.cost_plot_png", drawing)
     build_table(TableConfig(predictions=[str(ours), str(other)], problems=str(problems), costs=True,
                             cost_plot=str(tmp_path / "costs.png"), markdown=str(tmp_path / "t.md")))
     assert drawn == [[("ours", 34, 100.0)]]

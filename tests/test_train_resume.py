@@ -98,8 +98,8 @@ def test_script_errors_are_one_line(tiny_run, tmp_path, capsys):
     (and a refused fresh run leaves no output folder behind)."""
     base, data = tiny_run
     bad = write_records(tmp_path / "bad.json", records(3) + [{"instruction": "x", "input": "", "output": ""}])
-    code, _, err = command_here(["train", "alpaca", *arguments(base, bad, tmp_path / "out")], capsys)
-    assert code == 2 and err.strip().count("\n") == 0
+    code, _, err = command_here(["train", "alpaca", *arguments(base, bad, tmp_path / "out", "--strict")], capsys)
+    assert code == 2 and err.strip().count("\n") == 0  # --strict: by default a bad record is skipped and counted
     assert "bad.json: record 3: field 'output' is empty" in err and err.startswith("error: ")
     assert not (tmp_path / "out").exists()
     assert finetune_here(base, data, tmp_path / "run", epochs=1).steps == 10

@@ -9,6 +9,7 @@ only turns argv into that config (``parse.py``), calls the function, prints its 
 from __future__ import annotations
 
 import codecs
+import difflib
 import os
 import sys
 import threading
@@ -69,6 +70,18 @@ def _restart_in_utf8_mode(args: list[str]) -> None:
                   {**os.environ, "PYTHONUTF8": "1"})
 
 
+def _unknown_command(args: list[str]) -> str:
+    """The one line for argv that names no command: the nearest command when it is a misspelling."""
+    names = [c.name for c in COMMANDS]
+    starting = [c.name for c in COMMANDS if c.words[0] == args[0] and len(c.words) > 1]
+    if starting and len(args) == 1:
+        return f"`{args[0]}` needs a second word: {', '.join(starting)} (see mm-adapter --help)"
+    near = next((found[0] for given in (" ".join(args[:2]), args[0])
+                 if (found := difflib.get_close_matches(given, names, n=1, cutoff=0.6))), None)
+    hint = f" (did you mean '{near}'?)" if near else ""
+    return f"unknown command {' '.join(args[:2])!r}{hint}; commands: {', '.join(names)} (see mm-adapter --help)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 2 bad input, 1 bug, 130/143 stopped by SIGINT/SIGTERM)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -86,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     command, rest, _ = find(args)
     if command is None:
-        _say_error(f"unknown command {' '.join(args[:2])!r}; one of: {', '.join(c.name for c in COMMANDS)} "
-                   "(see mm-adapter --help)")
+        _say_error(_unknown_command(args))
         return EXIT_BAD_INPUT
     from mm_adapter.cli.boundary import run_command
     from mm_adapter.cli.environment import check_environment

@@ -60,6 +60,9 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
     config = None
     try:
         config = parse(command, argv)
+        from mm_adapter.jobs.preflight import check_before_work
+
+        check_before_work(config)  # before the job's module is imported (torch alone takes seconds)
         _quiet_libraries()
         result = command.job_function()(config)
         if command.report:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
-import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.files.text import (json_problem, json_type, loads_json, parse_json, read_bytes, read_text,
-                                   regular_file_size)
+from mm_adapter.data.peek import FIELDS, check_local_split, is_hub_dataset, peek_alpaca_file, shape_problem
+from mm_adapter.files.text import json_problem, loads_json, parse_json, read_bytes, read_text, regular_file_size
 from mm_adapter.model.base import cache_root
 from mm_adapter.training.batches import IGNORE_INDEX, Example
 
@@ -54,13 +52,10 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
-FIELDS = ("instruction", "input", "output")
 MAX_TEXT_CHARS = 20_000  # characters in one field (the same bound as mm_adapter.scienceqa.data's)
 MAX_DATA_BYTES = 256 * 2**20  # a data file larger than this is refused before it is read (52K Alpaca: 22 MB)
 MAX_DECODED_BYTES = 2**30  # text the records of one source may expand to (a compressed parquet file; 52K Alpaca: 40 MB)
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "org/name" (or a bare legacy "name")
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet")  # a name ending so is a local file, never a hub id
-WHOLE_FILE = "(the whole file is refused: --skip-bad skips only records with a missing, empty or over-long field)"
+WHOLE_FILE = "(the whole file is refused: only records with a missing, empty or over-long field are skipped)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,15 @@ class AlpacaData:
     source: str  # the local file, or "org/name[split]" for a hub dataset (how messages name it)
     records: list[AlpacaRecord]
     skipped: int = 0
+    first_skipped: str | None = None  # "record 2335: field 'output' is empty"
+    read: int = 0  # records looked at (the first ``limit`` of the source)
+
+    def summary(self) -> str | None:
+        """The one line a run prints about skipped records, or None when none was skipped."""
+        if not self.skipped:
+            return None
+        return (f"skipped {self.skipped:,} of {self.read:,} records of {self.source} as empty or unusable (first: "
+                f"{self.first_skipped}); --strict refuses them instead")
 
 
 class _Opened(NamedTuple):
@@ -96,13 +100,6 @@ def format_prompt(instruction: str, input: str = "") -> str:
 def prompt_text(tokenizer, instruction: str, input: str = "") -> str:
     """BOS (as text, when the tokenizer has one) + prompt; tokenise with ``add_special_tokens=False``."""
     return (tokenizer.bos_token or "") + format_prompt(instruction, input)
-
-
-def is_hub_dataset(source: str) -> bool:
-    """Whether ``--data`` names a hub dataset: shaped like ``org/name`` and no such file here (a local path wins,
-    as in datasets; a name ending in .json, .jsonl or .parquet is always a file, so a typo says "no such file")."""
-    return (HUB_ID.fullmatch(source) is not None and not source.lower().endswith(FILE_SUFFIXES)
-            and not os.path.lexists(source))
 
 
 @contextmanager
@@ -151,8 +148,8 @@ def _open_file(path: Path, split: str) -> _Opened:
     """A local file through datasets' parquet builder (``.parquet``) or its json builder (any other name: a JSON
     list or JSONL, as before datasets). The cache entry is keyed by the file's bytes: datasets' own key, path and
     mtime, is blind to a rewrite that keeps the mtime (``cp -p``, ``tar``, ``rsync -t``, two writes in one tick)."""
-    if split != "train":
-        raise MMAdapterError(f"{path}: a local data file is one split, 'train'; --split {split!r} is for hub datasets")
+    check_local_split(path, split)
+    peek_alpaca_file(path)  # a file that is no instruction data is named in milliseconds, not after datasets read it
     if path.suffix.lower() == ".parquet":  # streamed by pyarrow (see _rows): checked here, never read whole
         size = regular_file_size(path, "data file")
         if size > MAX_DATA_BYTES:
@@ -209,22 +206,12 @@ def _open_hub(repo_id: str, split: str) -> _Opened:
         raise MMAdapterError(f"{where}: datasets cannot load the cached copy {snapshot} ({_reason(error)})") from None
 
 
-def _shape_problem(value: object) -> str | None:
-    """Why one parsed JSON record cannot be a row of text fields, or None."""
-    if not isinstance(value, dict):
-        return f"is a JSON {json_type(value)}, expected an object with {', '.join(FIELDS)}"
-    for name in FIELDS:
-        if value.get(name) is not None and not isinstance(value[name], str):
-            return f"field {name!r} is a JSON {json_type(value[name])}, expected a string"
-    return None
-
-
 def _list_problem(text: str, path: Path) -> str | None:
     values = parse_json(text, path, "data file", expect=list)  # not JSON: raises naming line and column
     if not values:
         return "no usable records (an empty list)"
     for index, value in enumerate(values):
-        problem = _shape_problem(value)
+        problem = shape_problem(value)
         if problem:
             return f"record {index}: {problem} {WHOLE_FILE}"
     return None
@@ -234,7 +221,7 @@ def _lines_problem(text: str) -> str | None:
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     for index, (number, line) in enumerate(lines):
         try:
-            problem = _shape_problem(loads_json(line))
+            problem = shape_problem(loads_json(line))
         except ValueError as error:  # the shared JSON checks: syntax, NaN, a lone surrogate, too deep
             problem = f"is not JSON ({json_problem(error)})"
         if problem:
@@ -360,30 +347,33 @@ def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train"
                 limit: int | None = None) -> AlpacaData:
     """Read ``{instruction, input, output}`` records from a local JSON list, JSONL or parquet file, or from split
     ``split`` of a hub dataset id (see :func:`is_hub_dataset`); with ``limit``, only the first ``limit`` records
-    are read (and checked): the rest never become Python objects, and a parquet file is not cached at all.
+    are read, and taken before any is checked: the rest never become Python objects (a parquet file is not cached
+    at all), and a bad record further on does not matter to a limited run.
 
-    A bad record raises :class:`MMAdapterError` naming file (or id), record index and field, unless
-    ``skip_bad``, which drops it and counts it in ``skipped``. A file datasets cannot read, or a field
-    that is not text in every record, is refused in one line either way; a source of no records says so.
+    A bad record (a field missing, empty or over-long) raises :class:`MMAdapterError` naming file (or id), record
+    index and field, unless ``skip_bad``, which drops it and counts it (``skipped``, ``summary()``). A file that is
+    no instruction data, that datasets cannot read, or a field that is not text in every record, is refused in one
+    line either way; a source of no records says so.
     """
     source = str(source)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise MMAdapterError(f"limit must be a positive integer, got {limit!r}")
     opened = _open_hub(source, split) if is_hub_dataset(source) else _open_file(Path(source), split)
-    records, skipped, index = [], 0, -1
+    records, skipped, first, read = [], 0, None, 0
     for index, values in enumerate(_rows(opened, limit)):
+        read = index + 1
         try:
             records.append(_record(values))
         except MMAdapterError as error:
             if not skip_bad:
-                raise MMAdapterError(f"{opened.where}: record {index}: {error} (use --skip-bad to skip bad "
-                                     f"records)") from None
-            skipped += 1
-    if index < 0:
+                raise MMAdapterError(f"{opened.where}: record {index}: {error} (--strict refuses bad records; "
+                                     "without it they are skipped and counted)") from None
+            skipped, first = skipped + 1, first or f"record {index}: {error}"
+    if not read:
         raise MMAdapterError(f"{opened.where}: no records (the table is empty)")
     if not records:
-        raise MMAdapterError(f"{opened.where}: no usable records (all {skipped} skipped as bad)")
-    return AlpacaData(opened.where, records, skipped)
+        raise MMAdapterError(f"{opened.where}: no usable records (all {read:,} read were bad; first: {first})")
+    return AlpacaData(opened.where, records, skipped, first, read)
 
 
 def encode_record(tokenizer, record: AlpacaRecord, max_seq_len: int) -> Example | None:

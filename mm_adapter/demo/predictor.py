@@ -26,15 +26,17 @@ from mm_adapter.encoders.clip import ClipEncoder
 from mm_adapter.encoders.feature_cache import ImageInput, decode_media, image_bytes, image_features
 from mm_adapter.encoders.projection import VisualProjection, frames_note
 from mm_adapter.encoders.video import looks_like_video
+from mm_adapter.demo.question import check_question
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.run import resolve_format
 from mm_adapter.inference.loading import load_answering
-from mm_adapter.inference.scoring import check_context, choice_scores, precision, tokens_needed
+from mm_adapter.inference.precision import precision
+from mm_adapter.inference.scoring import check_context, choice_scores, tokens_needed
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.base import DEFAULT_SPEC
 from mm_adapter.pretrained import adapter_name, locate_adapter
-from mm_adapter.scienceqa.data import MAX_CHOICES, MAX_TEXT_CHARS, Problem
+from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, option_letters
 
 
@@ -56,33 +58,6 @@ class Prediction:
                 "options": [{"letter": letter, "text": text, "probability": p}
                             for letter, text, p in zip(option_letters(len(self.choices)), self.choices,
                                                        self.probabilities)]}
-
-
-def _bounded(text: str, what: str) -> str:
-    """``text`` stripped, when it has at most ``MAX_TEXT_CHARS`` characters (checked before any tokenising)."""
-    if len(text) > MAX_TEXT_CHARS:
-        raise MMAdapterError(f"{what} is too long ({len(text):,} characters; at most {MAX_TEXT_CHARS:,})")
-    return text.strip()
-
-
-def check_question(question: str, choices: Sequence[str], context: str = "") -> tuple[str, tuple[str, ...]]:
-    """The question and choices stripped, or one line saying what is wrong with them (or with the context)."""
-    _bounded(context or "", "the context")
-    if len(choices) > MAX_CHOICES:
-        raise MMAdapterError(f"at most {MAX_CHOICES} choices (A-Z), got {len(choices)}")
-    question = _bounded(question or "", "the question")
-    cleaned = tuple(_bounded(c or "", f"choice {i}") for i, c in enumerate(choices, start=1))
-    if not question:
-        raise MMAdapterError("the question is empty")
-    if len(cleaned) < 2:
-        raise MMAdapterError(f"need at least 2 choices, got {len(cleaned)}")
-    empty = [i + 1 for i, c in enumerate(cleaned) if not c]
-    if empty:
-        raise MMAdapterError(f"choice {empty[0]} is empty")
-    repeated = sorted({c for c in cleaned if cleaned.count(c) > 1})
-    if repeated:
-        raise MMAdapterError(f"choices must differ: {repeated[0]!r} is given more than once")
-    return question, cleaned
 
 
 def check_image(image: ImageInput, name: str | None = None) -> None:
@@ -143,7 +118,8 @@ class Predictor:
              fmt: str | PromptFormat | None = None, dtype: str | None = None, bf16: bool = False) -> "Predictor":
         """``adapter``: our file, an adapter folder (of any training method) or a hub id; ``fmt``: the prompt format,
         by default the one the adapter records (else QCM-A)."""
-        method, found = locate_adapter(adapter) if adapter else (LLAMA_ADAPTER, None)
+        say = lambda line: print(line, file=sys.stderr)  # noqa: E731  (which adapter of a run folder was taken)
+        method, found = locate_adapter(adapter, say=say) if adapter else (LLAMA_ADAPTER, None)
         fmt = resolve_format(fmt, found, warn=lambda line: print(line, file=sys.stderr))
         model, tokenizer, visual = load_model(base, found, device, dtype, method)
         return cls(model, tokenizer, visual, adapter_name(adapter) if adapter else None, base, PromptFormat.parse(fmt),

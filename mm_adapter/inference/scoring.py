@@ -23,6 +23,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.model.adapter import prompt_offset
+from mm_adapter.model.attention import custom_mask
 from mm_adapter.scienceqa.prompts import ANSWER_PREFIX, PromptFormat, option_letters, stated_answer
 
 SCORED_SUFFIX = " " + ANSWER_PREFIX
@@ -59,11 +60,6 @@ def encode_scored(tokenizer, prompts: Sequence[str], n_options: Sequence[int]) -
 
 def _offset_context(model, offsets: torch.Tensor | None):
     return contextlib.nullcontext() if offsets is None else prompt_offset(model, offsets.to(model.device))
-
-
-def precision(model, bf16: bool):
-    """bf16 autocast on the model's device (a no-op when off); the weights keep their dtype."""
-    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
@@ -146,6 +142,66 @@ def _cloze_texts(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[s
             for ids, owner, index, first in zip(encoded["input_ids"], owners, indices, firsts)]
 
 
+@dataclass(frozen=True)
+class _OptionTree:
+    """One row per question: the tokens its options share, then each option's own tokens, side by side.
+
+    ``allowed`` is the (rows, 1, width, width) attention mask of that layout: a shared token sees the shared tokens
+    before it, an option's token sees the shared tokens and its own option's tokens up to itself (never another
+    option's), so every option is read exactly as if it ran alone after the prompt, at its own positions.
+    ``scored`` lists, per scored token, its (row, column of the state that predicts it, token id, option).
+    """
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    allowed: torch.Tensor
+    scored: tuple[list[int], list[int], list[int], list[int]]
+
+
+def _option_tree(options: Sequence[_ClozeText], rows: int, device) -> _OptionTree:
+    ids, positions, segments = ([[] for _ in range(rows)] for _ in range(3))
+    scored: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+    for number, o in enumerate(options):
+        row = o.owner
+        if not ids[row]:
+            ids[row], positions[row], segments[row] = list(o.ids[:o.shared]), list(range(o.shared)), [0] * o.shared
+        start = len(ids[row])  # column of the option's first own token
+        ids[row] += o.ids[o.shared:]
+        positions[row] += range(o.shared, len(o.ids))
+        segments[row] += [o.index + 1] * (len(o.ids) - o.shared)
+        for token in range(o.first, len(o.ids)):  # predicted by the state after token - 1
+            column = token - 1 if token - 1 < o.shared else start + token - 1 - o.shared
+            for found, value in zip(scored, (row, column, o.ids[token], number)):
+                found.append(value)
+    width = max(len(row) for row in ids)
+    pad = [width - len(row) for row in ids]
+    ids_t = torch.tensor([row + [0] * n for row, n in zip(ids, pad)], device=device)
+    positions_t = torch.tensor([row + [0] * n for row, n in zip(positions, pad)], device=device)
+    segment = torch.tensor([row + [-1] * n for row, n in zip(segments, pad)], device=device)
+    column = torch.arange(width, device=device)
+    query_seg, key_seg = segment[:, :, None], segment[:, None, :]
+    allowed = (column[None, :] <= column[:, None]) & (key_seg >= 0) & ((key_seg == 0) | (key_seg == query_seg))
+    return _OptionTree(ids_t, positions_t, allowed[:, None], scored)
+
+
+def _tree_mask(model, tree: _OptionTree, dtype: torch.dtype):
+    """The prepared mask for the decoder, saying also what the model's sliding-window masks would: one tensor, or
+    one per layer type for models that mix full and sliding layers (``config.layer_types``)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or ())
+
+    def within(limit: int | None) -> torch.Tensor:
+        if not limit:
+            return tree.allowed
+        return tree.allowed & (tree.positions[:, None, :, None] - tree.positions[:, None, None, :] < limit)
+
+    if "sliding_attention" in types:
+        return {kind: custom_mask(config, within(window if kind == "sliding_attention" else None), dtype)
+                for kind in types}
+    return custom_mask(config, within(None if types else window), dtype)  # Mistral: every layer slides
+
+
 @torch.no_grad()
 def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]],
                           offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,38 +212,22 @@ def option_text_log_probs(model, tokenizer, prompts: Sequence[str], choices: Seq
     scored tokens are those ending after the answer prefix (a token straddling it counts). The mean,
     not the sum, so a long option is not beaten by a short one for its length alone.
 
-    Two forwards: the tokens the options of a question share (the prompt) once per question,
-    left-padded, into a KV cache; the cache rows repeated per option; then every option's own tokens
-    on top, right-padded. The LM head runs only at the scored positions.
+    One forward, one row per question: the tokens its options share (the prompt) once, then every option's own
+    tokens beside each other, with a mask that lets each option see only the prompt and itself (``_OptionTree``).
+    Nothing is padded per option and no cache is copied; the LM head runs only at the scored positions.
     """
     device = model.device
     options = _cloze_texts(tokenizer, prompts, choices)
-    heads = {o.owner: o.ids[:o.shared] for o in options}
-    head_ids, head_mask = padded([heads[row] for row in range(len(prompts))], device, side="left")
-    owner = torch.tensor([o.owner for o in options], device=device)
+    tree = _option_tree(options, len(prompts), device)
+    mask = _tree_mask(model, tree, model.get_input_embeddings().weight.dtype)
     with _offset_context(model, offsets):
-        out = model.get_decoder()(input_ids=head_ids, attention_mask=head_mask,
-                                  position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-    cache = out.cache
-    cache.batch_select_indices(owner)
-    tails, tail_mask = padded([o.ids[o.shared:] for o in options], device)
-    positions = torch.tensor([o.shared for o in options], device=device)[:, None] + torch.arange(tails.shape[1],
-                                                                                              device=device)
-    with _offset_context(model, None if offsets is None else offsets.to(device)[owner]):
-        tail_hidden = model.get_decoder()(input_ids=tails, attention_mask=torch.cat([head_mask[owner], tail_mask], 1),
-                                          position_ids=positions, cache=cache, use_cache=True).last_hidden_state
-    # column c of ``hidden`` holds the state after token (shared - 1 + c) of each option
-    hidden = torch.cat([out.last_hidden_state[owner, -1:], tail_hidden], dim=1)
-    rows, columns, targets = [], [], []
-    for sequence, o in enumerate(options):
-        rows += [sequence] * (len(o.ids) - o.first)
-        columns += range(o.first - o.shared, len(o.ids) - o.shared)
-        targets += o.ids[o.first:]
-    rows_t = torch.tensor(rows, device=device)
-    log_probs = torch.log_softmax(head_logits(model, hidden[rows_t, torch.tensor(columns, device=device)]), dim=-1)
-    picked = log_probs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
-    totals = torch.zeros(len(options), device=device).index_add_(0, rows_t, picked)
-    means = (totals / torch.bincount(rows_t, minlength=len(options))).cpu()
+        hidden = model.get_decoder()(input_ids=tree.ids, attention_mask=mask, position_ids=tree.positions,
+                                     use_cache=False).last_hidden_state
+    rows, columns, targets, owners = (torch.tensor(values, device=device) for values in tree.scored)
+    log_probs = torch.log_softmax(head_logits(model, hidden[rows, columns]), dim=-1)
+    picked = log_probs.gather(1, targets[:, None]).squeeze(1)
+    totals = torch.zeros(len(options), device=device).index_add_(0, owners, picked)
+    means = (totals / torch.bincount(owners, minlength=len(options))).cpu()
     result = torch.full((len(prompts), max(len(c) for c in choices)), float("-inf"))
     for o, mean in zip(options, means):
         result[o.owner, o.index] = mean

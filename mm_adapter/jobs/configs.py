@@ -16,7 +16,7 @@ from typing import Tuple
 
 from mm_adapter.data.config import ScienceQASource, SyntheticDataConfig  # noqa: F401  (data synthetic-*)
 from mm_adapter.encoders.config import FRAME_ORDERS, MAX_FRAMES, VisualConfig, parse_depths
-from mm_adapter.errors import ConfigError
+from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from mm_adapter.fields import check, option
 from mm_adapter.inference.config import SamplingConfig
@@ -26,6 +26,8 @@ from mm_adapter.training.config import TrainConfig
 
 CONVERT_SOURCES = ("official", "peft", "litgpt", "ours", "folder")
 CONVERT_TARGETS = ("ours", "peft", "folder")
+NOTHING_TO_ABLATE = ("nothing to ablate: give values to at least one of --gate-inits, --layers, --lengths, "
+                     "--activations (or with --images: --blanked, --frame-orders, --frame-counts)")
 LITGPT_LAYOUTS = ("pre-0.5.5", "0.5.5+")  # mm_adapter.interop.litgpt.LAYOUTS (that module imports torch)
 
 
@@ -44,13 +46,17 @@ class TrainAlpacaConfig:
     exists, a Hugging Face hub dataset id such as tatsu-lab/alpaca (offline: its copy in the hub cache)"""
     out: str
     """output folder: adapter.safetensors (another --method: the folder adapter/), metrics.jsonl, loss.png,
-    checkpoints/, config.yaml"""
+    checkpoints/, config.yaml, run.json (the run's record, when it finishes)"""
     split: str = "train"
     """split of a hub dataset; a local file is one split, train"""
     limit: int | None = option(None, alias="--max-records")
-    """use only the first N records"""
-    skip_bad: bool = False
-    """skip malformed records (and say how many) instead of stopping at the first"""
+    """use only the first N records (taken before any record is checked)"""
+    strict: bool = False
+    """refuse the first empty or unusable record (a field missing, empty or over-long) instead of skipping it; by
+    default such records are skipped and counted in one line"""
+    skip_bad: bool = True
+    """older spelling: --no-skip-bad is --strict (config files written before --strict say skip_bad: false, which
+    reproduces their run: it had no bad record)"""
     max_seq_len: int = 512
     """tokens per example; a record whose prompt fills it is dropped"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="fp32"))
@@ -61,6 +67,11 @@ class TrainAlpacaConfig:
     def __post_init__(self) -> None:
         _positive(self, "limit", "max_seq_len")
 
+    @property
+    def skips_bad(self) -> bool:
+        """Whether bad records are skipped and counted (the default) rather than refused."""
+        return self.skip_bad and not self.strict
+
 
 @dataclass
 class TrainScienceQAConfig:
@@ -70,7 +81,8 @@ class TrainScienceQAConfig:
 
     out: str
     """output folder: best.safetensors, adapter.safetensors (another --method: the folders best/ and adapter/),
-    validation.jsonl, metrics.jsonl, loss.png, checkpoints/, config.yaml"""
+    validation.jsonl, metrics.jsonl, loss.png, checkpoints/, config.yaml, run.json (the run's record, when it
+    finishes)"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     train_split: str = "train"
     """split trained on"""
@@ -131,15 +143,15 @@ class EvalScienceQAConfig:
     """split to evaluate: test, val, train, minival, ..."""
     out: str
     """output folder: predictions.json (official shape; resumable through predictions.partial.jsonl), table.md,
-    summary.json, config.yaml"""
+    summary.json, config.yaml, eval.json (what was evaluated, paths absolute)"""
     source: ScienceQASource = field(default_factory=ScienceQASource)
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder or a hub id org/name[@revision]; one trained with images
-    also encodes each problem's image"""
+    """adapter: our .safetensors file, an adapter folder, a training run's folder (its chosen adapter, else its
+    final one) or a hub id org/name[@revision]; one trained with images also encodes each problem's image"""
     limit: int | None = None
     """only the first N problems of the split"""
     name: str | None = None
-    """method name in the predictions file and the table (None: from base, adapter and mode)"""
+    """row name in the predictions file and the table (None: method, run or base, format, split[:N])"""
     reference: str | None = None
     """published tables JSON to show side by side"""
     bootstrap: int = 1000
@@ -163,17 +175,18 @@ class GenerateConfig:
     """Answer an Alpaca-style instruction with the base and one of several adapters, streamed."""
 
     adapter: list[str] = option(default_factory=list, nargs="*")
-    """adapters: our .safetensors files, adapter folders or hub ids org/name[@revision]; all are read and checked
-    against the base up front"""
+    """adapters: our .safetensors files, adapter folders, training run folders or hub ids org/name[@revision]; all
+    are read and checked against the base up front"""
     use: str | None = None
-    """which adapter to apply (file name without .safetensors, folder name, or hub repo name); needed with
-    several"""
+    """which adapter to apply (a run's adapter: RUN/best or RUN/adapter; else the file name without .safetensors,
+    the folder name, or the hub repo name); needed with several"""
     instruction: str | None = None
     """omit for an interactive session (one instruction per line; ':use NAME' switches adapter)"""
     input: str = ""
     """optional input/context for the instruction"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     seed: int = 0
     """sampling seed"""
     model: ModelOptions = field(default_factory=ModelOptions)
@@ -197,12 +210,13 @@ class DemoConfig:
     context: str = ""
     """optional hint text shown with the question"""
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
-    id org/name[@revision]; one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     model: ModelOptions = field(default_factory=ModelOptions)
 
 
@@ -211,8 +225,8 @@ class ServeConfig:
     """The demo as a local web page: upload an image, type a question and options, see the answer."""
 
     adapter: str | None = None
-    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors) or a hub
-    id org/name[@revision]; one trained with images uses the image"""
+    """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     host: str = "127.0.0.1"
@@ -222,7 +236,8 @@ class ServeConfig:
     timeout: float = 60.0
     """seconds a client may stay silent while sending its request; then it is answered 408 or dropped"""
     bf16: bool = False
-    """bf16 autocast"""
+    """bf16 autocast; off by default so an answer does not depend on the device's bf16 support (training's default
+    is on; the precision used is printed at the start)"""
     model: ModelOptions = field(default_factory=ModelOptions)
 
     def __post_init__(self) -> None:
@@ -366,6 +381,9 @@ class AblateConfig(TrainScienceQAConfig):
         for name in ("frame_orders", "frame_counts"):
             if getattr(self, name) and not self.images:
                 raise ConfigError(name, "compares the frames of video clips, which need --images")
+        if not (self.gate_inits or self.layers or self.lengths or self.activations or self.frame_orders
+                or self.frame_counts or (self.images and self.blanked)):
+            raise MMAdapterError(NOTHING_TO_ABLATE)  # a setting of the command line: refused before the data
 
 
 @dataclass
@@ -375,8 +393,8 @@ class PlanConfig:
     estimate), tokens per epoch, and how many GPUs of a given memory it takes."""
 
     recipe: str = option(positional=True, metavar="RECIPE")
-    """a recipe name (llama7b-alpaca, llama7b-scienceqa-vitl14, llama65b-alpaca-fsdp, or its file name such as
-    alpaca-llama7b), or a recipe / config.yaml file"""
+    """a recipe name, as --config takes it (alpaca-llama7b, scienceqa-llama7b-vitl14, alpaca-llama65b-fsdp, ...;
+    the older llama7b-alpaca works too), or a recipe / config.yaml file"""
     gpus: int = 8
     """GPUs the run uses (the paper's 8): the per-GPU share under fsdp, the effective batch, the lr, the steps"""
     gpu_memory: float = 80.0

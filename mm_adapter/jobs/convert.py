@@ -10,6 +10,7 @@ folder ``mm_adapter.save_pretrained`` writes.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mm_adapter.files.output_folder import Output, check_no_overlap
@@ -32,7 +33,8 @@ def convert(config: ConvertConfig) -> Path:
     if config.litgpt_layout is not None:
         options["layout"] = config.litgpt_layout
     written = Output("OUTPUT", Path(config.output), folder=config.target != "ours")  # a folder is replaced whole
-    source = resolve_adapter(config.input) if config.source in OURS else config.input  # a hub id: fetched here
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731  (which adapter of a run folder was taken)
+    source = resolve_adapter(config.input, say=say) if config.source in OURS else config.input  # a hub id: fetched
     check_no_overlap([written], {"INPUT": source, "--base": config.model.base})
     output = check_output(config.output, config.overwrite)  # before minutes of base loading
     model, _ = load_base(config.model.base, dtype=config.model.dtype)

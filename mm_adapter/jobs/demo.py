@@ -13,7 +13,7 @@ import sys
 
 from mm_adapter.demo.predictor import Prediction, Predictor, check_image, check_question
 from mm_adapter.jobs.configs import DemoConfig, ServeConfig
-from mm_adapter.jobs.runtime import prepare
+from mm_adapter.jobs.runtime import precision_line, prepare
 
 
 def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
@@ -22,6 +22,7 @@ def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
     predictor = Predictor.load(config.model.base, config.adapter, device, config.format, config.model.dtype,
                                config.bf16)
     print(predictor.describe(), file=sys.stderr)
+    print(precision_line(predictor.model, config.bf16, device), file=sys.stderr)
     return predictor
 
 

@@ -21,14 +21,16 @@ import torch
 from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped
 from mm_adapter.data.problems import load_problems
 from mm_adapter.encoders.projection import frames_note
+from mm_adapter.eval.record import EVAL_RECORD, ZERO_SHOT, EvalRecord, absolute, write_eval_record
 from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
 from mm_adapter.inference.loading import identity_of, load_answering
 from mm_adapter.jobs.configs import EvalScienceQAConfig
-from mm_adapter.jobs.runtime import job_folder, prepare, source_inputs
+from mm_adapter.jobs.runtime import job_folder, precision_line, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.folders import adapter_digest
+from mm_adapter.methods.run_record import run_of
 from mm_adapter.pretrained import adapter_name, locate_adapter
 from mm_adapter.scienceqa.metrics import Scores, score
 from mm_adapter.scienceqa.predictions import load_predictions
@@ -59,7 +61,7 @@ def _say(line: str) -> None:
 
 def eval_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
-    names = [PREDICTIONS, partial_path(Path(PREDICTIONS)).name, TABLE, SUMMARY, CONFIG_NAME]
+    names = [PREDICTIONS, partial_path(Path(PREDICTIONS)).name, TABLE, SUMMARY, CONFIG_NAME, EVAL_RECORD]
     return outputs_in(flag, out, names)
 
 
@@ -71,12 +73,34 @@ def eval_scienceqa(config: EvalScienceQAConfig) -> EvalResult:
     if str(config.out).endswith(".json"):
         _say(f"note: --out is a folder; the predictions go to {out / PREDICTIONS}")
     # a hub id is fetched (or refused) here; another method's adapter is its folder
-    method, adapter = locate_adapter(config.adapter) if config.adapter else (LLAMA_ADAPTER, None)
+    method, adapter = locate_adapter(config.adapter, say=_say) if config.adapter else (LLAMA_ADAPTER, None)
     inputs = {"--adapter": adapter, "--reference": config.reference, **source_inputs(config.source),
               "--base": config.model.base}
     with job_folder(out, eval_outputs(out), inputs):
         refuse_finished(out / PREDICTIONS, config.overwrite)  # never over a finished run unless asked
         return _evaluate(config, method, adapter, out, device, started)
+
+
+def _names(config: EvalScienceQAConfig, method: str) -> tuple[str, str]:
+    """(method, label) of the row: the training method and the adapter's name (RUN/best), or zero-shot and the
+    base."""
+    if config.adapter is None:
+        return ZERO_SHOT, Path(config.model.base).name
+    return method, adapter_name(config.adapter)
+
+
+def _recorded(config: EvalScienceQAConfig, adapter: Path | None) -> dict:
+    """What ``eval.json`` says of the adapter and the data, every local path absolute (resolved now, in the folder
+    the evaluation runs in)."""
+    found = None
+    if adapter is not None:
+        run = run_of(adapter)
+        found = {"given": str(config.adapter), "path": str(adapter.resolve()), "name": adapter_name(config.adapter),
+                 "run": str(run.resolve()) if run else None, "digest": adapter_digest(adapter)}
+    data = config.source.data
+    source = {"source": absolute(data if data is not None else config.source.hf),
+              "problems_file": str((Path(data).expanduser() / "problems.json").resolve()) if data else None}
+    return {"adapter": found, "source": source}
 
 
 def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, out: Path, device: torch.device,
@@ -88,6 +112,7 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
     model, tokenizer, visual = load_answering(config.model.base, method, adapter, device, config.model.dtype, _say)
+    _say(precision_line(model, eval_config.bf16, device))
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
     offsets = None
     if visual is not None:
@@ -101,9 +126,14 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
                 "adapter": adapter_digest(adapter) if adapter else None}
     if offsets is not None:  # which images were used (a skipped one changes answers)
         identity["image_features"] = offsets.features.fingerprint(problems)
-    label = adapter_name(config.adapter) if config.adapter else "zero-shot"
-    name = config.name or f"{config.model.base} {label} ({eval_config.mode})"
+    row_method, label = _names(config, method)
+    name = config.name or EvalRecord(out, row_method, None, label, split=config.split, limit=config.limit,
+                                     prompt_format=fmt, mode=eval_config.mode,
+                                     calibrate=eval_config.calibrate).row_name()
     write_config(out, COMMAND, dataclasses.replace(config, eval=eval_config))
+    write_eval_record(out, name=config.name, method=row_method, base=config.model.base, split=config.split,
+                      limit=config.limit, problems=problems, prompt_format=fmt, mode=eval_config.mode,
+                      calibrate=eval_config.calibrate, captions=eval_config.captions, **_recorded(config, adapter))
     summary = run(model, tokenizer, problems, out / PREDICTIONS, eval_config, identity, name, config.overwrite,
                   progress=config.progress, offsets=offsets)
     _say(f"{config.split}: {summary.total} problems ({summary.resumed} resumed), accuracy {summary.accuracy:.2%}, "

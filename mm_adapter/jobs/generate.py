@@ -3,8 +3,9 @@
 All adapter files are read and checked against the base up front; switching between them copies
 tensors into the loaded model (no base reload). Another training method's folder (``--method``) is
 loaded through ``inference.loading.load_answering`` and given alone: it cannot be switched that way.
-Without an instruction it reads one per line from stdin; ``:use NAME`` switches adapter. Sampling defaults are the original's (temperature
-0.1, top_p 0.75; temperature 0 is greedy).
+Without an instruction it reads one per line from stdin; ``:use NAME`` switches adapter. Decoding is greedy unless
+``--temperature`` asks for sampling; an answer with no text is followed by a note on stderr saying so (never a
+silent blank line).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from torch import nn
 
 from mm_adapter.data.alpaca import prompt_text
 from mm_adapter.errors import MMAdapterError
+from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
-from mm_adapter.inference.scoring import precision
+from mm_adapter.inference.precision import precision
 from mm_adapter.jobs.configs import GenerateConfig
-from mm_adapter.jobs.runtime import prepare
+from mm_adapter.jobs.runtime import precision_line, prepare
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter
 from mm_adapter.model.base import load_base
@@ -36,6 +38,16 @@ class GenerateResult:
 
     answers: list[str] = field(default_factory=list)
     adapters: list[str | None] = field(default_factory=list)
+
+
+def empty_answer_note(sampling: SamplingConfig) -> str:
+    """The line shown after an answer without text, saying what may get one."""
+    if sampling.temperature > 0:
+        how = (f"sampled at --temperature {sampling.temperature:g}, it drew an end first; another --seed, or "
+               "--temperature 0 (greedy), may answer")
+    else:
+        how = "greedy decoding ends it at once; rephrase the instruction, or sample with --temperature 0.7"
+    return f"note: the answer is empty (the model produced no text: {how})"
 
 
 def choose(adapters: dict[str, AdapterFile], name: str | None) -> str | None:
@@ -67,7 +79,7 @@ def method_folder(specs: list[str]) -> tuple[str, str, Path] | None:
     """``(name, method, folder)`` of the adapter of another training method among ``specs``, or None when all are
     LLaMA-Adapters; such an adapter cannot be switched by copying tensors, so it must be the only one."""
     for spec in specs:
-        method, path = locate_adapter(spec)
+        method, path = locate_adapter(spec, say=lambda line: print(line, file=sys.stderr))  # says a run's choice
         if method != LLAMA_ADAPTER:
             if len(specs) > 1:
                 raise MMAdapterError(f"{spec}: a {method} adapter is given alone (--use switches between "
@@ -121,12 +133,15 @@ def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> Gene
     device = prepare(config.model)
     torch.manual_seed(config.seed)
     model, tokenizer, adapters, current = _load(config, device)
+    print(precision_line(model, config.bf16, device), file=sys.stderr)
     result = GenerateResult()
 
     def answer(instruction: str, input: str) -> None:
         with precision(model, config.bf16):
             text = generate_text(model, tokenizer, prompt_text(tokenizer, instruction, input), config.sampling,
                                  stream=True, add_special_tokens=False)
+        if not text.strip():
+            print(empty_answer_note(config.sampling), file=sys.stderr, flush=True)
         result.answers.append(text)
         result.adapters.append(current)
 

@@ -1,6 +1,7 @@
 """``mm-adapter plan RECIPE``: what a training recipe needs before anything is downloaded.
 
-The recipe (a name such as ``llama7b-alpaca``, its file name ``alpaca-llama7b``, or a recipe / config.yaml file) is
+The recipe (a name such as ``alpaca-llama7b``, as ``--config`` takes it; the older ``llama7b-alpaca`` too; or a
+recipe / config.yaml file) is
 read into its training command's config, the model is laid out on the meta device
 (``mm_adapter.training.memory_plan``), and the result holds the parameter counts, each term of one GPU's memory, the data's size and the schedule on ``gpus``
 GPUs. No weights and no data are downloaded; a local data file is read to count it.
@@ -18,7 +19,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.config_file import check_settings, read_config_file
 from mm_adapter.jobs.configs import PlanConfig, TrainAlpacaConfig, TrainScienceQAConfig
 from mm_adapter.model.family import text_config
-from mm_adapter.recipes import recipe_file, recipe_names
+from mm_adapter.recipes import find_recipe as shipped_recipe
 from mm_adapter.training import memory_plan as model_plan
 from mm_adapter.training.trainer import effective_lr
 
@@ -72,28 +73,12 @@ class PlanResult:
         return model_plan.total(self.memory)
 
 
-def _spellings(name: str, prefix: str) -> list[str]:
-    """Recipe names of ``prefix`` that ``name`` may mean: itself, and itself without the prefix word anywhere
-    (``llama7b-scienceqa-vitl14`` -> ``llama7b-vitl14``, the file ``scienceqa-llama7b-vitl14.yaml``)."""
-    stem = name.removesuffix(".yaml")
-    words = stem.split("-")
-    rest = "-".join(word for word in words if word != prefix)
-    return [stem] + ([rest] if prefix in words and rest else [])
-
-
 def find_recipe(name: str) -> Path:
-    """The recipe file ``name`` means: a file, or a shipped recipe in any accepted spelling; else one line."""
+    """The recipe file ``name`` means: a file, or a shipped recipe by its name (``alpaca-llama7b``) or an older
+    spelling (``llama7b-alpaca``); else one line listing the recipes."""
     if Path(name).is_file():
         return Path(name)
-    found = {path for prefix in RECIPE_COMMANDS for spelling in _spellings(name, prefix)
-             if (path := recipe_file(spelling, prefix)) is not None}
-    if len(found) == 1:
-        return found.pop()
-    known = ", ".join(f"{prefix}-{n}" for prefix in RECIPE_COMMANDS for n in recipe_names(prefix))
-    if found:
-        raise MMAdapterError(f"recipe {name!r} is ambiguous: {', '.join(sorted(p.stem for p in found))}; "
-                             "give the full name")
-    raise MMAdapterError(f"recipe {name!r}: no such file or recipe (recipes: {known})")
+    return shipped_recipe(name, tuple(RECIPE_COMMANDS))
 
 
 def _prefix(path: Path, data: dict) -> str:
@@ -160,7 +145,7 @@ def _local_examples(config: Any, tokenizer) -> tuple[str, list, list | None]:
     if isinstance(config, TrainAlpacaConfig):
         from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 
-        records = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split, limit=config.limit).records
+        records = read_alpaca(config.data, skip_bad=config.skips_bad, split=config.split, limit=config.limit).records
         encoded = encode_alpaca(tokenizer, records, config.max_seq_len)[0] if tokenizer else None
         return config.data, records, encoded
     from mm_adapter.data.problems import encode_problems, load_problems
@@ -234,4 +219,4 @@ def plan(config: PlanConfig) -> PlanResult:
         needed_sharded=model_plan.gpus_needed(lambda n: per_gpu(n, True), gpu_bytes, True),
         data=data, effective_batch=train.batch_size * train.accum_steps * config.gpus,
         lr=effective_lr(train, config.gpus), steps_per_epoch=steps,
-        total_steps=steps * train.epochs if steps else None)
+        total_steps=min(steps * train.epochs, train.max_steps or steps * train.epochs) if steps else None)

@@ -13,7 +13,7 @@ from mm_adapter.data.config import ScienceQASource
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import Output, PathLike, check_no_overlap, output_folder
 from mm_adapter.model.config import ModelOptions
-from mm_adapter.training.trainer import check_out_dir, check_run_state
+from mm_adapter.training.trainer import bf16_supported, check_out_dir, check_run_state
 
 
 def use_threads(threads: int | None) -> None:
@@ -44,6 +44,17 @@ def prepare(model: ModelOptions) -> torch.device:
     """Threads and device of a job, settled before any slow work."""
     use_threads(model.threads)
     return resolve_device(model.device)
+
+
+def precision_line(model: torch.nn.Module, bf16: bool, device: torch.device | str) -> str:
+    """The precision a job really runs in, printed at its start. The defaults differ by kind of command, on purpose:
+    training autocasts to bf16 (the paper's mixed precision, ~2x faster) over its recipe's --dtype, while eval,
+    generate, demo and serve answer in the weights' own precision, so a score or an answer does not depend on
+    whether a device supports bf16; --dtype and --bf16/--no-bf16 set either in every command."""
+    device = torch.device(device)
+    dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+    autocast = "off" if not bf16 else "on" if bf16_supported(device) else f"off (not supported on {device})"
+    return f"precision: base weights {dtype}, bf16 autocast {autocast} (--dtype, --bf16/--no-bf16)"
 
 
 def rank_zero_print(is_main: bool):

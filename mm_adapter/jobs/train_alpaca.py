@@ -16,7 +16,8 @@ from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainAlpacaConfig
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print
+from mm_adapter.jobs.recording import record_run
+from mm_adapter.jobs.runtime import finish_distributed, job_folder, precision_line, prepare, rank_zero_print
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.folders import ADAPTER_FOLDER, relocated, trainer_export
 from mm_adapter.methods.virtual_tokens import context_tokens
@@ -26,6 +27,7 @@ from mm_adapter.pretrained import base_metadata
 from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import Example, PadCollator
 from mm_adapter.training.process import setup_distributed
+from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
 
 COMMAND = "train alpaca"
@@ -33,15 +35,17 @@ COMMAND = "train alpaca"
 
 def alpaca_outputs(out: str | Path) -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs)."""
-    return trainer_outputs(out) + outputs_in("--out", out, [CONFIG_NAME], folders=[ADAPTER_FOLDER])
+    return trainer_outputs(out) + outputs_in("--out", out, [CONFIG_NAME, RUN_RECORD], folders=[ADAPTER_FOLDER])
 
 
-def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -> tuple[Tuned, Any, list[Example]]:
-    """Read the records, load the base, make it trainable by the method, encode (the slow parts)."""
-    data = read_alpaca(config.data, skip_bad=config.skip_bad, split=config.split)
+def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]
+                        ) -> tuple[Tuned, Any, list[Example], dict[str, Any]]:
+    """Read the records, load the base, make it trainable by the method, encode (the slow parts); the split's
+    sizes go into the run record."""
+    data = read_alpaca(config.data, skip_bad=config.skips_bad, split=config.split, limit=config.limit)
     if data.skipped:
-        say(f"skipped {data.skipped} bad record(s) in {data.source}")
-    records = data.records[:config.limit] if config.limit else data.records
+        say(data.summary())
+    records = data.records
     model, tokenizer = load_training_base(config.model.base, config.model.dtype, config.train, config.model.device)
     torch.manual_seed(config.train.seed)  # same initialisation on every rank
     tuned = attach_method(model, config.tuning, config.adapter, autocast=config.train.bf16)
@@ -50,7 +54,9 @@ def _model_and_examples(config: TrainAlpacaConfig, say: Callable[[str], None]) -
         say(f"dropped {too_long} record(s) whose prompt fills max_seq_len={config.max_seq_len}")
     if not examples:
         raise MMAdapterError(f"{data.source}: no record fits max_seq_len={config.max_seq_len}")
-    return tuned, tokenizer, examples
+    split = {"name": config.split, "records": len(records), "skipped": data.skipped, "too_long": too_long,
+             "examples": len(examples)}
+    return tuned, tokenizer, examples, {"train": split}
 
 
 def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
@@ -61,9 +67,10 @@ def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
     inputs = {"--data": config.data, "--base": config.model.base}
     with job_folder(config.out, alpaca_outputs(config.out), inputs, lock=info.is_main,
                     resume=config.train.resume) as out:  # refused before the slow parts
-        tuned, tokenizer, examples = _model_and_examples(config, say)
+        tuned, tokenizer, examples, splits = _model_and_examples(config, say)
         model = tuned.model
         say(tuned.describe())
+        say(precision_line(model, config.train.bf16, device))
         say(f"{len(examples)} examples, {count_trainable(model):,} trainable parameters, world size "
             f"{info.world_size}")
         if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
@@ -73,5 +80,8 @@ def train_alpaca(config: TrainAlpacaConfig) -> TrainResult:
                        export=trainer_export(tuned, lambda m, path: save_adapter(m, path,
                                                                                  extra_metadata=base_metadata(m)),
                                              None, tokenizer))
+        if info.is_main:
+            record_run(out, COMMAND, tuned, prompt_format=None, source={"--data": config.data}, examples=examples,
+                       splits=splits, seed=config.train.seed)
     finish_distributed()
     return relocated(result, tuned.method)

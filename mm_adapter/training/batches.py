@@ -83,6 +83,7 @@ class BatchPlan:
     world_size: int = 1
     accum_steps: int = 1
     group_batches: int = 64
+    max_steps: int | None = None  # stop (and end the schedule) after this many optimizer steps
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -95,7 +96,8 @@ class BatchPlan:
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.batches_per_epoch // self.per_step
+        steps = self.epochs * self.batches_per_epoch // self.per_step
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def epoch_of(self, step: int) -> float:
         """Fractional epoch reached after ``step`` optimizer steps."""

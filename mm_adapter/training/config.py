@@ -19,6 +19,9 @@ class TrainConfig:
 
     epochs: int = 5
     """passes over the training examples"""
+    max_steps: int | None = None
+    """stop after this many optimizer steps, if that comes before the end of --epochs; the warmup and cosine
+    schedule end there too (None: run every epoch)"""
     warmup_epochs: float = 2.0
     """linear warmup length in epochs (then half-cycle cosine down to min_lr)"""
     batch_size: int = 4
@@ -38,7 +41,8 @@ class TrainConfig:
     grad_clip: float | None = None
     """clip the gradient norm to this value (None: no clipping)"""
     bf16: bool = True
-    """bf16 autocast where the device supports it"""
+    """bf16 autocast where the device supports it (the paper's mixed precision; eval, generate, demo and serve
+    default to off; the precision used is printed at the start)"""
     seed: int = 0
     """seed of the data order and of the adapter's initialisation"""
     group_batches: int = 64
@@ -68,6 +72,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         for name in ("epochs", "batch_size", "accum_steps", "group_batches", "checkpoint_every", "keep_checkpoints"):
             check(self, name, low=1, high=MAX_COUNTS.get(name), integer=True)
+        check(self, "max_steps", low=1, integer=True, optional=True)
         check(self, "warmup_epochs", low=0)
         check(self, "lr", low=0, low_open=True, optional=True)
         check(self, "base_lr", low=0, low_open=True)

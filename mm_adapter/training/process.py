@@ -7,6 +7,7 @@ import contextlib
 import os
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,13 +56,23 @@ class TrainingInterrupted(KeyboardInterrupt):
 class StopRequest:
     """A SIGINT/SIGTERM remembered, so training stops at the next step boundary; a second one stops at once."""
 
-    def __init__(self) -> None:
-        self.signal_number = 0
+    def __init__(self, speak: bool = True) -> None:
+        self.signal_number, self.speak = 0, speak  # speak: this process says so (rank 0 of a torchrun launch)
 
     def note(self, number: int, frame: object) -> None:
+        """Say at once that the signal was heard (a step may take many seconds); a second one stops now."""
         if self.signal_number:
             raise KeyboardInterrupt
         self.signal_number = number
+        if not self.speak:
+            return
+        key = "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+        try:  # os.write: a handler may run in the middle of a print (the progress bar's), which print cannot re-enter
+            lead = "\n" if os.isatty(sys.stderr.fileno()) else ""  # past a progress bar's line
+            os.write(sys.stderr.fileno(), f"{lead}{key}: stopping after this step (a checkpoint there; --resume "
+                                          f"continues); {key} again to stop now\n".encode())
+        except (OSError, ValueError, AttributeError):  # no usable stderr: the stop itself still happens
+            pass
 
     def agreed(self, info: DistInfo) -> int:
         """The signal that stops every rank at this step boundary (0: none); one small all-reduce under DDP."""
@@ -73,10 +84,10 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
-    """While inside (main thread only: Python runs signal handlers there), SIGINT/SIGTERM are noted instead of
-    stopping the process; the previous handlers come back at the end."""
-    request, previous = StopRequest(), {}
+def stop_requests(speak: bool = True) -> Iterator[StopRequest]:
+    """While inside (main thread only: Python runs signal handlers there), SIGINT/SIGTERM are noted (and, when
+    ``speak``, acknowledged on stderr) instead of stopping the process; the previous handlers come back at the end."""
+    request, previous = StopRequest(speak), {}
     if threading.current_thread() is threading.main_thread():
         previous = {number: signal.signal(number, request.note) for number in STOP_SIGNALS}
     try:

@@ -142,6 +142,8 @@ def run_identity(model: nn.Module, examples: Sequence[Example], config: TrainCon
                  extra: dict[str, Any] | None) -> dict[str, Any]:
     """Everything that shapes the trajectory; a checkpoint resumes only under an equal identity."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in TrainConfig.NON_IDENTITY}
+    if settings["max_steps"] is None:  # absent, as in checkpoints written before --max-steps, which still resume
+        del settings["max_steps"]
     identity = {**json.loads(json.dumps(settings)), "micro_batches_per_step": config.accum_steps * world_size,
                 "data": data_fingerprint(examples),
                 "trainable": {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}}
@@ -278,7 +280,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, config.resume, info.is_main)
     plan = BatchPlan([len(e["input_ids"]) for e in examples], config.batch_size, config.seed, config.epochs,
-                     info.world_size, config.accum_steps, config.group_batches)
+                     info.world_size, config.accum_steps, config.group_batches, config.max_steps)
     if plan.total_steps == 0:
         raise MMAdapterError(f"{len(examples)} examples make no full optimizer step of "
                              f"{plan.per_step} micro-batches of {config.batch_size}")
@@ -313,7 +315,7 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig, co
         log.plot()
 
     model.train()
-    with _closed_after(bar, log), stop_requests() as stop:
+    with _closed_after(bar, log), stop_requests(info.is_main) as stop:
         for step in range(start, plan.total_steps):
             tick = time.perf_counter()
             step_batches = plan.step_batches(step)
