@@ -40,7 +40,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import DEFAULT_FORMAT, EvalConfig
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.progress import progress as progress_bar
-from mm_adapter.files.text import read_text
+from mm_adapter.files.text import loads_json, read_text
 from mm_adapter.inference.precision import frozen_linear_weights_in_bf16, precision
 from mm_adapter.inference.scoring import (
     calibrated_scores, check_context, choice_scores, greedy_generate, tokens_needed,
@@ -178,8 +178,8 @@ def read_partial(path: Path, identity: Mapping[str, Any]) -> dict[str, Answer]:
     """Answers already in a partial file of the same configuration; a different one is refused."""
     lines = read_text(path, "partial predictions file").splitlines()
     try:
-        header = json.loads(lines[0])["config"] if lines else None
-    except (json.JSONDecodeError, KeyError, TypeError):
+        header = loads_json(lines[0])["config"] if lines else None
+    except (ValueError, KeyError, TypeError):
         header = None
     if header is None:
         raise MMAdapterError(f"{path}: not a partial predictions file of this runner; delete it or pass --overwrite")
@@ -192,8 +192,8 @@ def read_partial(path: Path, identity: Mapping[str, Any]) -> dict[str, Answer]:
     answers = {}
     for number, line in enumerate(lines[1:], start=2):
         try:
-            answer = Answer(**json.loads(line))
-        except (json.JSONDecodeError, TypeError):
+            answer = Answer(**loads_json(line))
+        except (ValueError, TypeError):
             if number == len(lines):  # a kill mid-write leaves at most the last line truncated
                 break
             raise MMAdapterError(f"{path}: line {number} is corrupt; delete the file to start over") from None

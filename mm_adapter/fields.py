@@ -51,9 +51,14 @@ def check(config: Any, field: str, *, low: float | None = None, high: float | No
     if not math.isfinite(value):
         raise ConfigError(field, f"must be finite, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(field, f"must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+        raise ConfigError(field, f"must be {'>' if low_open else '>='} {_number(low)}, got {value!r}")
     if high is not None and value > high:
-        raise ConfigError(field, f"must be <= {high:g}, got {value!r}")
+        raise ConfigError(field, f"must be <= {_number(high)}, got {value!r}")
+
+
+def _number(bound: float) -> str:
+    """A bound as people write it: 1048576, not 1.04858e+06; 0.5 as 0.5."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else f"{bound:g}"
 
 
 def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,

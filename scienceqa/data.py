@@ -15,7 +15,6 @@ FIFO would block the reader forever), and an image path must resolve inside the 
 
 from __future__ import annotations
 
-import json
 import logging
 import stat
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mm_adapter.errors import fail
+from mm_adapter.files.text import json_problem, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,15 @@ def read_benchmark_json(path: str | Path) -> Any:
     try:
         require_file(path)
         with path.open(encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
     except FileNotFoundError:
         raise fail(path, "no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise fail(path, f"cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise fail(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        return loads_json(text)
+    except ValueError as e:  # syntax, NaN/Infinity, a lone surrogate, nested too deeply (the shared checks)
+        raise fail(path, f"not valid JSON ({json_problem(e)})") from None
 
 
 def _text(record: Mapping[str, Any], name: str, source: object, pid: str, *, optional: bool) -> str | None:
@@ -227,9 +229,15 @@ def read_split(root: str | Path, split: str) -> list[str]:
     if split not in raw:
         raise fail(path, f"no split {split!r} (has {', '.join(sorted(raw))})")
     pids = raw[split]
-    if not isinstance(pids, list):
-        raise fail(path, "must be a list of pids", field=split)
-    return [str(p) for p in pids]
+    if not isinstance(pids, list) or not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in pids):
+        raise fail(path, "must be a list of pids (strings)", field=split)
+    pids = [str(p) for p in pids]
+    seen: set[str] = set()
+    for index, pid in enumerate(pids):
+        if pid in seen:
+            raise fail(path, f"lists problem {pid} twice (again at position {index}); each problem once", field=split)
+        seen.add(pid)
+    return pids
 
 
 def image_path(problem: Problem, root: str | Path, must_exist: bool = False) -> Path | None:

@@ -101,9 +101,9 @@ def test_a_file_over_the_size_bound_is_refused_before_datasets_reads_it(tmp_path
 
 
 @pytest.mark.parametrize("name, content, needle", [
-    ("d.parquet", b"PAR1 not parquet", "datasets cannot read it as parquet (Parquet magic bytes not found"),
+    ("d.parquet", b"PAR1 not parquet", "not a readable parquet file (Parquet magic bytes not found"),
     ("d.json", b"[]", "no usable records (an empty list)"),
-    ("d.json", b" \n", "no usable records (the file is empty)"),
+    ("d.json", b" \n", "no records (the file is empty)"),
     ("d.json", b'[{"instruction": "a\xff", "input": "", "output": "b"}]', "not UTF-8 text (byte 0xff at line 1"),
 ])
 def test_a_file_datasets_cannot_read_is_one_line_naming_it(tmp_path, name, content, needle):
@@ -119,8 +119,56 @@ def test_a_file_datasets_cannot_read_is_one_line_naming_it(tmp_path, name, conte
 def test_a_parquet_column_that_is_not_text_is_refused(tmp_path):
     """A parquet file whose input column holds numbers: one line naming the file, field and type."""
     pq.write_table(pa.Table.from_pylist([{"instruction": "a", "input": 3, "output": "b"}]), tmp_path / "d.parquet")
-    with pytest.raises(MMAdapterError, match=r"d\.parquet: field 'input' is read as Value\('int64'\), expected text"):
+    with pytest.raises(MMAdapterError, match=r"d\.parquet: field 'input' is stored as int64, expected text"):
         read_alpaca(tmp_path / "d.parquet", skip_bad=True)
+
+
+def test_a_limit_reads_only_the_rows_it_uses(tmp_path):
+    """Issue 23, class 4: a parquet file of a few hundred KB (one 20,000-character string, dictionary-encoded) holds
+    1,000,000 rows that expand to 40 GB of text. With ``limit`` only that many rows are decoded (pyarrow streams
+    row groups; nothing is cached); without one the expansion is refused from the text's lengths, before it is
+    decoded, in one line naming the file and --limit."""
+    import resource
+
+    long = pa.DictionaryArray.from_arrays(pa.array([0] * 10_000, pa.int32()), pa.array(["x" * 20_000]))
+    empty = pa.DictionaryArray.from_arrays(pa.array([0] * 10_000, pa.int32()), pa.array([""]))
+    block = pa.table({"instruction": long, "input": empty, "output": long})
+    path = tmp_path / "bomb.parquet"
+    with pq.ParquetWriter(path, block.schema) as writer:
+        for _ in range(100):
+            writer.write_table(block)
+    assert path.stat().st_size < 4 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    data = read_alpaca(path, limit=3)
+    assert len(data.records) == 3 and data.records[0].instruction == "x" * 20_000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: far below 40 GB
+    with pytest.raises(MMAdapterError, match=r"bomb\.parquet: its records expand to more than [\d,]+ bytes of text; "
+                                             r"use --limit"):
+        read_alpaca(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2 * 2**20  # KiB: refused under 2 GiB
+
+
+def test_a_bad_record_past_the_limit_is_not_read(tmp_path):
+    path = write_records(tmp_path / "d.json", [*records(2), {"instruction": "", "input": "", "output": ""}])
+    assert len(read_alpaca(path, limit=2).records) == 2
+    with pytest.raises(MMAdapterError, match="record 2: field 'instruction' is empty"):
+        read_alpaca(path)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("empty.parquet", lambda p: pq.write_table(pa.table({f: pa.array([], pa.string()) for f in
+                                                         ("instruction", "input", "output")}), p)),
+    ("nocolumns.parquet", lambda p: pq.write_table(pa.table({}), p)),
+    ("object.json", lambda p: p.write_text("{}")),
+    ("blank.jsonl", lambda p: p.write_text("\n\n")),
+])
+def test_an_empty_table_says_no_records_plainly(tmp_path, name, make):
+    """Not datasets' "BatchSize must be greater than 0" or "Instruction 'train' corresponds to no data!"."""
+    make(tmp_path / name)
+    with pytest.raises(MMAdapterError) as error:
+        read_alpaca(tmp_path / name)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / name}: no records") and "BatchSize" not in message, message
 
 
 def test_a_local_file_has_only_the_train_split(tmp_path):

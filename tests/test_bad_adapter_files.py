@@ -148,8 +148,10 @@ HUGE_CASES = {  # metadata claiming sizes that would take gigabytes if anything 
                            f"metadata visual_in_dim is '{HUGE}', but visual.proj.0.weight takes 128 features"),
     "visual hidden width huge": ("visual", json_field("visual", visual_hidden=HUGE), {},
                                  rf"visual.proj.0.bias has shape \[64\], but the visual config and base need \[{HUGE}\]"),
-    "adapter_layers huge": ("text", json_field("config", adapter_layers=10**9), {},
-                            "do not match the config's top 1000000000 of 4"),
+    "adapter_layers huge": ("text", json_field("config", adapter_layers=10**9), {},  # refused by the config's bound
+                            "adapter config adapter_layers: must be <= 1024, got 1000000000"),
+    "adapter_layers over the tensors": ("text", json_field("config", adapter_layers=1000), {},
+                                        "do not match the config's top 1000 of 4"),
     "base num_layers huge": ("text", json_field("base", num_layers=10**12), {},
                              "do not match the config's top 2 of 1000000000000"),
 }

@@ -261,3 +261,63 @@ def test_the_page_answers_uploads_and_explains_bad_ones(server, browser, files):
     page.close()
     assert requests and all(url.startswith((server.url, "blob:" + server.url[:-1], "data:")) for url in requests), \
         requests
+
+
+def test_closing_lets_a_running_handler_finish_before_the_process_may_exit(files):
+    """Issue 23, class 10: ``server_close`` stops accepting, then waits (up to ``CLOSE_GRACE``) for a handler still
+    inside a request, here an upload whose body arrives 0.5 s after the close began: the client gets its answer
+    and no handler thread is left running when the close returns (a daemon thread inside a write or a computation
+    while the interpreter shuts down aborted the process, SIGABRT instead of exit 130/143)."""
+    import socket
+    import time
+
+    config = ServeConfig(adapter=str(files.visual), port=0, model=ModelOptions(base=str(files.base), device="cpu"))
+    demo = build_server(load_predictor(config), config.host, config.port)
+    thread = threading.Thread(target=demo.serve_forever, daemon=True)
+    thread.start()
+    body, content_type = multipart({"question": QUESTION, "choices": "\n".join(CHOICES), "context": ""})
+    head = (f"POST /predict HTTP/1.0\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    client = socket.create_connection(demo.server_address[:2], timeout=30)
+    client.sendall(head + body[:10])
+    deadline = time.monotonic() + 10
+    while not demo.running_handlers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handlers = demo.running_handlers()
+    assert len(handlers) == 1
+    threading.Timer(0.5, lambda: client.sendall(body[10:])).start()
+    demo.shutdown()
+    started = time.monotonic()
+    demo.server_close()
+    assert not handlers[0].is_alive() and demo.running_handlers() == []
+    assert time.monotonic() - started < demo.CLOSE_GRACE
+    answer = client.recv(1 << 16).decode()
+    client.close()
+    assert answer.startswith("HTTP/1.0 200") and '"options"' in answer, answer[:300]
+
+
+def test_a_handler_that_outlives_the_grace_is_abandoned_and_the_command_exits_cleanly(files, tmp_path):
+    """A client stalled mid-upload past the grace: ``mm-adapter serve`` stopped by SIGTERM still exits 143 with its
+    one line (the handler is abandoned and the process leaves without interpreter shutdown)."""
+    import socket
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([MM_ADAPTER, "serve", "--base", str(files.base), "--adapter", str(files.visual),
+                                "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=tmp_path)
+    try:
+        found = re.match(r"demo at http://127\.0\.0\.1:(\d+)/ \(", process.stdout.readline())
+        assert found
+        client = socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=30)
+        client.sendall(b"POST /predict HTTP/1.0\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                       b"Content-Length: 100000\r\n\r\n--x")
+        with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/health", timeout=30):
+            pass
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+        err = process.stderr.read()
+        assert err.splitlines()[-1] == "terminated (SIGTERM)" and "Fatal Python error" not in err, err
+        client.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -19,12 +19,14 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def describe_os_error(error: OSError) -> str:
-    """An ``OSError`` as "path: reason" (a full disk, a read-only folder, a path whose parent is a file...)."""
+def describe_os_error(error: OSError, out: str | None = None) -> str:
+    """An ``OSError`` as "path: reason" (a full disk, a read-only folder, a path whose parent is a file...);
+    ``out``: the command's output, named for a full disk that a writer reported without a path."""
     reason = error.strerror or _first_line(error)
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
     if error.errno == errno.ENOSPC:
-        reason = "no space left on the device"
-    where = error.filename if error.filename is not None else None
+        reason = "no space left on device"
+    where = error.filename if error.filename is not None else out if full else None
     if where is not None and error.filename2 is not None:
         where = f"{error.filename} -> {error.filename2}"
     return f"{where}: {reason}" if where is not None else reason
@@ -55,6 +57,7 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
         return 0
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    config = None
     try:
         config = parse(command, argv)
         from mm_adapter.jobs.preflight import check_before_work
@@ -80,7 +83,7 @@ def run_command(command: Command, argv: list[str], debug: bool = False) -> int:
     except OSError as error:  # the environment: missing or unreadable files, a full or read-only disk
         if debug:
             traceback.print_exc()
-        _say(f"error: {describe_os_error(error)}")
+        _say(f"error: {describe_os_error(error, getattr(config, 'out', None))}")
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 - the last line of defence
         if debug:

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import difflib
 import inspect
-import json
 import re
 import sys
 import typing
@@ -25,6 +24,7 @@ from typing import Any, NoReturn
 from mm_adapter.cli.commands import Command
 from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.fields import flag_name
+from mm_adapter.files.config_file import check_settings, read_config_file
 from mm_adapter.recipes import find_recipe, recipe_names
 
 CONFIG_FLAGS = ("--config", "--preset")
@@ -77,42 +77,6 @@ def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
             if near:
                 return f"; did you mean {near[0]}?"
     return ""
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A recipe or a written config.yaml: a YAML (or JSON) mapping; anything else is one line."""
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read config file ({error.strerror or error})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise UsageError(f"{path}: not a valid {'JSON' if path.suffix == '.json' else 'YAML'} file ({first})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: a config file must hold a mapping of settings, got {type(data).__name__}")
-    return data
-
-
-def check_keys(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> None:
-    """Every key of ``data`` is a field of ``cls`` (recursively for nested configs), named in one line if not."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in fields:
-            raise UsageError(f"{source}: unknown setting {prefix}{key!s} (known: {', '.join(sorted(fields))})")
-        nested = hints[key]
-        if dataclasses.is_dataclass(nested):
-            if not isinstance(value, dict):
-                raise UsageError(f"{source}: {prefix}{key} must be a mapping of {nested.__name__} settings")
-            check_keys(nested, value, source, f"{prefix}{key}.")
 
 
 def _config_argument(argv: list[str], command: Command) -> tuple[Path | None, list[str]]:
@@ -374,7 +338,7 @@ def parse(command: Command, argv: list[str]) -> Any:
     path, rest = _config_argument(argv, command)
     defaults = read_config_file(path) if path else {}
     defaults.pop("command", None)  # written into config.yaml for the reader; not a setting
-    check_keys(command.config_class(), defaults, str(path))
+    check_settings(command.config_class(), defaults, str(path))
     parser = build_parser(command, defaults)
     try:
         config = parser.parse_args(_spell_out_bools(command.config_class(), rest)).job

@@ -4,10 +4,12 @@ Prompt and response are tokenised separately and concatenated, so the label boun
 generation (which tokenises the prompt alone, see :func:`prompt_text`) sees exactly the prompt ids
 the adapter was trained on. The templates are the original LLaMA-Adapter/Stanford Alpaca ones.
 
-Reading goes through ``datasets``: a local JSON list, JSONL or parquet file, or a hub dataset id
+Reading goes through ``datasets``: a local JSON list or JSONL file, or a hub dataset id
 (``tatsu-lab/alpaca``; offline, or when the hub cannot be reached, the copy in the Hugging Face hub
 cache). Its Arrow cache lives in ``cache_root()/datasets``; a local file's entry is keyed by the
-file's bytes as well, because datasets keys it by path and modification time only. What we check
+file's bytes as well, because datasets keys it by path and modification time only. A local parquet file is
+streamed by pyarrow, batch by batch (no cache: a small compressed file may expand to gigabytes). With a limit,
+rows past it never become Python objects. What we check
 ourselves: each field is text in every record (datasets reads a column that mixes strings with
 other JSON values as JSON, which cannot tell ``"3"`` from ``3``, so such a file is refused whole,
 naming the first such record), and each record's fields are present, non-empty and bounded.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.data.peek import FIELDS, check_local_split, is_hub_dataset, peek_alpaca_file, shape_problem
-from mm_adapter.files.text import parse_json, read_bytes, read_text
+from mm_adapter.files.text import json_problem, loads_json, parse_json, read_bytes, read_text, regular_file_size
 from mm_adapter.model.base import cache_root
 from mm_adapter.training.batches import IGNORE_INDEX, Example
 
@@ -53,6 +54,7 @@ PROMPT_NO_INPUT = (
 )
 MAX_TEXT_CHARS = 20_000  # characters in one field (the same bound as mm_adapter.scienceqa.data's)
 MAX_DATA_BYTES = 256 * 2**20  # a data file larger than this is refused before it is read (52K Alpaca: 22 MB)
+MAX_DECODED_BYTES = 2**30  # text the records of one source may expand to (a compressed parquet file; 52K Alpaca: 40 MB)
 WHOLE_FILE = "(the whole file is refused: only records with a missing, empty or over-long field are skipped)"
 
 
@@ -82,9 +84,10 @@ class AlpacaData:
 
 
 class _Opened(NamedTuple):
-    dataset: datasets.Dataset
+    dataset: datasets.Dataset | None  # None: a parquet file, streamed from ``parquet`` instead
     where: str  # how messages name the source
     json_file: Path | None = None  # a local JSON(L) file, re-read only to say where a problem is
+    parquet: Path | None = None  # a local parquet file: its row groups are streamed, never cached whole
 
 
 def format_prompt(instruction: str, input: str = "") -> str:
@@ -147,18 +150,27 @@ def _open_file(path: Path, split: str) -> _Opened:
     mtime, is blind to a rewrite that keeps the mtime (``cp -p``, ``tar``, ``rsync -t``, two writes in one tick)."""
     check_local_split(path, split)
     peek_alpaca_file(path)  # a file that is no instruction data is named in milliseconds, not after datasets read it
+    if path.suffix.lower() == ".parquet":  # streamed by pyarrow (see _rows): checked here, never read whole
+        size = regular_file_size(path, "data file")
+        if size > MAX_DATA_BYTES:
+            raise MMAdapterError(f"{path}: data file is {size:,} bytes, more than the {MAX_DATA_BYTES:,} a data file "
+                                 "may have")
+        if size == 0:
+            raise MMAdapterError(f"{path}: no records (the file is empty)")
+        return _Opened(None, str(path), None, path)
     data = read_bytes(path, "data file", MAX_DATA_BYTES)  # a regular file (never a FIFO or device), size bounded
     if not data.strip():
-        raise MMAdapterError(f"{path}: no usable records (the file is empty)")
-    builder = "parquet" if path.suffix.lower() == ".parquet" else "json"
+        raise MMAdapterError(f"{path}: no records (the file is empty)")
     key = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        dataset = _load(builder, "train", name=f"alpaca-{key}", data_files={"train": [glob.escape(str(path))]})
+        dataset = _load("json", "train", name=f"alpaca-{key}", data_files={"train": [glob.escape(str(path))]})
     except _load_failures() as error:
-        problem = _json_problem(path) if builder == "json" else None
-        reason = problem or f"datasets cannot read it as {builder} ({_reason(error)})"
+        problem = _json_problem(path)
+        if problem is None and "corresponds to no data" in str(error):  # datasets' words for a file of no rows
+            problem = "no records (no JSON object with instruction, input and output)"
+        reason = problem or f"datasets cannot read it as json ({_reason(error)})"
         raise MMAdapterError(f"{path}: {reason}") from None
-    return _Opened(dataset, str(path), path if builder == "json" else None)
+    return _Opened(dataset, str(path), path)
 
 
 def _cached_snapshot(repo_id: str) -> str:
@@ -209,9 +221,9 @@ def _lines_problem(text: str) -> str | None:
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     for index, (number, line) in enumerate(lines):
         try:
-            problem = shape_problem(json.loads(line))
-        except json.JSONDecodeError as error:
-            problem = f"is not JSON ({error.msg})"
+            problem = shape_problem(loads_json(line))
+        except ValueError as error:  # the shared JSON checks: syntax, NaN, a lone surrogate, too deep
+            problem = f"is not JSON ({json_problem(error)})"
         if problem:
             return f"record {index}: line {number} {problem} {WHOLE_FILE}"
     return None
@@ -225,10 +237,28 @@ def _json_problem(path: Path) -> str | None:
 
 
 def _is_text(arrow_type) -> bool:
-    """A column of strings, or of nulls only (every record lacks the field)."""
+    """A column of strings (plain, or dictionary-encoded as pandas' categories are), or of nulls only (every record
+    lacks the field)."""
     import pyarrow as pa
 
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type)
+
+
+def _text_bytes(column) -> int:
+    """Bytes of text ``column`` holds once decoded (a dictionary column's repeated values counted each time),
+    computed on the lengths alone, before anything is decoded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_null(column.type):
+        return 0
+    if pa.types.is_dictionary(column.type):
+        lengths = pc.binary_length(column.dictionary).take(column.indices)
+    else:
+        lengths = pc.binary_length(column)
+    return int(pc.sum(lengths).as_py() or 0)
 
 
 def _not_text(opened: _Opened, name: str, column_type) -> MMAdapterError:
@@ -244,18 +274,58 @@ def _not_text(opened: _Opened, name: str, column_type) -> MMAdapterError:
                           f"in every record{dates}")
 
 
-def _text_columns(opened: _Opened) -> list[list[str | None]]:
-    """The three fields as columns of str or None (missing or null)."""
-    dataset, columns = opened.dataset, []
+def _rows(opened: _Opened, limit: int | None) -> Iterator[tuple[str | None, ...]]:
+    """The three fields of each record (str, or None when missing or null), at most ``limit`` of them: the table
+    is sliced, or the parquet file streamed batch by batch, before any row becomes Python objects, so a small
+    compressed file that expands to gigabytes costs only the rows used. The decoded text is bounded too."""
+    if opened.parquet is not None:
+        batches = _parquet_batches(opened, limit)
+    else:
+        table = opened.dataset.data
+        table = table.slice(0, limit) if limit is not None else table
+        for name in FIELDS:
+            if name in table.column_names and not _is_text(table.schema.field(name).type):
+                raise _not_text(opened, name, table.schema.field(name).type)
+        batches = table.to_batches(max_chunksize=4096)
+    decoded = 0
+    for batch in batches:
+        names = batch.schema.names
+        decoded += sum(_text_bytes(batch.column(names.index(name))) for name in FIELDS if name in names)
+        if decoded > MAX_DECODED_BYTES:  # checked on lengths, before the batch becomes Python strings
+            raise MMAdapterError(f"{opened.where}: its records expand to more than {MAX_DECODED_BYTES:,} bytes of "
+                                 "text; use --limit to read fewer")
+        columns = [batch.column(names.index(name)).to_pylist() if name in names else [None] * batch.num_rows
+                   for name in FIELDS]
+        yield from zip(*columns)
+
+
+def _parquet_batches(opened: _Opened, limit: int | None):
+    """A parquet file's text columns, batch by batch, until ``limit`` rows (pyarrow reads one row group at a time)."""
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(opened.parquet)
+        schema = handle.schema_arrow
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise MMAdapterError(f"{opened.where}: not a readable parquet file ({_reason(error)})") from None
     for name in FIELDS:
-        if name not in dataset.column_names:
-            columns.append([None] * dataset.num_rows)
-            continue
-        column = dataset.data.column(name)
-        if not _is_text(column.type):
-            raise _not_text(opened, name, column.type)
-        columns.append(column.to_pylist())
-    return columns
+        if name in schema.names and not _is_text(schema.field(name).type):
+            raise MMAdapterError(f"{opened.where}: field {name!r} is stored as {schema.field(name).type}, expected "
+                                 "text in every record")
+    present = [name for name in FIELDS if name in schema.names]
+    if not present:
+        return
+    remaining = limit
+    try:
+        for batch in handle.iter_batches(batch_size=1024, columns=present):
+            if remaining is not None:
+                batch = batch.slice(0, remaining)
+                remaining -= batch.num_rows
+            yield batch
+            if remaining == 0:
+                return
+    except (OSError, ValueError) as error:
+        raise MMAdapterError(f"{opened.where}: not a readable parquet file ({_reason(error)})") from None
 
 
 def _record(values: tuple[str | None, ...]) -> AlpacaRecord:
@@ -276,19 +346,22 @@ def _record(values: tuple[str | None, ...]) -> AlpacaRecord:
 def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train",
                 limit: int | None = None) -> AlpacaData:
     """Read ``{instruction, input, output}`` records from a local JSON list, JSONL or parquet file, or from split
-    ``split`` of a hub dataset id (see :func:`is_hub_dataset`); with ``limit``, only the first ``limit`` records are
-    taken, before any is checked (a bad record further on does not matter to a limited run).
+    ``split`` of a hub dataset id (see :func:`is_hub_dataset`); with ``limit``, only the first ``limit`` records
+    are read, and taken before any is checked: the rest never become Python objects (a parquet file is not cached
+    at all), and a bad record further on does not matter to a limited run.
 
     A bad record (a field missing, empty or over-long) raises :class:`MMAdapterError` naming file (or id), record
     index and field, unless ``skip_bad``, which drops it and counts it (``skipped``, ``summary()``). A file that is
     no instruction data, that datasets cannot read, or a field that is not text in every record, is refused in one
-    line either way.
+    line either way; a source of no records says so.
     """
     source = str(source)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MMAdapterError(f"limit must be a positive integer, got {limit!r}")
     opened = _open_hub(source, split) if is_hub_dataset(source) else _open_file(Path(source), split)
-    rows = list(zip(*_text_columns(opened)))[:limit]
-    records, skipped, first = [], 0, None
-    for index, values in enumerate(rows):
+    records, skipped, first, read = [], 0, None, 0
+    for index, values in enumerate(_rows(opened, limit)):
+        read = index + 1
         try:
             records.append(_record(values))
         except MMAdapterError as error:
@@ -296,10 +369,11 @@ def read_alpaca(source: str | Path, skip_bad: bool = False, split: str = "train"
                 raise MMAdapterError(f"{opened.where}: record {index}: {error} (--strict refuses bad records; "
                                      "without it they are skipped and counted)") from None
             skipped, first = skipped + 1, first or f"record {index}: {error}"
+    if not read:
+        raise MMAdapterError(f"{opened.where}: no records (the table is empty)")
     if not records:
-        raise MMAdapterError(f"{opened.where}: no usable records" + (f" (all {len(rows):,} read were bad; first: "
-                                                                     f"{first})" if first else ""))
-    return AlpacaData(opened.where, records, skipped, first, len(rows))
+        raise MMAdapterError(f"{opened.where}: no usable records (all {read:,} read were bad; first: {first})")
+    return AlpacaData(opened.where, records, skipped, first, read)
 
 
 def encode_record(tokenizer, record: AlpacaRecord, max_seq_len: int) -> Example | None:

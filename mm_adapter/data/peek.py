@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.files.text import json_type, regular_file_size
+from mm_adapter.files.text import json_problem, json_type, loads_json, regular_file_size
 
 FIELDS = ("instruction", "input", "output")
 PEEK_BYTES = 1 << 16  # the first 64 KiB: a few dozen Alpaca records
@@ -62,9 +62,10 @@ def _first_values(text: str, whole: bool) -> list[object]:
                 break
             if line.strip():
                 try:
-                    values.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise MMAdapterError(f"record {len(values)}: line {number} is not JSON ({error.msg})") from None
+                    values.append(loads_json(line))
+                except ValueError as error:  # the shared checks: syntax, NaN, a lone surrogate, too deep
+                    raise MMAdapterError(f"record {len(values)}: line {number} is not JSON ({json_problem(error)})"
+                                         ) from None
         return values
     decoder, values, position = json.JSONDecoder(), [], text.index("[") + 1
     while len(values) < PEEK_RECORDS:

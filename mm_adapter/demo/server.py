@@ -23,6 +23,7 @@ import html
 import json
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from email.parser import BytesParser
@@ -129,7 +130,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         except MMAdapterError as error:
             self._send_json(getattr(error, "status", 400), {"error": str(error).strip().splitlines()[0]})
         except Exception as error:  # a bug must not take the page down: log it, answer one line
-            traceback.print_exc()
+            self.server.log_line(traceback.print_exc)
             self._send_json(500, {"error": f"internal error ({type(error).__name__}); see the server log"})
         else:
             self._send_json(200, prediction.to_dict())
@@ -197,11 +198,21 @@ class DemoHandler(BaseHTTPRequestHandler):
 
 
 class DemoServer(ThreadingHTTPServer):
+    """Handler threads are daemons (a stalled client must not keep the process alive), so stopping is ordered:
+    stop accepting, stop every handler's output (the log lock), wait up to ``CLOSE_GRACE`` seconds for handlers to
+    finish; any still inside a request (a long prediction) is abandoned, and the command line leaves the process
+    with ``os._exit`` so no daemon thread is inside a write or a computation while the interpreter shuts down
+    (which aborted it with SIGABRT instead of exit 130/143)."""
+
     daemon_threads = True
+    block_on_close = False  # ThreadingMixIn's own join would wait forever on a stalled client
+    CLOSE_GRACE = 2.0
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, timeout: float = DEFAULT_TIMEOUT):
         self.log_lock = threading.Lock()  # handler threads are daemons: none may be mid-write on stderr at exit
         self.closing = False  # set first: a port that cannot be bound calls server_close inside __init__
+        self.handlers: set[threading.Thread] = set()
+        self.handlers_lock = threading.Lock()
         super().__init__(address, DemoHandler)
         self.predictor = predictor
         self.request_timeout = timeout
@@ -213,12 +224,32 @@ class DemoServer(ThreadingHTTPServer):
             if not self.closing:
                 write()
 
+    def process_request_thread(self, request, client_address) -> None:
+        with self.handlers_lock:
+            self.handlers.add(threading.current_thread())
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.handlers_lock:
+                self.handlers.discard(threading.current_thread())
+
     def server_close(self) -> None:
-        """Stop handler threads logging first: a daemon thread inside a stderr write when the interpreter exits
-        aborts it (SIGABRT) instead of letting Ctrl-C end with its one line."""
-        with self.log_lock:
-            self.closing = True
+        """Stop accepting and stop handler threads logging, then give running handlers ``CLOSE_GRACE`` seconds to
+        finish: a daemon thread inside a stderr write when the interpreter exits aborts it (SIGABRT) instead of
+        letting Ctrl-C end with its one line."""
+        deadline = time.monotonic() + self.CLOSE_GRACE
+        locked = self.log_lock.acquire(timeout=self.CLOSE_GRACE)  # a handler blocked writing to a full stderr pipe
+        self.closing = True                                        # must not hold the close for ever
+        if locked:
+            self.log_lock.release()
         super().server_close()
+        for thread in self.running_handlers():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def running_handlers(self) -> list[threading.Thread]:
+        """Handler threads still inside a request (after :meth:`server_close`: the abandoned ones)."""
+        with self.handlers_lock:
+            return [thread for thread in self.handlers if thread.is_alive()]
 
     @property
     def url(self) -> str:
@@ -229,10 +260,10 @@ class DemoServer(ThreadingHTTPServer):
         """A client that reset, closed or stalled is one line; anything else is a bug and keeps its traceback."""
         error = sys.exc_info()[1]
         if not isinstance(error, CLIENT_GONE):
-            super().handle_error(request, client_address)
+            self.log_line(lambda: super(DemoServer, self).handle_error(request, client_address))
             return
-        print(f"{client_address[0]} - - the client went away ({type(error).__name__}: {error})", file=sys.stderr,
-              flush=True)
+        self.log_line(lambda: print(f"{client_address[0]} - - the client went away ({type(error).__name__}: {error})",
+                                    file=sys.stderr, flush=True))
 
 
 def build_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,

@@ -97,6 +97,39 @@ def _remove(path: Path) -> None:
             pass
 
 
+# how each writer words a failed write: Python/libc, safetensors (Rust), torch.save (C++ streams)
+_FULL_DISK_WORDS = ("no space left", "storagefull", "code: 28", "disk quota exceeded", "file write failed",
+                    "iostream error", "unexpected pos")
+
+
+def _as_full_disk(error: BaseException, target: Path) -> BaseException:
+    """``error`` as ``OSError(ENOSPC, ..., target)`` when it means the disk filled up while writing ``target``.
+
+    Writers in other languages do not raise ``OSError``: safetensors' Rust core raises ``SafetensorError`` with
+    "StorageFull ... code: 28", torch.save a ``RuntimeError`` ("file write failed"), and Python's own write names
+    only the hidden temporary file, or nothing. The user needs "OUT: no space left on device" whichever wrote.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(error.errno, os.strerror(error.errno), str(target))
+    if isinstance(error, OSError) or not isinstance(error, Exception):
+        return error
+    text = " ".join(str(part).lower() for part in (error, error.__cause__, error.__context__) if part is not None)
+    if any(word in text for word in _FULL_DISK_WORDS) and (_disk_full(target) or "space" in text or "28" in text):
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        full.__cause__ = error
+        return full
+    return error
+
+
+def _disk_full(target: Path) -> bool:
+    """Whether the file system of ``target``'s folder has (almost) no room left for an ordinary user."""
+    try:
+        info = os.statvfs(target.parent)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < (1 << 20)
+
+
 def _fsync(path: Path, *, folder: bool = False) -> None:
     """Flush a file's data (or a folder's entries) to disk; skipped where folders cannot be opened (Windows)."""
     try:
@@ -135,8 +168,11 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False, fsync_dir:
         if fsync:
             _fsync(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
+        full = _as_full_disk(error, target)  # before the removal frees the space it looks at
         _remove(tmp)
+        if full is not error:
+            raise full from error
         raise
     if fsync_dir:
         _fsync(target.parent, folder=True)
@@ -189,8 +225,11 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False, fsync_d
         yield staging
         _fix_modes(staging, current_umask())
         _commit_dir(staging, target, overwrite)
-    except BaseException:
+    except BaseException as error:
+        full = _as_full_disk(error, target)
         _remove(staging)
+        if full is not error:
+            raise full from error
         raise
     if fsync_dir:
         _fsync(target.parent, folder=True)

@@ -102,9 +102,14 @@ def load_torch_file(path: str | Path, wrapper: str | None = None) -> dict[str, t
     """
     path = Path(path)
     regular_file_size(path, "torch checkpoint")
+    zipped = _is_zip(path)
+    if not zipped and _plain_pickle(path):
+        raise MMAdapterError(f"{path}: is a plain Python pickle (pickle.dump), not a torch checkpoint "
+                             "(torch.save writes a zip archive); refused: loading a pickle can run code, save the "
+                             "tensors with torch.save or safetensors instead")
     with foreign_errors(path, "not a readable torch checkpoint (truncated or corrupt?)"):
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
         except pickle.UnpicklingError as error:
             raise _refusal(path, error) from None
     if not isinstance(data, dict):
@@ -147,3 +152,14 @@ def check_tensor(path: str | Path, key: str, tensor: torch.Tensor, floating: boo
 
 def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
+
+
+# torch's legacy (pre-1.6) format is a pickle too, but it opens with this pickled magic number
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:12]
+
+
+def _plain_pickle(path: Path) -> bool:
+    """A file of ``pickle.dump`` (a protocol 2+ header) that is not torch's legacy format."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_TORCH_MAGIC))
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != _LEGACY_TORCH_MAGIC

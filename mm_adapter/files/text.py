@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -87,15 +88,72 @@ def json_type(value: Any) -> str:
     return next(name for types, name in _JSON_TYPES if isinstance(value, types))
 
 
+class _NotJSON(ValueError):
+    """What standard JSON (RFC 8259) has no place for, found while parsing."""
+
+
+def _no_constant(name: str) -> float:
+    raise _NotJSON(f"{name} is not a JSON number (NaN and Infinity are not standard JSON)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(f"the number {text[:40]} is out of range of a double")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")  # a \uD800-\uDFFF escape: maybe a lone surrogate
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (or key) of a parsed document holding a lone surrogate, which no UTF-8 file can carry and
+    a tokenizer fails on; walked without recursion (the document may be deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+    return None
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` of standard JSON only: NaN/Infinity literals, numbers out of a double's range and escaped
+    lone surrogates are refused (:class:`ValueError`), and a document nested too deeply raises
+    :class:`RecursionError` as a ValueError too. Every reader of JSON in the project parses through here (or
+    :func:`parse_json`) so each file of each command gets the same checks."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _NotJSON("nested too deeply to read") from None
+    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        found = _lone_surrogate(value)
+        if found is not None:
+            shown = found.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:40]
+            raise _NotJSON(f"the string {shown!r} holds a lone surrogate escape, which is not text")
+    return value
+
+
+def json_problem(error: ValueError) -> str:
+    """The reason of a :func:`loads_json` failure in a few words (with line and column for a syntax error)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno}, column {error.colno}"
+    return " ".join(str(error).split())[:200]
+
+
 def parse_json(text: str, where: str | Path, what: str = "JSON", expect: type | None = None) -> Any:
     """``text`` parsed as JSON, of type ``expect`` (dict or list) when given; one line naming ``where`` if not."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MMAdapterError(f"{where}: {what} is not valid JSON ({error.msg} at line {error.lineno}, "
-                             f"column {error.colno})") from None
-    except RecursionError:
-        raise MMAdapterError(f"{where}: {what} is JSON nested too deeply to read") from None
+        value = loads_json(text)
+    except ValueError as error:  # a syntax error, NaN, a lone surrogate, too deep, an integer of too many digits
+        raise MMAdapterError(f"{where}: {what} is not valid JSON ({json_problem(error)})") from None
     if expect is not None and not isinstance(value, expect):
         raise MMAdapterError(f"{where}: {what} must be a JSON {json_type(expect())}, found a JSON {json_type(value)}")
     return value

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from mm_adapter.fields import check
 
+MAX_NEW_TOKENS = 1 << 20  # absurd at the flag; generation is also bounded by the model's context (generate_text)
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -22,7 +24,7 @@ class SamplingConfig:
     """when sampling: draw from the smallest set of tokens whose probability reaches top_p"""
 
     def __post_init__(self) -> None:
-        check(self, "max_new_tokens", low=1, integer=True)
+        check(self, "max_new_tokens", low=1, high=MAX_NEW_TOKENS, integer=True)
         check(self, "temperature", low=0)
         check(self, "top_p", low=0, low_open=True, high=1)
 

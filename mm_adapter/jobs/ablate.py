@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_path, atomic_write_text
+from mm_adapter.files.config_file import read_config_file
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
 from mm_adapter.jobs.configs import NOTHING_TO_ABLATE, AblateConfig, TrainScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, source_inputs
@@ -199,10 +198,9 @@ def check_same_settings(out: Path, config: AblateConfig) -> None:
     if not path.is_file():
         return
     try:
-        before = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise MMAdapterError(f"{path}: cannot read the settings of the ablation there ({str(error).splitlines()[0]})"
-                             "; choose another --out") from None
+        before = read_config_file(path)  # the bounded reader of every config file (size, no aliases)
+    except MMAdapterError as error:
+        raise MMAdapterError(f"cannot read the settings of the ablation there: {error}; choose another --out") from None
     now = flat_settings(config_dict(config))
     recorded = flat_settings(config_dict(type(config)(out=config.out)))  # a setting added since ran at its default
     recorded |= flat_settings(before) if isinstance(before, dict) else {}

@@ -11,7 +11,7 @@ silent blank line).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,28 @@ def _load(config: GenerateConfig, device: torch.device) -> tuple[nn.Module, obje
     return model, tokenizer, adapters, current
 
 
+def _stdin_lines() -> Iterator[str | bytes]:
+    """Lines of stdin as UTF-8 text, decoded here from its bytes (the locale's decoder would raise mid-loop, or let
+    lone surrogates through to the tokenizer); a line that is not UTF-8 comes as its bytes, to be refused."""
+    source = getattr(sys.stdin, "buffer", None)
+    for raw in (sys.stdin if source is None else source):
+        try:
+            yield raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            yield raw
+
+
+def _not_text(line: str | bytes) -> str | None:
+    """Why a line is not text (None when it is): bytes that are not UTF-8, or a str holding lone surrogates."""
+    try:
+        (line.decode("utf-8") if isinstance(line, bytes) else line.encode("utf-8"))
+    except UnicodeError as error:
+        if isinstance(line, bytes):
+            return f"byte 0x{line[error.start]:02x} at column {error.start + 1}"
+        return f"character {ascii(line[error.start])} at column {error.start + 1}"
+    return None
+
+
 def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> GenerateResult:
     """Answer ``config.instruction``, or each line of ``lines`` (default: stdin) when there is none."""
     device = prepare(config.model)
@@ -128,7 +150,12 @@ def generate(config: GenerateConfig, lines: Iterable[str] | None = None) -> Gene
         return result
     print(f"adapter: {current or 'none'}. One instruction per line; ':use NAME' switches adapter; Ctrl-D quits.",
           file=sys.stderr)
-    for line in (sys.stdin if lines is None else lines):
+    for number, line in enumerate(_stdin_lines() if lines is None else lines, start=1):
+        problem = _not_text(line)
+        if problem:
+            print(f"error: {'stdin ' if lines is None else ''}line {number} is not UTF-8 text ({problem}); skipped",
+                  file=sys.stderr)
+            continue
         line = line.strip()
         if line.startswith(":use "):
             try:

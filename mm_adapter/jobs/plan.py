@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.files.text import read_text
+from mm_adapter.files.config_file import check_settings, read_config_file
 from mm_adapter.jobs.configs import PlanConfig, TrainAlpacaConfig, TrainScienceQAConfig
 from mm_adapter.model.family import text_config
 from mm_adapter.recipes import find_recipe as shipped_recipe
@@ -119,17 +119,11 @@ def _field_default(field: dataclasses.Field, values: dict) -> Any:
 
 def read_recipe(name: str) -> Recipe:
     """The recipe ``name`` as its training command's config (required settings it leaves out get placeholders)."""
-    import yaml
-
     path = find_recipe(name)
-    try:
-        data = yaml.safe_load(read_text(path, "recipe"))
-    except yaml.YAMLError as error:
-        raise MMAdapterError(f"{path}: not a valid YAML file ({str(error).strip().splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise MMAdapterError(f"{path}: a recipe must hold a mapping of settings")
+    data = read_config_file(path)  # bounded, alias-free, typed below
     command, cls = RECIPE_COMMANDS[_prefix(path, data)]
     settings = {key: value for key, value in data.items() if key != "command"}
+    check_settings(cls, settings, str(path))
     required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING}
     settings = {**{k: v for k, v in PLACEHOLDERS.items() if k in required}, **settings}

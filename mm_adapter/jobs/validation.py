@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from mm_adapter.errors import MMAdapterError
+from mm_adapter.files.text import loads_json
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import Offsets, accuracy, evaluate
 from mm_adapter.model.adapter_file import save_adapter
@@ -21,7 +22,7 @@ LOG_NAME = "validation.jsonl"
 def _row(line: str) -> tuple[float, int] | None:
     """(val_acc, step) of one log line, or None when it is not a row this selector wrote."""
     try:
-        row = json.loads(line)
+        row = loads_json(line)
         score, step = float(row["val_acc"]), row["step"]
     except (ValueError, KeyError, TypeError):
         return None

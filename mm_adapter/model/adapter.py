@@ -136,6 +136,30 @@ def _cache_holds_tokens(kwargs: dict) -> bool:
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
 
 
+def _device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (a GPU's total, the machine's RAM for the CPU); None when unknown (meta)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_prompt_memory(config: AdapterConfig, hidden_size: int, device: torch.device) -> None:
+    """Refuse, before allocating, prompts whose training state (fp32 values, gradients and two Adam moments) cannot
+    fit in the memory of ``device``: an absurd --adapter-len failed at allocation as "a bug" before."""
+    need = 4 * 4 * config.adapter_len * config.adapter_layers * hidden_size
+    have = _device_memory(device)
+    if have is not None and need > have:
+        raise MMAdapterError(f"adapter_len={config.adapter_len} x adapter_layers={config.adapter_layers} prompts of "
+                             f"width {hidden_size} need {need / 2**30:,.1f} GiB to train (fp32 values, gradients and "
+                             f"optimizer state), more than the {have / 2**30:,.1f} GiB of {device.type} memory here; "
+                             "lower --adapter-len or --adapter-layers")
+
+
 def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.Module:
     """Freeze ``model`` and give its top ``config.adapter_layers`` layers prompts and gates (in place)."""
     config = config or AdapterConfig()
@@ -146,6 +170,7 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
         raise MMAdapterError(
             f"adapter_layers={config.adapter_layers} but the model has only {len(layers)} decoder layers"
         )
+    check_prompt_memory(config, text_config(model.config).hidden_size, layers[-1].self_attn.k_proj.weight.device)
     inner = attention.inner_name(model.config._attn_implementation or "sdpa")
     family = resolve_family(model.config, inner)
     first = len(layers) - config.adapter_layers

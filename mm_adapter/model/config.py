@@ -19,6 +19,9 @@ GATE_ACTIVATIONS = ("tanh", "identity")
 GATE_GRANULARITIES = ("head", "layer")
 GATE_INITS = ("zero", "random")
 PROMPT_INITS = ("normal", "norm_scaled")
+# Absurd sizes refused at the flag, before any model is loaded (the paper: 10 prompts, 30 of 32 layers; the largest
+# LLaMA-family bases have ~126 decoder layers). What a size costs on a given base is checked at attach time.
+MAX_ADAPTER_LEN, MAX_ADAPTER_LAYERS = 4096, 1024
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class AdapterConfig:
     """std of the random gate initialisation (gate_init=random only)"""
 
     def __post_init__(self) -> None:
-        check(self, "adapter_len", low=1, integer=True)
-        check(self, "adapter_layers", low=1, integer=True)
+        check(self, "adapter_len", low=1, high=MAX_ADAPTER_LEN, integer=True)
+        check(self, "adapter_layers", low=1, high=MAX_ADAPTER_LAYERS, integer=True)
         check(self, "gate_activation", choices=GATE_ACTIVATIONS)
         check(self, "gate_granularity", choices=GATE_GRANULARITIES)
         check(self, "prompt_init", choices=PROMPT_INITS)

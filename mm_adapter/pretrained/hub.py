@@ -12,12 +12,37 @@ from pathlib import Path
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.safe_load import one_line
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The hub's own grammar (huggingface_hub's validate_repo_id): parts of at most 96 word characters, '.' and '-',
+# starting with a letter or digit, never ".." or "--", not ending in '.'. An id becomes a folder of the hub cache
+# (models--org--name), so "org/.." must never be one.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9_][\w.-]{0,95}$")
+# A branch, tag or commit (refs/pr/1 included): it becomes refs/<revision> or snapshots/<revision> in the cache.
+_REVISION = re.compile(r"^[A-Za-z0-9_][\w.-]{0,99}(?:/[A-Za-z0-9_][\w.-]{0,99}){0,4}$")
 
 
 def is_repo_id(text: str) -> bool:
     """``org/name`` exactly (what a repository is created and pushed as)."""
-    return bool(_HUB_ID.match(text))
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text and not text.endswith(".")
+
+
+def check_revision(revision: str, where: str) -> str:
+    """``revision`` when it is a branch, tag or commit name that stays a name inside the hub cache; else one line."""
+    if not _REVISION.match(revision) or ".." in revision or revision.endswith((".", ".lock")):
+        raise MMAdapterError(f"{where}: revision {revision[:80]!r} is not a branch, tag or commit name (letters, "
+                             "digits, '_', '.', '-', '/' between parts; no '..')")
+    return revision
+
+
+def _inside_cache(folder: Path, where: str) -> Path:
+    """The snapshot folder huggingface_hub returned, refused unless it resolves inside the hub cache."""
+    from huggingface_hub import constants
+
+    roots = {Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).resolve(), Path(constants.HF_HUB_CACHE)
+             .resolve(), (Path(os.environ.get("HF_HOME") or constants.HF_HOME) / "hub").resolve()}
+    if not any(folder.resolve().is_relative_to(root) for root in roots):
+        root = next(iter(roots))
+        raise MMAdapterError(f"{where}: the hub cache answered with {folder}, outside the cache {root}; refused")
+    return folder
 
 
 def is_hub_id(text: str) -> bool:
@@ -58,7 +83,12 @@ def hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Pat
 
     offline = hub_offline()
     where = f"{repo_id}{'@' + revision if revision else ''}"
+    if not is_repo_id(repo_id):
+        raise MMAdapterError(f"{where}: {repo_id[:80]!r} is not a hub id (org/name: letters, digits, '_', '.', '-')")
+    if revision is not None:
+        check_revision(revision, where)
     reason = "not in the hub cache (HF_HUB_OFFLINE=1)" if offline else "not fetched from the hub"
     with hub_errors(f"{where}: no such adapter file or folder here, and {reason}"):
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                      local_files_only=offline, cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                        local_files_only=offline, cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+    return _inside_cache(folder, where)

@@ -13,6 +13,7 @@ valid names listed.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mm_adapter.errors import MMAdapterError
 
 FOLDER = Path(__file__).resolve().parent
 TASKS = ("alpaca", "scienceqa")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a recipe name is one file name in FOLDER, never a path
 
 
 def _spellings(name: str, prefix: str) -> list[str]:
@@ -32,12 +34,15 @@ def _spellings(name: str, prefix: str) -> list[str]:
 
 
 def recipe_file(name: str, prefix: str | None) -> Path | None:
-    """The shipped recipe of task ``prefix`` that ``name`` means (any accepted spelling), or None."""
+    """The shipped recipe of task ``prefix`` that ``name`` means (any accepted spelling), or None. A name that is not
+    a recipe name (a path separator, "..", a leading dot) is one line: it must never reach a file outside FOLDER."""
     if prefix is None:
         return None
+    if not NAME.match(name) or ".." in name:
+        raise MMAdapterError(f"{name[:80]!r}: no such file, and not a recipe name (letters, digits, '_', '.', '-')")
     for spelling in _spellings(name, prefix):
         path = FOLDER / f"{prefix}-{spelling}.yaml"
-        if path.is_file():
+        if path.is_file() and path.resolve().parent == FOLDER:
             return path
     return None
 

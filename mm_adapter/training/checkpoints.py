@@ -31,6 +31,7 @@ from torch import nn
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir
 from mm_adapter.files.safe_load import read_safetensors
+from mm_adapter.files.text import loads_json
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 TENSORS, STATE = "tensors.safetensors", "state.json"
@@ -164,7 +165,7 @@ def _read_state(path: Path) -> dict[str, Any]:
     if file.stat().st_size > MAX_STATE_BYTES:
         raise CorruptCheckpoint(path, f"{STATE} is {file.stat().st_size:,} bytes; ours are a few KB")
     try:
-        state = json.loads(file.read_text(encoding="utf-8"))
+        state = loads_json(file.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CorruptCheckpoint(path, f"{STATE} is unreadable: {str(error).splitlines()[0][:120]}") from None
     _need(path, "the document", state, dict)

@@ -9,6 +9,9 @@ from mm_adapter.fields import check, check_type, option
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
+# Absurd counts refused at the flag (exit 2 naming it) instead of running for ever or failing at allocation: a
+# step of 2^20 examples, or 10,000 passes over the data, is no run anyone means.
+MAX_COUNTS = {"epochs": 10_000, "batch_size": 1 << 20, "accum_steps": 1 << 20}
 
 @dataclass
 class TrainConfig:
@@ -68,7 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         for name in ("epochs", "batch_size", "accum_steps", "group_batches", "checkpoint_every", "keep_checkpoints"):
-            check(self, name, low=1, integer=True)
+            check(self, name, low=1, high=MAX_COUNTS.get(name), integer=True)
         check(self, "max_steps", low=1, integer=True, optional=True)
         check(self, "warmup_epochs", low=0)
         check(self, "lr", low=0, low_open=True, optional=True)

@@ -16,8 +16,8 @@ METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 def _record(line: str) -> dict[str, Any]:
     """One metrics line, or {} for a torn or foreign one (a kill mid-write leaves at most the last line torn)."""
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
+        record = json.loads(line)  # our own log: a diverged run's NaN loss is a record, kept as written
+    except (ValueError, RecursionError):  # torn, or a foreign line nested too deeply
         return {}
     return record if isinstance(record, dict) else {}
 
