@@ -102,7 +102,7 @@ def test_a_file_over_the_size_bound_is_refused_before_datasets_reads_it(tmp_path
 
 @pytest.mark.parametrize("name, content, needle", [
     ("d.parquet", b"PAR1 not parquet", "not a readable parquet file (Parquet magic bytes not found"),
-    ("d.json", b"[]", "no usable records (an empty list)"),
+    ("d.json", b"[]", "no records (an empty list)"),
     ("d.json", b" \n", "no records (the file is empty)"),
     ("d.json", b'[{"instruction": "a\xff", "input": "", "output": "b"}]', "not UTF-8 text (byte 0xff at line 1"),
 ])

@@ -18,6 +18,7 @@ from test_special_files import assert_refused, command
 from mm_adapter.pretrained import resolve_adapter, save_pretrained
 from mm_adapter.pretrained.hub import is_hub_id, is_repo_id
 from mm_adapter.recipes import FOLDER, recipe_file
+from mm_adapter.scienceqa.synthetic import generate
 
 RECIPE = "command: train alpaca\ndata: tatsu-lab/alpaca\nout: runs/x\ntrain: {epochs: 1}\n"
 
@@ -74,8 +75,9 @@ def test_a_revision_that_is_not_a_ref_name_is_refused_naming_it(base, tmp_path, 
 
 
 def test_a_revision_in_the_spec_is_checked_through_the_command(tmp_path, capfd, offline_hub):  # noqa: F811
+    data = generate(tmp_path / "data", {"train": 2, "val": 2, "test": 2})  # past the checks of --data
     code, _, err = command(["eval", "scienceqa", "--split", "test", "--out", str(tmp_path / "o"),
-                            "--adapter", "org/skill@../../../../etc", "--data", str(tmp_path)], capfd)
+                            "--adapter", "org/skill@../../../../etc", "--data", str(data)], capfd)
     assert_refused(code, err, "org/skill@../../../../etc", "is not a branch, tag or commit name")
     assert not (tmp_path / "o").exists()
 

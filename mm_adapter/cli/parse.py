@@ -98,6 +98,9 @@ def _config_argument(argv: list[str], command: Command) -> tuple[Path | None, li
     try:
         return find_recipe(known.config, (command.recipes,)), rest
     except MMAdapterError as error:
+        if "not a recipe name" in str(error):  # a path that names no file, or a name outside the recipes folder
+            raise UsageError(f"--config {known.config[:80]}: no such file, and not a recipe name (letters, digits, "
+                             "'_', '.', '-')") from None
         raise UsageError(f"--config {known.config}: no such file or recipe of `mm-adapter {command.name}` "
                          f"({str(error).partition('(')[2]}") from None
 

@@ -209,7 +209,7 @@ def _open_hub(repo_id: str, split: str) -> _Opened:
 def _list_problem(text: str, path: Path) -> str | None:
     values = parse_json(text, path, "data file", expect=list)  # not JSON: raises naming line and column
     if not values:
-        return "no usable records (an empty list)"
+        return "no records (an empty list)"
     for index, value in enumerate(values):
         problem = shape_problem(value)
         if problem:

@@ -122,7 +122,7 @@ def peek_alpaca_file(path: str | Path) -> None:
             raise MMAdapterError(f"{path}: is not a parquet file (it does not start with {PARQUET_MAGIC!r})")
         return
     if size == 0 or not (text := _head(path)).strip():
-        raise MMAdapterError(f"{path}: no usable records (the file is empty)")
+        raise MMAdapterError(f"{path}: no records (the file is empty)")
     first = text.lstrip()[:1]
     if first not in "[{":
         shown = text.lstrip()[:16]
@@ -135,7 +135,9 @@ def peek_alpaca_file(path: str | Path) -> None:
     except MMAdapterError as error:
         raise MMAdapterError(f"{path}: {error}") from None
     if not values and size <= PEEK_BYTES and text.lstrip().startswith("["):
-        raise MMAdapterError(f"{path}: no usable records (an empty list)")
+        raise MMAdapterError(f"{path}: no records (an empty list)")
+    if values and all(value == {} for value in values) and size <= PEEK_BYTES:
+        raise MMAdapterError(f"{path}: no records (only empty JSON objects, none with instruction, input and output)")
     for index, value in enumerate(values):
         problem = shape_problem(value)
         if problem:
