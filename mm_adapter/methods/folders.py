@@ -24,18 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir, atomic_write_json
 from mm_adapter.files.safe_load import one_line
 from mm_adapter.files.text import STRING, Rule, check_fields, read_json
-from mm_adapter.methods.attach import Tuned, peft_module
 from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, METHODS
-from mm_adapter.methods.virtual_tokens import route_virtual_tokens
-from mm_adapter.model.adapter_file import BaseIdentity
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the record and digest readers (``table``'s costs) stay free of torch, transformers and PEFT
+    from torch import nn
+
+    from mm_adapter.methods.attach import Tuned
     from mm_adapter.training.trainer import TrainResult
 
 RECORD_NAME = "mm_adapter.json"
@@ -120,6 +118,10 @@ def relocated(result: TrainResult, method: str) -> TrainResult:
 def load_peft_folder(model: nn.Module, folder: Path) -> nn.Module:
     """The PEFT method of ``folder`` on the base ``model`` (refused, in one line, if the folder was made from
     another base), in eval mode, its virtual tokens routed into our decoder calls."""
+    from mm_adapter.methods.attach import peft_module
+    from mm_adapter.methods.virtual_tokens import route_virtual_tokens
+    from mm_adapter.model.adapter_file import BaseIdentity
+
     found = read_record(folder)
     made_for = BaseIdentity.from_dict(found["base_identity"], folder / RECORD_NAME)
     identity = BaseIdentity.of(model)
