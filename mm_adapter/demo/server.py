@@ -19,6 +19,7 @@ answer is sent; a client that disconnected or stalled is one line too, never a t
 from __future__ import annotations
 
 import email.policy
+import errno
 import html
 import json
 import sys
@@ -257,8 +258,14 @@ class DemoServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
     def handle_error(self, request, client_address) -> None:
-        """A client that reset, closed or stalled is one line; anything else is a bug and keeps its traceback."""
+        """A client that reset, closed or stalled is one line, and so is a connection the stopping server closed
+        under its handler (a signal caught between accepting and starting the handler: socketserver then closes the
+        socket, EBADF); anything else is a bug and keeps its traceback."""
         error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno == errno.EBADF:
+            self.log_line(lambda: print(f"{client_address[0]} - - the connection was closed as the server stopped",
+                                        file=sys.stderr, flush=True))
+            return
         if not isinstance(error, CLIENT_GONE):
             self.log_line(lambda: super(DemoServer, self).handle_error(request, client_address))
             return
