@@ -17,7 +17,6 @@ import os
 import pickle
 import sys
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +35,14 @@ _TINY_CONFIG = {
 _LIST_HINT = "python -c 'import open_clip; print(open_clip.list_models())'"
 
 
+def _open_clip():
+    """open_clip, imported when an image encoder is built or described: it costs ~1.2 s at start-up, which a
+    text-only command (and every module that only names a VisualConfig) should not pay."""
+    import open_clip
+
+    return open_clip
+
+
 def _downloads_allowed(allow_download: bool | None = None) -> bool:
     return allow_download if allow_download is not None else os.environ.get(ALLOW_DOWNLOAD_ENV) == "1"
 
@@ -45,10 +52,10 @@ def clip_model_config(name: str, allow_download: bool | None = None) -> dict:
     if name.startswith("hf-hub:") and not _downloads_allowed(allow_download):
         raise MMAdapterError(f"CLIP model {name!r} would be downloaded from the hub; use a built-in name with a "
                              f"local checkpoint file, or set {ALLOW_DOWNLOAD_ENV}=1")
-    if name == TINY_VIT and TINY_VIT not in open_clip.factory._MODEL_CONFIGS:
-        open_clip.factory._MODEL_CONFIGS[TINY_VIT] = _TINY_CONFIG
+    if name == TINY_VIT and TINY_VIT not in _open_clip().factory._MODEL_CONFIGS:
+        _open_clip().factory._MODEL_CONFIGS[TINY_VIT] = _TINY_CONFIG
     try:
-        config = open_clip.get_model_config(name)
+        config = _open_clip().get_model_config(name)
     except (OSError, ValueError) as error:
         raise MMAdapterError(f"CLIP model {name!r}: cannot read its config ({error})") from None
     if config is None:
@@ -82,7 +89,7 @@ def _refuse_download(config: VisualConfig, allow_download: bool | None) -> None:
     allowed = _downloads_allowed(allow_download)
     if config.clip_pretrained is None or os.path.isfile(config.clip_pretrained):
         return
-    tags = open_clip.list_pretrained_tags_by_model(config.clip_model)
+    tags = _open_clip().list_pretrained_tags_by_model(config.clip_model)
     if config.clip_pretrained not in tags:
         raise MMAdapterError(f"pretrained {config.clip_pretrained!r} is neither a file nor a tag of "
                              f"{config.clip_model} (tags: {', '.join(tags) or 'none'})")
@@ -154,7 +161,7 @@ def build_encoder(config: VisualConfig, device: torch.device | str = "cpu",
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.clip_seed)  # random weights are reproducible from the seed
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = _open_clip().create_model_and_transforms(
                 config.clip_model, pretrained=config.clip_pretrained, device=device)
         except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
