@@ -87,7 +87,9 @@ def test_a_resume_the_world_size_cannot_split_is_one_line(tmp_path, capsys):
     assert resumed.returncode != 0 and "done:" not in resumed.stdout
     line = ("error: cannot resume with 2 processes: this run's optimizer steps are 3 micro-batches of 4 (effective "
             "batch 12), which 2 processes cannot split evenly; resume with a number of processes that divides 3")
-    assert error_lines(resumed.stderr) == [line, line]
+    # each rank refuses in that one line, but torchrun stops the other rank as soon as one has failed, so the
+    # second line may never be written (seen once in a clean-clone run): one or two, each exactly the line
+    assert error_lines(resumed.stderr) in ([line], [line, line]), resumed.stderr[-3000:]
     code, _, err = command_here(["train", "alpaca", *arguments(base, data, out, "--epochs", "1", "--resume")], capsys)
     assert code == 2 and err == ("error: cannot resume with --accum-steps 1: this run's optimizer steps are 3 "
                                  "micro-batches of 4 (effective batch 12); with 1 process(es) pass --accum-steps 3\n")
