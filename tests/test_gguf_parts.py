@@ -219,3 +219,14 @@ def test_gemma3_270m_from_its_four_packages(tmp_path):
     assert time.perf_counter() - started < first / 2
     print(f"gemma3-270m: first load (check, join, convert) {first:.1f} s, "
           f"cached load {time.perf_counter() - started:.1f} s")
+
+
+def test_a_corrupt_header_is_one_line_naming_the_first_part(four, tmp_path):
+    """A first part whose header says a metadata key is 2**40 bytes long is refused in one line, without reading
+    that much."""
+    corrupt = tmp_path / "corrupt.part00"
+    data = bytearray(four[0].read_bytes())
+    data[24:32] = (1 << 40).to_bytes(8, "little")  # after magic, version, tensor and entry counts: the first key
+    corrupt.write_bytes(bytes(data))
+    refuses(lambda: check_parts(spec([corrupt, *four[1:]])), corrupt,
+            r"part 1 \(.*\): not a GGUF file we can read \(a metadata key of 1,099,511,627,776 bytes\)$")

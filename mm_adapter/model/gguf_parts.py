@@ -41,6 +41,7 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,14 @@ class _Joined:
         return struct.unpack("<" + fmt, self.read(struct.calcsize(fmt)))[0]
 
 
+def _name(stream: _Joined, where: str, what: str) -> str:
+    """A metadata key or tensor name: short in every GGUF, so a corrupt length cannot make us read megabytes."""
+    length = stream.unpack("Q")
+    if length > MAX_NAME_BYTES:
+        raise MMAdapterError(f"{where}: not a GGUF file we can read (a {what} of {length:,} bytes)")
+    return stream.read(length).decode("utf-8", "replace")
+
+
 def _skip_value(stream: _Joined, kind: int, where: str) -> None:
     if kind in _SCALARS:
         stream.skip(struct.calcsize(_SCALARS[kind]))
@@ -201,9 +210,9 @@ def gguf_size(stream: _Joined, first: Path) -> tuple[int, int]:
     tensors, entries = stream.unpack("Q"), stream.unpack("Q")
     alignment = DEFAULT_ALIGNMENT
     for _ in range(entries):
-        key = stream.read(stream.unpack("Q"))
+        key = _name(stream, where, "metadata key")
         kind = stream.unpack("I")
-        if key == b"general.alignment" and kind == 4:
+        if key == "general.alignment" and kind == 4:
             alignment = stream.unpack("I")
         else:
             _skip_value(stream, kind, where)
@@ -211,7 +220,7 @@ def gguf_size(stream: _Joined, first: Path) -> tuple[int, int]:
         raise MMAdapterError(f"{where}: GGUF general.alignment is {alignment}, not a positive number")
     end = 0
     for _ in range(tensors):
-        name = stream.read(stream.unpack("Q")).decode("utf-8", "replace")
+        name = _name(stream, where, "tensor name")
         n_dims = stream.unpack("I")
         if n_dims > MAX_DIMS:
             raise MMAdapterError(f"{where}: GGUF tensor {name!r} has {n_dims} dimensions, more than {MAX_DIMS}")
