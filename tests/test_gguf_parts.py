@@ -20,6 +20,7 @@ import torch
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, load_base
 from mm_adapter.model import gguf_parts
 from mm_adapter.model.gguf_parts import PACKAGED, PackagedGGUF, _Joined, check_parts, gguf_size, packaged_parts
+from mm_adapter.training.base_loading import local_base_folder
 from test_bad_base import command_refuses, refuses
 from tiny_text import one_thread  # noqa: F401 (autouse fixture)
 
@@ -124,12 +125,14 @@ def four(whole, tmp_path) -> list[Path]:
                                   "a folder as a part", "a missing part file"])
 def test_parts_out_of_order_or_incomplete_are_one_line_naming_the_part(four, tmp_path, capsys, case):
     """Each bad list: load_base raises one line naming the part and what is wrong, before anything is joined or
-    converted (the cache stays empty); `mm-adapter generate --base LIST` says the same line, exit 2."""
+    converted (the cache stays empty); `mm-adapter generate --base LIST` says the same line, exit 2, and so does
+    the loader of --strategy fsdp."""
     parts, named, pattern = _bad(four, tmp_path)[case]
     message = refuses(lambda: load_base(spec(parts)), named, pattern)
     err = command_refuses(["generate", "--base", spec(parts), "--instruction", "hi", "--threads", "1"], capsys,
                           named, pattern)
     assert err == f"error: {message}\n"
+    assert refuses(lambda: local_base_folder(spec(parts)), named, pattern) == message  # --strategy fsdp's loader
     assert not (tmp_path / "cache").exists()
 
 
@@ -214,6 +217,7 @@ def test_gemma3_270m_from_its_four_packages(tmp_path):
         for entry in adapter_parameters(model).values():
             entry["gate"].fill_(0.5)
         assert (model(input_ids=ids).logits - base).abs().max() > 1e-2
+    assert local_base_folder("gemma3-270m") == folder  # --strategy fsdp reads the converted safetensors a part at a time
     started = time.perf_counter()
     load_base("gemma3-270m")
     assert time.perf_counter() - started < first / 2

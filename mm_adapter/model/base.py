@@ -130,6 +130,16 @@ def gguf_parts_folder(spec: str) -> Path:
         return _convert_gguf(joined, folder)
 
 
+def converted_folder(spec: str) -> Path | None:
+    """The cached transformers folder of a spec that names a converted GGUF (``smollm2-135m``, a GGUF in parts),
+    converting it on first use; None for every other spec."""
+    if spec == DEFAULT_SPEC:
+        return smollm2_folder()
+    if is_parts_spec(spec) and not os.path.lexists(Path(spec).expanduser()):  # a folder named with a comma is a folder
+        return gguf_parts_folder(spec)
+    return None
+
+
 def check_model_folder(folder: Path) -> None:
     """Read what transformers would read first, so a bad file is named by us: every JSON file it uses must
     be a UTF-8 JSON object and weights must exist. No entry may be a FIFO or device: reading one hangs."""
@@ -220,10 +230,9 @@ def _load_meta(folder: Path, dtype: torch.dtype | None):
 
 def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
     path = Path(spec).expanduser()
-    if spec == DEFAULT_SPEC:
-        return _load_folder(smollm2_folder(), dtype, attn_implementation)
-    if is_parts_spec(spec) and not os.path.lexists(path):  # a folder whose name has a comma is still a folder
-        return _load_folder(gguf_parts_folder(spec), dtype, attn_implementation)
+    converted = converted_folder(spec)
+    if converted is not None:
+        return _load_folder(converted, dtype, attn_implementation)
     if path.suffix == ".gguf":
         if not path.exists():
             raise MMAdapterError(f"{path}: no such GGUF file")
