@@ -188,6 +188,21 @@ def test_gemma3_tiny_model_exercises_every_layer_kind():
     assert eager_function(FAMILIES["gemma3_text"]) is modeling_gemma3.eager_attention_forward
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_attn_logit_softcapping_is_ignored_as_transformers_ignores_it(attn):
+    """Gemma3's config has attn_logit_softcapping, but its attention never passes it on: token scores are not
+    capped, so prompt scores are not either, and SDPA is not refused (a row copying Gemma2's would do both)."""
+    batch = left_padded_batch()
+    real = batch[1].bool()
+    model = tiny("gemma3_text", attn, attn_logit_softcapping=0.5)
+    with torch.no_grad():
+        assert torch.equal(forward(model, batch), forward(tiny("gemma3_text", attn), batch))
+        randomise_adapter(attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3)))
+        ours, expected = forward(model, batch), reference(model, batch)
+    assert model.model.layers[-1].self_attn.adapter.runtime.family.softcap is None
+    torch.testing.assert_close(ours[real], expected[real], atol=2e-5, rtol=1e-4)
+
+
 def test_bidirectional_gemma3_is_refused_in_one_line():
     """use_bidirectional_attention makes Gemma3 an encoder (EmbeddingGemma): refused, nothing attached."""
     model = tiny("gemma3_text", use_bidirectional_attention=True)
