@@ -90,6 +90,8 @@ def _bad(parts: list[Path], tmp_path: Path) -> dict[str, tuple[list[Path], Path,
     foreign.write_bytes(b"x" * p1.stat().st_size)
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
+    long = tmp_path / "long.bin"
+    long.write_bytes(p4.read_bytes() * 3)
     return {
         "first part given second": ([p2, p1, p3, p4], p1, r"GGUF parts out of order: part 2 \(.*part00\) starts "
                                                           r"with the GGUF header, .* given 2nd$"),
@@ -103,6 +105,9 @@ def _bad(parts: list[Path], tmp_path: Path) -> dict[str, tuple[list[Path], Path,
         "a foreign part after": ([p1, p2, p3, foreign], foreign, r"GGUF parts hold [\d,]+ bytes, more than the "
                                                                  r"[\d,]+ the header .* part 4 \(.*foreign.bin\) is "
                                                                  r"not \(all\) part of this file$"),
+        "a last part longer than the first": ([p1, p2, p3, long], long, r"GGUF parts out of order: the last, part 4 "
+                                                                        r"\(.*long.bin\), has [\d,]+ bytes, more than "
+                                                                        r"the first part's [\d,]+$"),
         "a part given twice": ([p1, p2, p2, p4], p2, r"part 3 \(.*part01\): given twice \(also part 2\)$"),
         "no part starts a GGUF": ([p2, p3, p4], p2, r"part 1 \(.*part01\): not the start of a GGUF file"),
         "an empty part": ([p1, empty, p3, p4], empty, r"part 2 \(.*empty.bin\): GGUF part is empty$"),
@@ -121,6 +126,7 @@ def four(whole, tmp_path) -> list[Path]:
 
 @pytest.mark.parametrize("case", ["first part given second", "last part in the middle", "last part moved first",
                                   "a middle part missing", "the last part missing", "a foreign part after",
+                                  "a last part longer than the first",
                                   "a part given twice", "no part starts a GGUF", "an empty part",
                                   "a folder as a part", "a missing part file"])
 def test_parts_out_of_order_or_incomplete_are_one_line_naming_the_part(four, tmp_path, capsys, case):
