@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -23,8 +24,6 @@ from mm_adapter.model.gguf_parts import PACKAGED, PackagedGGUF, _Joined, check_p
 from mm_adapter.training.base_loading import local_base_folder
 from test_bad_base import command_refuses, refuses
 from tiny_text import one_thread  # noqa: F401 (autouse fixture)
-
-gguf = pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
