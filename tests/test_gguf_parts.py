@@ -17,12 +17,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from test_bad_base import command_refuses, refuses
 
-from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, load_base
-from mm_adapter.model import gguf_parts
+from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach_adapter, load_base
 from mm_adapter.model.gguf_parts import PACKAGED, PackagedGGUF, _Joined, check_parts, gguf_size, packaged_parts
 from mm_adapter.training.base_loading import local_base_folder
-from test_bad_base import command_refuses, refuses
 from tiny_text import one_thread  # noqa: F401 (autouse fixture)
 
 
@@ -92,21 +91,21 @@ def _bad(parts: list[Path], tmp_path: Path) -> dict[str, tuple[list[Path], Path,
     long = tmp_path / "long.bin"
     long.write_bytes(p4.read_bytes() * 3)
     return {
-        "first part given second": ([p2, p1, p3, p4], p1, r"GGUF parts out of order: part 2 \(.*part00\) starts "
-                                                          r"with the GGUF header, .* given 2nd$"),
-        "last part in the middle": ([p1, p2, p4, p3], p4, r"GGUF parts out of order or cut short: part 3 "
-                                                          r"\(.*part03\) has [\d,]+ bytes, but every part before"),
+        "first part given second": ([p2, p1, p3, p4], p1, (r"GGUF parts out of order: part 2 \(.*part00\) starts "
+                                                           r"with the GGUF header, .* given 2nd$")),
+        "last part in the middle": ([p1, p2, p4, p3], p4, (r"GGUF parts out of order or cut short: part 3 "
+                                                           r"\(.*part03\) has [\d,]+ bytes, but every part before")),
         "last part moved first": ([p4, p1, p2, p3], p1, r"part 2 \(.*part00\) starts with the GGUF header"),
-        "a middle part missing": ([p1, p2, p4], p4, r"GGUF parts are incomplete: they hold \d[\d,]* bytes, the "
-                                                    r"header in part 1 .* a part is missing before the last given, "
-                                                    r"part 3 \(.*part03\)"),
+        "a middle part missing": ([p1, p2, p4], p4, (r"GGUF parts are incomplete: they hold \d[\d,]* bytes, the "
+                                                     r"header in part 1 .* a part is missing before the last given, "
+                                                     r"part 3 \(.*part03\)")),
         "the last part missing": ([p1, p2, p3], p3, r"a part is missing after the last given, part 3 \(.*part02\)"),
-        "a foreign part after": ([p1, p2, p3, foreign], foreign, r"GGUF parts hold [\d,]+ bytes, more than the "
-                                                                 r"[\d,]+ the header .* part 4 \(.*foreign.bin\) is "
-                                                                 r"not \(all\) part of this file$"),
-        "a last part longer than the first": ([p1, p2, p3, long], long, r"GGUF parts out of order: the last, part 4 "
-                                                                        r"\(.*long.bin\), has [\d,]+ bytes, more than "
-                                                                        r"the first part's [\d,]+$"),
+        "a foreign part after": ([p1, p2, p3, foreign], foreign, (r"GGUF parts hold [\d,]+ bytes, more than the "
+                                                                  r"[\d,]+ the header .* part 4 \(.*foreign.bin\) is "
+                                                                  r"not \(all\) part of this file$")),
+        "a last part longer than the first": ([p1, p2, p3, long], long, (r"GGUF parts out of order: the last, part 4 "
+                                                                         r"\(.*long.bin\), has [\d,]+ bytes, more "
+                                                                         r"than the first part's [\d,]+$")),
         "a part given twice": ([p1, p2, p2, p4], p2, r"part 3 \(.*part01\): given twice \(also part 2\)$"),
         "no part starts a GGUF": ([p2, p3, p4], p2, r"part 1 \(.*part01\): not the start of a GGUF file"),
         "an empty part": ([p1, empty, p3, p4], empty, r"part 2 \(.*empty.bin\): GGUF part is empty$"),
@@ -264,7 +263,7 @@ GEMMA = PACKAGED["gemma3-270m"]
 def _gemma_installed() -> bool:
     try:
         return all(path.is_file() for path in packaged_parts(GEMMA))
-    except Exception:
+    except MMAdapterError:  # a part's package is missing
         return False
 
 
