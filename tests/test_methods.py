@@ -225,13 +225,14 @@ def test_defaults_match_ours_on_a_smollm2_shaped_base():
     """With sizes unset, each method's trainable count on SmolLM2-135M's shape is the nearest to ours with 10 x 30
     (173,070): PEFT AdaptionPrompt 172,830, LoRA rank 3 on q_proj,v_proj 172,800, prompt tuning 300 tokens and prefix
     tuning 15 tokens 172,800 each; full trains all 134,515,008; the documented larger LoRA (rank 16, all-linear)
-    4,884,480. Counted on the meta device (no weights)."""
+    4,884,480; LLaMA-Adapter V2 ours plus a bias and scale on every linear layer's 5,184 outputs in 30 layers (311,040)
+    and 61 norm weights of 576 (35,136): 519,246. Counted on the meta device (no weights)."""
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
     with torch.device("meta"):
         smollm2 = LlamaForCausalLM(config)
     counts = {method: count_for(smollm2, TuningConfig(method=method), AdapterConfig()) for method in METHODS}
-    assert counts == {LLAMA_ADAPTER: 173_070, "peft-adaption-prompt": 172_830, LORA: 172_800, PROMPT_TUNING: 172_800,
+    assert counts == {LLAMA_ADAPTER: 173_070, "llama-adapter-v2": 519_246, "peft-adaption-prompt": 172_830, LORA: 172_800, PROMPT_TUNING: 172_800,
                       PREFIX_TUNING: 172_800, FULL: 134_515_008}
     larger = TuningConfig(method=LORA, lora_rank=16, lora_targets="all-linear")
     assert count_for(smollm2, larger, AdapterConfig()) == 4_884_480

@@ -31,7 +31,7 @@ from mm_adapter.jobs.runtime import (
 )
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
-from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.methods.config import OUR_METHODS
 from mm_adapter.methods.folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.adapter import count_trainable
@@ -178,8 +178,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
 
 
 def _best_saver(tuned: Tuned, prompt_format: str, tokenizer) -> dict:
-    """ValidationSelector's arguments for the best checkpoint: best.safetensors (ours, its default), else the
-    method's folder best/."""
-    if tuned.method == LLAMA_ADAPTER:
+    """ValidationSelector's arguments for the best checkpoint: best.safetensors (ours and its V2, its default), else
+    the method's folder best/."""
+    if tuned.method in OUR_METHODS:
         return {}
     return {"save": folder_saver(tuned, prompt_format, tokenizer), "best_name": BEST_FOLDER}
