@@ -67,6 +67,21 @@ def test_fresh_v2_adapter_is_exactly_the_base_model(family, attn):
     assert torch.equal(logits(model, ids, mask, positions), base)
 
 
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2-gqa"])
+def test_on_a_bf16_base_the_trained_norms_are_fp32_and_the_forward_stays_bf16(family):
+    """As the trainer builds it on a bf16 base (autocast), the V2 parameters are fp32 master weights; a fresh adapter
+    still gives the base's bf16 logits exactly, outside autocast (validation, generation) as well as inside."""
+    model = tiny_model(family).to(torch.bfloat16)
+    ids, mask, positions = left_padded_batch()
+    base = logits(model, ids, mask, positions)
+    tuned = attach_method(model, TuningConfig(method="llama-adapter-v2"), AdapterConfig(adapter_len=3,
+                                                                                         adapter_layers=2))
+    assert {p.dtype for p in tuned.model.parameters() if p.requires_grad} == {torch.float32}
+    assert torch.equal(logits(model, ids, mask, positions), base)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(logits(model, ids, mask, positions), base)
+
+
 @pytest.mark.parametrize("family", V2_FAMILIES)
 @pytest.mark.parametrize("targets", ["all", "q_proj,v_proj,down_proj"])
 def test_parity_with_explicit_formula(family, targets):
@@ -253,3 +268,43 @@ def test_a_damaged_v2_file_is_one_line(tmp_path, damage, message):
     text = str(caught.value)
     assert text.startswith(str(bad)) and "\n" not in text
     assert __import__("re").search(message, text), text
+
+
+# ----- training: both commands take --method llama-adapter-v2 ------------------------------------------------------
+
+def test_train_alpaca_v2_lowers_the_loss_and_its_run_folder_loads_back(tmp_path, capsys):
+    """`mm-adapter train alpaca --method llama-adapter-v2` lowers the training loss (last steps against the first),
+    writes a V2 adapter file and a run.json naming the method, its sizes and its trainable count; `generate` takes the
+    run folder, and the one loader puts the V2 adapter (config and values) on a fresh base."""
+    from mm_adapter.inference.loading import load_answering
+    from mm_adapter.methods.run_record import read_run_record
+    from mm_adapter.pretrained import locate_adapter
+    from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
+
+    base = tiny_base_folder(tmp_path / "base")
+    data = write_records(tmp_path / "data.json", records(32))
+    run = tmp_path / "run"
+    argv = [arg if arg != "2" else "6" for arg in arguments(base, data, run)]  # 6 epochs of 8 steps
+    code, out, err = command_here(["train", "alpaca", *argv, "--method", "llama-adapter-v2",
+                                   "--v2-targets", "q_proj,v_proj,o_proj,down_proj"], capsys)
+    assert code == 0, err
+    assert "method llama-adapter-v2 (adapter_len 4, adapter_layers 3, v2_targets q_proj,v_proj,o_proj,down_proj, " \
+           "v2_norms True)" in out
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 48 and sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 1.0, losses
+    record = read_run_record(run)
+    assert record["method"] == "llama-adapter-v2" and record["sizes"]["v2_targets"] == "q_proj,v_proj,o_proj,down_proj"
+    saved = read_adapter(run / "adapter.safetensors")
+    assert saved.v2 == AdapterV2Config(targets="q_proj,v_proj,o_proj,down_proj")
+    assert record["costs"]["trainable"] == 3 * (4 * 64 + 4) + 4 * 2 * (64 + 32 + 64 + 64) + 9 * 64
+    method, path = locate_adapter(run)
+    model, _, _ = load_answering(str(base), method, path, "cpu", "fp32")
+    assert adapter_v2_config(model) == saved.v2
+    live = dict(model.named_parameters())
+    assert all(torch.equal(live[name.removeprefix("adapter_v2.").replace(".bias", ".adapter.bias")
+                                .replace(".scale", ".adapter.scale")], tensor)
+               for name, tensor in saved.v2_tensors.items())
+    assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in saved.v2_tensors.items() if n.endswith(".bias"))
+    code, out, err = command_here(["generate", "--base", str(base), "--adapter", str(run), "--instruction",
+                                   "What colour is the sky ?", "--max-new-tokens", "4", "--threads", "1"], capsys)
+    assert code == 0, err

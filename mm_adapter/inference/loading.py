@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, PEFT_METHODS
+from mm_adapter.methods.config import FULL, OUR_METHODS, PEFT_METHODS
 from mm_adapter.methods.folders import BASE_IDENTITY_ATTR, load_peft_folder
 from mm_adapter.model.adapter_file import BaseIdentity
 from mm_adapter.model.base import load_base
@@ -30,7 +30,7 @@ def load_answering(base: str, method: str, adapter: Path | None, device, dtype: 
     model, tokenizer = load_base(str(adapter) if method == FULL else base, dtype=dtype)
     model.to(device)
     visual = None
-    if adapter is not None and method == LLAMA_ADAPTER:
+    if adapter is not None and method in OUR_METHODS:
         visual = load_multimodal_adapter(model, adapter, device)
     elif method in PEFT_METHODS:
         model = load_peft_folder(model, adapter)

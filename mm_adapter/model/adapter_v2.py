@@ -39,6 +39,14 @@ def _apply_bias_scale(module: nn.Module, _inputs: tuple, output: torch.Tensor) -
     return module.adapter(output)
 
 
+def _keep_input_dtype(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A trained norm's weight is fp32 on a bf16 base (AdamW steps vanish in bf16), and ``weight * x`` would then
+    turn the hidden states fp32, which the base's bf16 linear layers refuse outside autocast: cast back. The base's
+    own bf16 product rounds the same fp32 product, so an untouched weight gives the same values."""
+    dtype = inputs[0].dtype if inputs and isinstance(inputs[0], torch.Tensor) else output.dtype
+    return output if output.dtype == dtype else output.to(dtype)
+
+
 @dataclass
 class V2State:
     """What :func:`attach_v2` added to one model, so :func:`detach_v2` can take it all back."""
@@ -84,6 +92,7 @@ def attach_v2(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) 
         if module.weight.device.type != "meta":
             state.original_norms[name] = module.weight.detach().clone()
         module.weight.requires_grad_(True)
+        state.hooks.append(module.register_forward_hook(_keep_input_dtype))
     return state
 
 
