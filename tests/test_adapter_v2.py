@@ -220,6 +220,24 @@ def test_v2_options_are_checked_in_one_line(options, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("command,flags,line", [
+    (["train", "alpaca", "--data", "d.json"], ["--v2-targets", "q_proj"],
+     "error: --v2-targets: applies to --method llama-adapter-v2, not llama-adapter"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "lora", "--v2-norms", "false"],
+     "error: --v2-norms: applies to --method llama-adapter-v2, not lora"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--v2-targets", ","],
+     "error: --v2-targets: names no module; give all or a comma list such as q_proj,v_proj"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--images"],
+     "error: --images: with --method llama-adapter-v2 needs its early fusion (visual prompts in the early layers "
+     "only), which is not built yet; train it text-only"),
+])
+def test_bad_v2_flags_are_one_line_and_exit_2_before_any_work(tmp_path, capsys, command, flags, line):
+    from tiny_text import command_here
+
+    code, out, err = command_here([*command, "--out", str(tmp_path / "out"), *flags], capsys)
+    assert (code, err.strip()) == (2, line) and not (tmp_path / "out").exists()
+
+
 def test_a_target_the_base_lacks_is_one_line():
     with pytest.raises(MMAdapterError, match=r"^adapter V2 target 'qkv' \(--v2-targets\) is no linear layer of this "
                                              r"base's decoder layers; they have down_proj, gate_proj, k_proj, o_proj, "
@@ -308,3 +326,34 @@ def test_train_alpaca_v2_lowers_the_loss_and_its_run_folder_loads_back(tmp_path,
     code, out, err = command_here(["generate", "--base", str(base), "--adapter", str(run), "--instruction",
                                    "What colour is the sky ?", "--max-new-tokens", "4", "--threads", "1"], capsys)
     assert code == 0, err
+
+
+def test_a_killed_v2_run_resumes_to_the_same_adapter_and_refuses_other_v2_settings(tmp_path, capsys):
+    """SIGKILL after step 5 (checkpoint at 3), then --resume: prompts, gates, biases, scales and norms bit-identical
+    to the uninterrupted run (the norms and V2 tensors are in the checkpoint and the optimizer state); a resume with
+    other --v2-targets is one line, exit 2."""
+    import signal
+
+    from test_train_resume import finetune
+    from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
+
+    from mm_adapter.training.process import KILL_ENV
+
+    base = tiny_base_folder(tmp_path / "base")
+    data = write_records(tmp_path / "data.json", records(40))
+    v2 = ["--method", "llama-adapter-v2", "--v2-targets", "v_proj,up_proj"]
+    code, _, err = command_here(["train", "alpaca", *arguments(base, data, tmp_path / "whole", *v2)], capsys)
+    assert code == 0, err
+    killed = finetune(base, data, tmp_path / "killed", *v2, env={KILL_ENV: "5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    code, _, err = command_here(["train", "alpaca", *arguments(base, data, tmp_path / "killed", *v2[:2],
+                                                             "--v2-targets", "v_proj", "--resume")], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: "), err
+    assert 'method_sizes.v2_targets: checkpoint "v_proj,up_proj", now "v_proj"' in err, err
+    code, _, err = command_here(["train", "alpaca", *arguments(base, data, tmp_path / "killed", *v2, "--resume")],
+                                capsys)
+    assert code == 0, err
+    whole, resumed = (read_adapter(tmp_path / name / "adapter.safetensors") for name in ("whole", "killed"))
+    assert whole.v2_tensors.keys() == resumed.v2_tensors.keys() and len(whole.v2_tensors) == 4 * 2 * 2 + 9
+    assert all(torch.equal(tensor, resumed.v2_tensors[name]) for name, tensor in whole.v2_tensors.items())
+    assert all(torch.equal(whole.layers[i][k], resumed.layers[i][k]) for i in whole.layers for k in ("prompt", "gate"))
