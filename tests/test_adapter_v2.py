@@ -162,7 +162,8 @@ def test_attach_method_trains_v2_with_its_sizes_and_count(tmp_path):
     model = tiny_model("llama-gqa")
     tuned = attach_method(model, TuningConfig(method="llama-adapter-v2", v2_targets="q_proj,down_proj"),
                           AdapterConfig(adapter_len=3, adapter_layers=2), autocast=False)
-    assert tuned.sizes == {"adapter_len": 3, "adapter_layers": 2, "v2_targets": "q_proj,down_proj", "v2_norms": True}
+    assert tuned.sizes == {"adapter_len": 3, "adapter_layers": 2, "v2_targets": "q_proj,down_proj", "v2_norms": True,
+                           "v2_fusion_layers": 1}
     assert adapter_v2_config(tuned.model) == AdapterV2Config(targets="q_proj,down_proj")
     prompts = 2 * (3 * 64 + 4)
     assert tuned.trainable == prompts + 4 * 2 * (64 + 64) + (2 * 4 + 1) * 64
@@ -185,7 +186,7 @@ def test_save_and_load_round_trip(tmp_path, family):
     assert torch.equal(logits(fresh, ids, mask, positions), trained)
     folder = save_pretrained(model, tmp_path / "folder")
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["adapter_v2"] == {"targets": "all", "train_norms": True}
+    assert config["adapter_v2"] == {"targets": "all", "train_norms": True, "fusion_layers": 1}
     assert config["trainable_parameters"]["total"] == count_trainable(model)
     again = from_pretrained(tiny_model(family), folder)
     assert torch.equal(logits(again, ids, mask, positions), trained)
@@ -227,15 +228,23 @@ def test_v2_options_are_checked_in_one_line(options, message):
      "error: --v2-norms: applies to --method llama-adapter-v2, not lora"),
     (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--v2-targets", ","],
      "error: --v2-targets: names no module; give all or a comma list such as q_proj,v_proj"),
-    (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--images"],
-     "error: --images: with --method llama-adapter-v2 needs its early fusion (visual prompts in the early layers "
-     "only), which is not built yet; train it text-only"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--v2-fusion-layers", "0"],
+     "error: --v2-fusion-layers: must be >= 1, got 0"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "lora", "--images"],
+     "error: --images: adds image features to the adaption prompts of --method llama-adapter or llama-adapter-v2; "
+     "lora has none"),
 ])
 def test_bad_v2_flags_are_one_line_and_exit_2_before_any_work(tmp_path, capsys, command, flags, line):
     from tiny_text import command_here
 
     code, out, err = command_here([*command, "--out", str(tmp_path / "out"), *flags], capsys)
     assert (code, err.strip()) == (2, line) and not (tmp_path / "out").exists()
+
+
+def test_more_fusion_layers_than_adapted_layers_is_one_line():
+    with pytest.raises(MMAdapterError, match=r"^adapter V2 fusion_layers=3 \(--v2-fusion-layers\) but only "
+                                             r"adapter_layers=2 layers are adapted$"):
+        v2_model("llama-gqa", AdapterV2Config(fusion_layers=3), adapter_layers=2)
 
 
 def test_a_target_the_base_lacks_is_one_line():
@@ -307,7 +316,7 @@ def test_train_alpaca_v2_lowers_the_loss_and_its_run_folder_loads_back(tmp_path,
                                    "--v2-targets", "q_proj,v_proj,o_proj,down_proj"], capsys)
     assert code == 0, err
     assert "method llama-adapter-v2 (adapter_len 4, adapter_layers 3, v2_targets q_proj,v_proj,o_proj,down_proj, " \
-           "v2_norms True)" in out
+           "v2_norms True, v2_fusion_layers 1)" in out
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 48 and sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 1.0, losses
     record = read_run_record(run)
@@ -357,3 +366,30 @@ def test_a_killed_v2_run_resumes_to_the_same_adapter_and_refuses_other_v2_settin
     assert whole.v2_tensors.keys() == resumed.v2_tensors.keys() and len(whole.v2_tensors) == 4 * 2 * 2 + 9
     assert all(torch.equal(tensor, resumed.v2_tensors[name]) for name, tensor in whole.v2_tensors.items())
     assert all(torch.equal(whole.layers[i][k], resumed.layers[i][k]) for i in whole.layers for k in ("prompt", "gate"))
+
+
+# ----- early fusion: images reach the prompts of the early adapted layers only ---------------------------------------
+
+@pytest.mark.parametrize("fusion", [1, 2])
+def test_early_fusion_adds_the_visual_offset_to_the_early_adapted_layers_only(fusion):
+    """With a per-row visual offset (what the projection makes of an image), the logits equal the explicit formula
+    whose prompts are prompt + offset in the bottom ``fusion`` adapted layers and the plain prompts above; adding it
+    to every adapted layer (v1's fusion) would give other logits."""
+    from mm_adapter.model.adapter import prompt_offset
+
+    model = randomise_v2(randomise_adapter(v2_model("qwen2-gqa", AdapterV2Config(fusion_layers=fusion),
+                                                    adapter_layers=3)))
+    ids, mask, positions = left_padded_batch(lengths=(9,))
+    offset = torch.randn(1, 64, generator=torch.Generator().manual_seed(9))
+    with prompt_offset(model, offset):
+        ours = logits(model, ids, mask, positions)
+    params = {i: {k: p.detach() for k, p in entry.items()} for i, entry in adapter_parameters(model).items()}
+    early = sorted(params)[:fusion]
+    fused = {i: {**entry, "prompt": entry["prompt"] + offset[0] if i in early else entry["prompt"]}
+             for i, entry in params.items()}
+    everywhere = {i: {**entry, "prompt": entry["prompt"] + offset[0]} for i, entry in params.items()}
+    with torch.no_grad():
+        expected = reference_logits(model, ids, mask, positions, fused, bias_scale=bias_scale(model))
+        v1_fusion = reference_logits(model, ids, mask, positions, everywhere, bias_scale=bias_scale(model))
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
+    assert (ours - v1_fusion).abs().max() > 1e-2

@@ -20,7 +20,7 @@ from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from mm_adapter.fields import check, option
 from mm_adapter.inference.config import SamplingConfig
-from mm_adapter.methods.config import LLAMA_ADAPTER, LLAMA_ADAPTER_V2, TuningConfig
+from mm_adapter.methods.config import LLAMA_ADAPTER, OUR_METHODS, TuningConfig
 from mm_adapter.model.config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig, ModelOptions
 from mm_adapter.training.config import TrainConfig
 
@@ -130,12 +130,9 @@ class TrainScienceQAConfig:
         EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
         if self.blank_images and not self.images:
             raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
-        if self.images and self.tuning.method == LLAMA_ADAPTER_V2:
-            raise ConfigError("images", f"with --method {LLAMA_ADAPTER_V2} needs its early fusion (visual prompts in "
-                                        "the early layers only), which is not built yet; train it text-only")
-        if self.images and self.tuning.method != LLAMA_ADAPTER:
-            raise ConfigError("images", f"adds image features to the adaption prompts of --method {LLAMA_ADAPTER}; "
-                                        f"{self.tuning.method} has none")
+        if self.images and self.tuning.method not in OUR_METHODS:
+            raise ConfigError("images", f"adds image features to the adaption prompts of --method "
+                                        f"{' or '.join(OUR_METHODS)}; {self.tuning.method} has none")
 
 
 @dataclass

@@ -26,7 +26,8 @@ DEFAULT_LORA_TARGETS = "q_proj,v_proj"
 # option -> the methods it sizes; set for any other method it is refused
 APPLIES_TO = {"lora_rank": (LORA,), "lora_alpha": (LORA,), "lora_targets": (LORA,),
               "num_virtual_tokens": VIRTUAL_TOKEN_METHODS, "v2_targets": (LLAMA_ADAPTER_V2,),
-              "v2_norms": (LLAMA_ADAPTER_V2,)}
+              "v2_norms": (LLAMA_ADAPTER_V2,), "v2_fusion_layers": (LLAMA_ADAPTER_V2,)}
+V2_FLAGS = {"targets": "v2_targets", "train_norms": "v2_norms", "fusion_layers": "v2_fusion_layers"}  # ours -> V2's
 
 
 def peft_installed() -> bool:
@@ -58,6 +59,9 @@ class TuningConfig:
     MLP) or a comma list such as q_proj,v_proj"""
     v2_norms: bool | None = None
     """llama-adapter-v2 only: whether the normalisation weights train too (None: yes, as in the paper)"""
+    v2_fusion_layers: int | None = None
+    """llama-adapter-v2 with --images only: the bottom N adapted layers get the images (early fusion), the rest
+    only their own prompts (None: 1; --adapter-layers: into every adapted layer, as llama-adapter does)"""
 
     def __post_init__(self) -> None:
         check(self, "method", choices=METHODS)
@@ -73,7 +77,7 @@ class TuningConfig:
             try:
                 self.adapter_v2()
             except ConfigError as error:  # the field names the V2 config's: the flag is ours
-                raise ConfigError("v2_targets" if error.field == "targets" else "v2_norms", error.reason) from None
+                raise ConfigError(V2_FLAGS[error.field], error.reason) from None
         if self.method in PEFT_METHODS and not peft_installed():
             raise ConfigError("method", f"{self.method} trains through PEFT, which is not installed here "
                                         "(pip install peft, or the project's bench extra)")
@@ -82,7 +86,7 @@ class TuningConfig:
         """The V2 settings of ``--method llama-adapter-v2`` (defaults where unset); None for every other method."""
         if self.method != LLAMA_ADAPTER_V2:
             return None
-        given = {"targets": self.v2_targets, "train_norms": self.v2_norms}
+        given = {field: getattr(self, flag) for field, flag in V2_FLAGS.items()}
         return AdapterV2Config(**{key: value for key, value in given.items() if value is not None})
 
     @property

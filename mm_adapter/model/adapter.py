@@ -61,6 +61,7 @@ class AdaptionPrompt(nn.Module):
             if config.gate_init == "random":  # the ablation: the model no longer starts as the base model
                 nn.init.normal_(self.gate, mean=0.0, std=config.gate_init_std)
         object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
+        self.visual = True  # whether the visual offset reaches this layer's prompts (V2: the early layers only)
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_offset: torch.Tensor | None = None  # the prompt offset _cached_kv was computed with
         self._cached_gated: tuple[torch.Tensor, torch.Tensor] | None = None  # (key, gate-scaled value)
@@ -76,7 +77,7 @@ class AdaptionPrompt(nn.Module):
         before rotary; prompts have no rotary, so the norm is all they get). Shapes: (1 or batch,
         num_heads, adapter_len, head_dim).
         """
-        offset = self.runtime.prompt_offset
+        offset = self.runtime.prompt_offset if self.visual else None
         if (self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype
                 and self._cached_offset is offset):  # another offset (e.g. rows repeated per option): recompute
             return self._cached_kv
@@ -187,6 +188,9 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None,
             f"adapter_layers={config.adapter_layers} but the model has only {len(layers)} decoder layers"
         )
     check_prompt_memory(config, text_config(model.config).hidden_size, layers[-1].self_attn.k_proj.weight.device)
+    if v2 is not None and v2.fusion_layers > config.adapter_layers:
+        raise MMAdapterError(f"adapter V2 fusion_layers={v2.fusion_layers} (--v2-fusion-layers) but only "
+                             f"adapter_layers={config.adapter_layers} layers are adapted")
     inner = attention.inner_name(model.config._attn_implementation or "sdpa")
     family = resolve_family(model.config, inner)
     first = len(layers) - config.adapter_layers
@@ -210,6 +214,8 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None,
 
     if v2 is not None:
         runtime.v2 = attach_v2(model, layers, v2)
+        for index in runtime.layer_indices[v2.fusion_layers:]:  # early fusion: images reach the bottom ones only
+            layers[index].self_attn.adapter.visual = False
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
 
     def decide_reuse(_module, _args, kwargs):

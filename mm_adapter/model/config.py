@@ -89,10 +89,15 @@ class AdapterV2Config:
     train_norms: bool = True
     """whether the normalisation weights (every RMSNorm: the decoder layers', the final one, per-head q/k norms
     where the family has them) train too, as in the paper and litgpt"""
+    fusion_layers: int = 1
+    """with images: the bottom N adapted layers get the visual offset on their prompts (V2's early fusion: visual
+    prompts early, language prompts in the later adapted layers, which images never reach); at most adapter_layers,
+    which is v1's fusion into every adapted layer"""
 
     def __post_init__(self) -> None:
         check_type(self, "targets", str)
         check_type(self, "train_norms", bool)
+        check(self, "fusion_layers", low=1, high=MAX_ADAPTER_LAYERS, integer=True)
         if not self.target_names:
             raise ConfigError("targets", f"names no module; give {ALL_LINEAR} or a comma list such as q_proj,v_proj")
 
