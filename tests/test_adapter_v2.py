@@ -393,3 +393,15 @@ def test_early_fusion_adds_the_visual_offset_to_the_early_adapted_layers_only(fu
         v1_fusion = reference_logits(model, ids, mask, positions, everywhere, bias_scale=bias_scale(model))
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
     assert (ours - v1_fusion).abs().max() > 1e-2
+
+
+def test_a_v2_file_is_not_exported_to_peft(tmp_path):
+    """PEFT's adaption prompt holds prompts and gates only: converting a V2 file to it would drop the biases, scales
+    and norms silently, so it is one line naming the file, and nothing is written."""
+    from mm_adapter.interop import convert
+
+    path = save_adapter(v2_model("llama-gqa", gate_granularity="layer"), tmp_path / "v2.safetensors")
+    with pytest.raises(MMAdapterError, match=r"v2\.safetensors: a LLaMA-Adapter V2 file \(biases, scales, norms\); "
+                                             r"PEFT's adaption prompt holds prompts and gates only"):
+        convert(tiny_model("llama-gqa"), "ours", path, "peft", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
