@@ -108,6 +108,7 @@ def test_each_method_trains_in_the_job_and_its_best_checkpoint_answers_alike_in_
         model=ModelOptions(base=str(base_folder), device="cpu", dtype="fp32"), eval=EvalConfig(batch_size=16),
         bootstrap=0, progress=False))
     assert evaluated.summary.accuracy == pytest.approx(result.best_val, abs=1e-9)
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["method"] == method  # V2 named as V2 too
 
 
 @pytest.fixture(scope="module")
