@@ -230,6 +230,12 @@ def test_v2_options_are_checked_in_one_line(options, message):
      "error: --v2-targets: names no module; give all or a comma list such as q_proj,v_proj"),
     (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--v2-fusion-layers", "0"],
      "error: --v2-fusion-layers: must be >= 1, got 0"),
+    (["train", "scienceqa", "--data", "d"], ["--method", "llama-adapter-v2", "--v2-disjoint", "true"],
+     "error: --v2-disjoint: splits the parameters between problems with and without an image; it applies with "
+     "--images"),
+    (["train", "alpaca", "--data", "d.json"], ["--method", "llama-adapter-v2", "--v2-disjoint", "false"],
+     "error: --v2-disjoint: splits the parameters between problems with and without an image; train alpaca has no "
+     "images"),
     (["train", "scienceqa", "--data", "d"], ["--method", "lora", "--images"],
      "error: --images: adds image features to the adaption prompts of --method llama-adapter or llama-adapter-v2; "
      "lora has none"),
@@ -405,3 +411,32 @@ def test_a_v2_file_is_not_exported_to_peft(tmp_path):
                                              r"PEFT's adaption prompt holds prompts and gates only"):
         convert(tiny_model("llama-gqa"), "ours", path, "peft", tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
+
+
+def test_disjoint_parameters_route_image_rows_and_text_rows_to_their_own_groups():
+    """V2's joint training with disjoint parameters: the loss is the plain multimodal loss, but rows with an image
+    send gradient only to the projection and the early layers' prompts and gates, rows without one only to the
+    rest (late prompts and gates, biases, scales, norms); afterwards every parameter trains again."""
+    from mm_adapter.encoders.config import VisualConfig
+    from mm_adapter.encoders.projection import VisualProjection
+    from mm_adapter.training.multimodal import attach_projection, disjoint_loss, multimodal_loss, visual_parameters
+
+    model = randomise_v2(randomise_adapter(v2_model("llama-gqa", AdapterV2Config(fusion_layers=1), adapter_layers=3)))
+    torch.manual_seed(0)
+    attach_projection(model, VisualProjection(32, 64, VisualConfig(visual_zero_init=False)))
+    ids, mask, _ = left_padded_batch(lengths=(12, 9, 7, 10))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100),
+             "image_features": torch.randn(4, 32, generator=torch.Generator().manual_seed(2)),
+             "image_mask": torch.tensor([True, False, True, False])}
+    visual = {id(p) for p in visual_parameters(model)}
+    early = model.model.layers[1].self_attn.adapter
+    assert {id(early.prompt), id(early.gate)} <= visual and id(model.model.layers[2].self_attn.adapter.gate) not in visual
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(disjoint_loss(model, batch), multimodal_loss(model, batch), atol=1e-4, rtol=1e-5)
+    for rows, moved in (([0, 2], visual), ([1, 3], set(map(id, trainable.values())) - visual)):
+        model.zero_grad(set_to_none=True)
+        disjoint_loss(model, {key: value[rows] for key, value in batch.items()}).backward()
+        for name, parameter in trainable.items():
+            got = parameter.grad is not None and parameter.grad.abs().sum() > 0
+            assert got == (id(parameter) in moved), (rows, name)
+    assert all(p.requires_grad for p in trainable.values())

@@ -66,6 +66,9 @@ class TrainAlpacaConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "limit", "max_seq_len")
+        if self.tuning.v2_disjoint is not None:
+            raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
+                                             "train alpaca has no images")
 
     @property
     def skips_bad(self) -> bool:
@@ -130,6 +133,9 @@ class TrainScienceQAConfig:
         EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
         if self.blank_images and not self.images:
             raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
+        if self.tuning.v2_disjoint is not None and not self.images:
+            raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
+                                             "it applies with --images")
         if self.images and self.tuning.method not in OUR_METHODS:
             raise ConfigError("images", f"adds image features to the adaption prompts of --method "
                                         f"{' or '.join(OUR_METHODS)}; {self.tuning.method} has none")

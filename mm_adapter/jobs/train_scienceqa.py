@@ -40,7 +40,9 @@ from mm_adapter.pretrained import base_metadata
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import BatchPlan, Example, PadCollator
-from mm_adapter.training.multimodal import VisualExport, attach_projection, multimodal_loss, projection_lr_scales
+from mm_adapter.training.multimodal import (
+    VisualExport, attach_projection, disjoint_loss, multimodal_loss, projection_lr_scales,
+)
 from mm_adapter.training.process import DistInfo, setup_distributed
 from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
@@ -161,7 +163,13 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
                                   resume=config.train.resume, **_best_saver(tuned, config.format, tokenizer))
     identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
                 "captions": config.captions} | (images.identity if images else {}) | tuned.identity()
-    extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
+    disjoint = images is not None and config.tuning.disjoint
+    if disjoint:  # absent otherwise: runs from before it existed still resume
+        identity["v2_disjoint"] = True
+        say("V2 disjoint parameters: problems with an image train the projection and the early layers' prompts and "
+            "gates, problems without one the rest")
+    extra = {} if images is None else {"forward_loss": disjoint_loss if disjoint else multimodal_loss,
+                                       "lr_scales": images.lr_scales}
     result = train(model, images.examples if images else examples, config.train,
                    PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
                    identity=identity, export=trainer_export(tuned, lambda m, path: save_adapter(m, path,

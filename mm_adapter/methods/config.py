@@ -25,8 +25,8 @@ VIRTUAL_TOKEN_METHODS = (PROMPT_TUNING, PREFIX_TUNING)
 DEFAULT_LORA_TARGETS = "q_proj,v_proj"
 # option -> the methods it sizes; set for any other method it is refused
 APPLIES_TO = {"lora_rank": (LORA,), "lora_alpha": (LORA,), "lora_targets": (LORA,),
-              "num_virtual_tokens": VIRTUAL_TOKEN_METHODS, "v2_targets": (LLAMA_ADAPTER_V2,),
-              "v2_norms": (LLAMA_ADAPTER_V2,), "v2_fusion_layers": (LLAMA_ADAPTER_V2,)}
+              "num_virtual_tokens": VIRTUAL_TOKEN_METHODS,
+              **{name: (LLAMA_ADAPTER_V2,) for name in ("v2_targets", "v2_norms", "v2_fusion_layers", "v2_disjoint")}}
 V2_FLAGS = {"targets": "v2_targets", "train_norms": "v2_norms", "fusion_layers": "v2_fusion_layers"}  # ours -> V2's
 
 
@@ -62,6 +62,9 @@ class TuningConfig:
     v2_fusion_layers: int | None = None
     """llama-adapter-v2 with --images only: the bottom N adapted layers get the images (early fusion), the rest
     only their own prompts (None: 1; --adapter-layers: into every adapted layer, as llama-adapter does)"""
+    v2_disjoint: bool | None = None
+    """llama-adapter-v2 with --images only: V2's joint training with disjoint parameters, problems with an image train
+    only the projection and the early layers' prompts and gates, problems without one only the rest (None: yes)"""
 
     def __post_init__(self) -> None:
         check(self, "method", choices=METHODS)
@@ -81,6 +84,11 @@ class TuningConfig:
         if self.method in PEFT_METHODS and not peft_installed():
             raise ConfigError("method", f"{self.method} trains through PEFT, which is not installed here "
                                         "(pip install peft, or the project's bench extra)")
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether image and text problems train disjoint parameters (V2 with --images; on unless turned off)."""
+        return self.method == LLAMA_ADAPTER_V2 and self.v2_disjoint is not False
 
     def adapter_v2(self) -> AdapterV2Config | None:
         """The V2 settings of ``--method llama-adapter-v2`` (defaults where unset); None for every other method."""
