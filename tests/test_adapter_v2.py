@@ -440,3 +440,24 @@ def test_disjoint_parameters_route_image_rows_and_text_rows_to_their_own_groups(
             got = parameter.grad is not None and parameter.grad.abs().sum() > 0
             assert got == (id(parameter) in moved), (rows, name)
     assert all(p.requires_grad for p in trainable.values())
+
+
+def test_disjoint_parameters_on_several_processes_are_refused_before_any_work(tmp_path, monkeypatch):
+    """DistributedDataParallel syncs every parameter's gradient each step; a rank whose rows all have images gives
+    the language group none. So --v2-disjoint with a world size over 1 is one line, and nothing is written."""
+    from mm_adapter.data.config import ScienceQASource
+    from mm_adapter.jobs import train_scienceqa as job
+    from mm_adapter.jobs.configs import TrainScienceQAConfig
+    from mm_adapter.training.process import DistInfo
+
+    (tmp_path / "data").mkdir()
+    for name in ("problems.json", "pid_splits.json"):
+        (tmp_path / "data" / name).write_text("{}")
+    monkeypatch.setattr(job, "setup_distributed", lambda device: DistInfo(0, 2, torch.device("cpu")))
+    config = TrainScienceQAConfig(out=str(tmp_path / "out"), source=ScienceQASource(data=str(tmp_path / "data")),
+                                  images=True, tuning=TuningConfig(method="llama-adapter-v2"))
+    with pytest.raises(MMAdapterError, match=r"^--v2-disjoint trains some parameters on only some rows, which "
+                                             r"DistributedDataParallel does not sync; train on one process or pass "
+                                             r"--v2-disjoint false$"):
+        job.train_scienceqa(config)
+    assert not (tmp_path / "out").exists()

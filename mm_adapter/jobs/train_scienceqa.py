@@ -21,6 +21,7 @@ from mm_adapter.data.features import ImageOffsets, compute_features, report_skip
 from mm_adapter.data.problems import encode_problems, load_problems
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, frames_note, trainable_summary
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
@@ -112,6 +113,9 @@ def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     device = prepare(config.model)
     config.source.require()
     info = setup_distributed(str(device))
+    if config.images and config.tuning.disjoint and info.world_size > 1:  # DDP needs every parameter's gradient
+        raise MMAdapterError("--v2-disjoint trains some parameters on only some rows, which DistributedDataParallel "
+                             "does not sync; train on one process or pass --v2-disjoint false")
     inputs = {**source_inputs(config.source), "--base": config.model.base}
     with job_folder(config.out, scienceqa_outputs(config.out), inputs, lock=info.is_main,
                     resume=config.train.resume) as out:  # refused before the slow parts
