@@ -52,6 +52,7 @@ class Method:
 GRIDS = {"prompt": (5e-3, 1e-2), "lora": (5e-4, 2e-3), "full": (1e-5, 5e-5)}
 METHODS = (
     Method("llama-adapter", TuningConfig(), GRIDS["prompt"]),
+    Method("llama-adapter-v2", TuningConfig(method="llama-adapter-v2"), GRIDS["prompt"]),
     Method("peft-adaption-prompt", TuningConfig(method="peft-adaption-prompt"), GRIDS["prompt"]),
     Method("lora", TuningConfig(method="lora"), GRIDS["lora"]),
     Method("lora-r16-all", TuningConfig(method="lora", lora_rank=16, lora_targets="all-linear"), GRIDS["lora"]),

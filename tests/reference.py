@@ -56,8 +56,19 @@ def _cap(scores, cap):
 
 
 def reference_logits(model, input_ids, attention_mask, position_ids, adapters, gate_activation="tanh",
-                     prompt_key_norm=True, prompt_softcap=True):
-    """adapters: {layer_index: {"prompt": (L, hidden), "gate": (heads,) or (1,) for all heads}} -> logits."""
+                     prompt_key_norm=True, prompt_softcap=True, bias_scale=None):
+    """adapters: {layer_index: {"prompt": (L, hidden), "gate": (heads,) or (1,) for all heads}} -> logits.
+
+    bias_scale: {linear module: (b, s)}, LLaMA-Adapter V2's ``y = s * (W x + b)`` on those layers, prompt keys and
+    values included (litgpt's AdapterV2Linear projects its prefix through the same layer)."""
+
+    def lin(module, x):
+        y = linear(module, x)
+        if bias_scale and module in bias_scale:
+            b, s = bias_scale[module]
+            y = s * (y + b)
+        return y
+
     config = model.config
     gemma = config.model_type in ("gemma2", "gemma3_text")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -87,9 +98,9 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
             allowed &= (index_k > index_q - window)[None]
         allowed |= torch.eye(seq, dtype=torch.bool)  # pad rows see themselves only (no NaN); real rows are unaffected
         h = norm(x, layer.input_layernorm)
-        q = linear(attn.q_proj, h).view(batch, seq, heads, head_dim)
-        k = linear(attn.k_proj, h).view(batch, seq, kv_heads, head_dim)
-        v = linear(attn.v_proj, h).view(batch, seq, kv_heads, head_dim).transpose(1, 2)
+        q = lin(attn.q_proj, h).view(batch, seq, heads, head_dim)
+        k = lin(attn.k_proj, h).view(batch, seq, kv_heads, head_dim)
+        v = lin(attn.v_proj, h).view(batch, seq, kv_heads, head_dim).transpose(1, 2)
         if hasattr(attn, "k_norm"):  # Qwen3, Gemma3: per-head RMSNorm before rotary
             q, k = norm(q, attn.q_norm), norm(k, attn.k_norm)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
@@ -101,26 +112,26 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
         out = scores.softmax(-1) @ v
         if index in adapters:
             prompt, gate = adapters[index]["prompt"], adapters[index]["gate"]
-            kp = linear(attn.k_proj, prompt).view(-1, kv_heads, head_dim)
+            kp = lin(attn.k_proj, prompt).view(-1, kv_heads, head_dim)
             if prompt_key_norm and hasattr(attn, "k_norm"):
                 kp = norm(kp, attn.k_norm)
             kp = kp.transpose(0, 1).repeat_interleave(group, 0)
-            vp = linear(attn.v_proj, prompt).view(-1, kv_heads, head_dim).transpose(0, 1).repeat_interleave(group, 0)
+            vp = lin(attn.v_proj, prompt).view(-1, kv_heads, head_dim).transpose(0, 1).repeat_interleave(group, 0)
             prompt_scores = q @ kp.transpose(-1, -2) * scale  # no mask: every token sees all prompts
             if prompt_softcap:
                 prompt_scores = _cap(prompt_scores, softcap)
             g = torch.tanh(gate) if gate_activation == "tanh" else gate
             out = out + g.view(1, -1, 1, 1).expand(1, heads, 1, 1) * (prompt_scores.softmax(-1) @ vp)
-        out = linear(attn.o_proj, out.transpose(1, 2).reshape(batch, seq, -1))
+        out = lin(attn.o_proj, out.transpose(1, 2).reshape(batch, seq, -1))
         mlp = layer.mlp
         if gemma:
             x = x + norm(out, layer.post_attention_layernorm)
             h = norm(x, layer.pre_feedforward_layernorm)
-            act = torch.nn.functional.gelu(linear(mlp.gate_proj, h), approximate="tanh")
-            x = x + norm(linear(mlp.down_proj, act * linear(mlp.up_proj, h)), layer.post_feedforward_layernorm)
+            act = torch.nn.functional.gelu(lin(mlp.gate_proj, h), approximate="tanh")
+            x = x + norm(lin(mlp.down_proj, act * lin(mlp.up_proj, h)), layer.post_feedforward_layernorm)
         else:
             x = x + out
             h = norm(x, layer.post_attention_layernorm)
-            x = x + linear(mlp.down_proj, torch.nn.functional.silu(linear(mlp.gate_proj, h)) * linear(mlp.up_proj, h))
+            x = x + lin(mlp.down_proj, torch.nn.functional.silu(lin(mlp.gate_proj, h)) * lin(mlp.up_proj, h))
     logits = norm(x, model.model.norm) @ model.lm_head.weight.T
     return _cap(logits, getattr(config, "final_logit_softcapping", None))

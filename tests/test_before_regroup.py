@@ -84,4 +84,5 @@ def test_an_old_config_file_reads_back_every_setting(path):
 
 # Settings added after the fixture was made, with the value an old config must read as (its run's behaviour);
 # ``name`` is table's (--name), new there, while an eval's config always had one.
-ADDED_SINCE = {"train.max_steps": None, "strict": False, "name": None}
+ADDED_SINCE = {"train.max_steps": None, "strict": False, "name": None, "tuning.v2_targets": None,
+               "tuning.v2_norms": None, "tuning.v2_fusion_layers": None, "tuning.v2_disjoint": None}

@@ -211,3 +211,25 @@ def test_concurrent_predictions_match_sequential_ones(visual, files):
     with ThreadPoolExecutor(max_workers=len(images)) as pool:
         results = list(pool.map(lambda image: visual.predict(image, QUESTION, CHOICES).probabilities, images))
     assert results == expected
+
+
+def test_a_v2_visual_adapter_answers_in_the_demo(files, tmp_path):
+    """The demo loads a LLaMA-Adapter V2 file with its visual part: the model carries the file's V2 settings and
+    values (early fusion into the bottom adapted layer), and the image still changes the answer."""
+    from mm_adapter import load_base
+    from mm_adapter.model.adapter import adapter_v2_config, adaption_prompts
+    from mm_adapter.model.config import AdapterV2Config
+
+    model, _ = load_base(str(files.base))
+    attach_adapter(model, AdapterConfig(adapter_len=3, adapter_layers=2), AdapterV2Config(fusion_layers=1))
+    with torch.no_grad():
+        for parameters in adapter_parameters(model).values():
+            parameters["gate"].fill_(0.5)
+        model.model.layers[0].mlp.down_proj.adapter.bias.fill_(0.25)
+    path = save_visual_adapter(model, tmp_path / "v2.safetensors")
+    predictor = Predictor.load(str(files.base), path)
+    assert adapter_v2_config(predictor.model) == AdapterV2Config(fusion_layers=1)
+    assert [m.visual for m in adaption_prompts(predictor.model).values()] == [True, False]
+    assert torch.equal(predictor.model.model.layers[0].mlp.down_proj.adapter.bias, torch.full((64,), 0.25))
+    red = predictor.predict(files.red, QUESTION, CHOICES).probabilities
+    assert max(abs(a - b) for a, b in zip(red, predictor.predict(None, QUESTION, CHOICES).probabilities)) > 1e-3

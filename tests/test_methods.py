@@ -1,4 +1,4 @@
-"""Methods on equal terms (``--method``): ours, PEFT's AdaptionPrompt, LoRA, prompt tuning, prefix tuning (all four
+"""Methods on equal terms (``--method``): ours and its V2, PEFT's AdaptionPrompt, LoRA, prompt tuning, prefix tuning (all four
 through PEFT itself) and full fine-tuning, on tiny models.
 
 Each trains through the ScienceQA job and the ``train alpaca`` command, its folder records the method and
@@ -36,7 +36,8 @@ from mm_adapter.methods import attach as methods
 from mm_adapter.methods import config as method_config
 from mm_adapter.methods.attach import attach_method, count_for
 from mm_adapter.methods.config import (
-    FULL, LLAMA_ADAPTER, LORA, METHODS, PEFT_METHODS, PREFIX_TUNING, PROMPT_TUNING, TuningConfig,
+    FULL, LLAMA_ADAPTER, LLAMA_ADAPTER_V2, LORA, METHODS, OUR_METHODS, PEFT_METHODS, PREFIX_TUNING, PROMPT_TUNING,
+    TuningConfig,
 )
 from mm_adapter.methods.folders import RECORD_NAME, save_method_folder
 from mm_adapter.methods.virtual_tokens import context_tokens
@@ -47,7 +48,7 @@ from tiny import tiny_model
 from tiny_text import arguments, command_here, records, tiny_base_folder, write_records
 
 ADAPTER = AdapterConfig(adapter_len=4, adapter_layers=3)  # 780 trainable on the tiny Llama: the budget matched
-FOLDER_METHODS = [m for m in METHODS if m != LLAMA_ADAPTER]
+FOLDER_METHODS = [m for m in METHODS if m not in OUR_METHODS]
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +95,9 @@ def test_each_method_trains_in_the_job_and_its_best_checkpoint_answers_alike_in_
     problems scores exactly the accuracy validation chose it by."""
     out = tmp_path / "run"
     result = train_scienceqa(sqa_config(base_folder, data, out, method))
-    assert result.best_path == out / ("best.safetensors" if method == LLAMA_ADAPTER else "best")
+    assert result.best_path == out / ("best.safetensors" if method in OUR_METHODS else "best")
     assert result.best_path.exists() and result.train.adapter_path.exists()
-    if method != LLAMA_ADAPTER:
+    if method not in OUR_METHODS:
         assert result.train.adapter_path == out / "adapter"
         written = json.loads((result.best_path / RECORD_NAME).read_text())
         assert written["method"] == method and written["prompt_format"] == "QCM-T"
@@ -107,6 +108,7 @@ def test_each_method_trains_in_the_job_and_its_best_checkpoint_answers_alike_in_
         model=ModelOptions(base=str(base_folder), device="cpu", dtype="fp32"), eval=EvalConfig(batch_size=16),
         bootstrap=0, progress=False))
     assert evaluated.summary.accuracy == pytest.approx(result.best_val, abs=1e-9)
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["method"] == method  # V2 named as V2 too
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +127,8 @@ def test_each_method_trains_through_the_train_alpaca_command(alpaca, tmp_path, c
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith(f"method {method}"))
     assert "trainable parameters" in line
-    saved = tmp_path / "run" / ("adapter.safetensors" if method == LLAMA_ADAPTER else "adapter")
-    if method != LLAMA_ADAPTER:
+    saved = tmp_path / "run" / ("adapter.safetensors" if method in OUR_METHODS else "adapter")
+    if method not in OUR_METHODS:
         assert json.loads((saved / RECORD_NAME).read_text())["method"] == method
     assert_moved(base, method, saved)
 
@@ -225,14 +227,15 @@ def test_defaults_match_ours_on_a_smollm2_shaped_base():
     """With sizes unset, each method's trainable count on SmolLM2-135M's shape is the nearest to ours with 10 x 30
     (173,070): PEFT AdaptionPrompt 172,830, LoRA rank 3 on q_proj,v_proj 172,800, prompt tuning 300 tokens and prefix
     tuning 15 tokens 172,800 each; full trains all 134,515,008; the documented larger LoRA (rank 16, all-linear)
-    4,884,480. Counted on the meta device (no weights)."""
+    4,884,480; LLaMA-Adapter V2 ours plus a bias and scale on every linear layer's 5,184 outputs in 30 layers (311,040)
+    and 61 norm weights of 576 (35,136): 519,246. Counted on the meta device (no weights)."""
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
     with torch.device("meta"):
         smollm2 = LlamaForCausalLM(config)
     counts = {method: count_for(smollm2, TuningConfig(method=method), AdapterConfig()) for method in METHODS}
-    assert counts == {LLAMA_ADAPTER: 173_070, "peft-adaption-prompt": 172_830, LORA: 172_800, PROMPT_TUNING: 172_800,
-                      PREFIX_TUNING: 172_800, FULL: 134_515_008}
+    assert counts == {LLAMA_ADAPTER: 173_070, LLAMA_ADAPTER_V2: 519_246, "peft-adaption-prompt": 172_830,
+                      LORA: 172_800, PROMPT_TUNING: 172_800, PREFIX_TUNING: 172_800, FULL: 134_515_008}
     larger = TuningConfig(method=LORA, lora_rank=16, lora_targets="all-linear")
     assert count_for(smollm2, larger, AdapterConfig()) == 4_884_480
 

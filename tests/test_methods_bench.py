@@ -54,6 +54,21 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_llama_adapter_v2_is_searched_tested_and_tabled_with_its_count(tiny_set, tmp_path, capsys, monkeypatch):
+    """The harness lists --method llama-adapter-v2 on the prompts' grid; its table row counts prompts, gates, the
+    bias and scale of every linear layer and the norms (read from its best adapter file)."""
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
+    base, data = tiny_set
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter-v2",
+            "--adapter-len", "4", "--adapter-layers", "2", "--quiet"]
+    assert methods.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [row.get("lr", "test") for row in lines] == [5e-3, 1e-2, "test"]
+    rows = {row["method"]: row["costs"] for row in json.loads((tmp_path / "out" / "table.json").read_text())["rows"]}
+    linears = 64 + 32 + 32 + 64 + 96 + 96 + 64  # q, k, v, o, gate, up, down outputs of the tiny GQA Llama
+    assert rows["llama-adapter-v2"]["trainable"] == 2 * (4 * 64 + 4) + 4 * 2 * linears + 9 * 64
+
+
 def test_two_workers_split_one_search_with_lr_and_the_last_one_tests(tiny_set, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MM_ADAPTER_CACHE", str(tmp_path / "cache"))
     base, data = tiny_set

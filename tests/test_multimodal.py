@@ -32,12 +32,14 @@ from mm_adapter.inference.scoring import option_log_probs
 from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
-from mm_adapter.model.config import ModelOptions
+from mm_adapter.methods.config import TuningConfig
+from mm_adapter.model.adapter import adaption_prompts
+from mm_adapter.model.config import AdapterV2Config, ModelOptions
 from mm_adapter.pretrained import load_multimodal_adapter
 from mm_adapter.scienceqa.data import Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
 from mm_adapter.training.checkpoints import load_checkpoint
-from mm_adapter.training.multimodal import PROJECTION_ATTR, attach_projection, projection_lr_scales
+from mm_adapter.training.multimodal import PROJECTION_ATTR, attach_projection, disjoint_loss, projection_lr_scales
 from mm_adapter.training.trainer import build_optimizer
 from tiny import tiny_model
 
@@ -173,6 +175,37 @@ def test_images_learned_text_only_at_chance(setup, trained):
         accuracy[run] = result.scores["IMG"].acc
     assert accuracy["img"] >= 85.0, accuracy  # percent; chance is 33.3
     assert accuracy["txt"] <= 50.0, accuracy
+
+
+@pytest.mark.parametrize("disjoint,least", [(True, 60.0), (False, 85.0)])
+def test_llama_adapter_v2_with_early_fusion_learns_the_pictures(setup, tmp_path, monkeypatch, disjoint, least):
+    """--method llama-adapter-v2 --images: images reach the prompts of the bottom 2 of the 4 adapted layers only, and
+    with V2's disjoint parameters (the default) only problems with an image train those, only the others the rest.
+    Either way the run learns the colours (test IMG well above the chance 33.3: 69.05 disjoint, where only the 1 in 8
+    text problems train the later layers, and 100.00 without, measured here), and its best file records the V2 part
+    with its fusion depth and the visual part, and reloads in one call to the accuracy validation chose it by."""
+    folder, data = setup
+    config = tiny_config(folder, data, tmp_path / "v2", images=True)
+    config.tuning = TuningConfig(method="llama-adapter-v2", v2_fusion_layers=2, v2_disjoint=None if disjoint else False)
+    from mm_adapter.jobs import train_scienceqa as job
+
+    steps = []
+    monkeypatch.setattr(job, "disjoint_loss", lambda model, batch: steps.append(1) or disjoint_loss(model, batch))
+    result = train_scienceqa(config)
+    assert len(steps) == (72 if disjoint else 0)  # the job trains through the disjoint routes exactly when asked
+    best = read_adapter(result.best_path)
+    assert best.v2 == AdapterV2Config(fusion_layers=2) and "visual" in best.extra_metadata
+    model, tokenizer = load_base(str(folder / "base"))
+    encoder, projection = load_multimodal_adapter(model, result.best_path)
+    assert [m.visual for m in adaption_prompts(model).values()] == [True, True, False, False]
+    problems = read_official(data, "val")[0]
+    answers = evaluate(model, tokenizer, problems, EvalConfig(), ImageOffsets(projection, compute_features(
+        encoder, problems, data)))
+    assert sum(answers[p.pid].choice == p.answer for p in problems) / len(problems) == pytest.approx(result.best_val)
+    tested = eval_scienceqa(EvalScienceQAConfig(
+        split="test", out=str(tmp_path / "v2-test"), source=ScienceQASource(data=str(data)),
+        adapter=str(result.best_path), bootstrap=0, progress=False, model=ModelOptions(base=str(folder / "base"))))
+    assert tested.scores["IMG"].acc >= least, tested.scores["IMG"].acc  # percent; chance is 33.3
 
 
 def open_gates(model) -> None:

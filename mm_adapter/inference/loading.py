@@ -7,8 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, PEFT_METHODS
+from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, LLAMA_ADAPTER_V2, OUR_METHODS, PEFT_METHODS
 from mm_adapter.methods.folders import BASE_IDENTITY_ATTR, load_peft_folder
+from mm_adapter.model.adapter import adapter_v2_config
 from mm_adapter.model.adapter_file import BaseIdentity
 from mm_adapter.model.base import load_base
 from mm_adapter.pretrained import load_multimodal_adapter
@@ -17,6 +18,12 @@ from mm_adapter.pretrained import load_multimodal_adapter
 def identity_of(model: nn.Module) -> BaseIdentity:
     """The identity of the base beneath a model :func:`load_answering` returned (PEFT's layers hide it)."""
     return getattr(model, BASE_IDENTITY_ATTR, None) or BaseIdentity.of(model)
+
+
+def answering_method(model: nn.Module, method: str) -> str:
+    """The method of what :func:`load_answering` loaded: ``locate_adapter`` calls every file of ours llama-adapter,
+    and a V2 file is known only once it is on the model (its metadata says so)."""
+    return LLAMA_ADAPTER_V2 if method == LLAMA_ADAPTER and adapter_v2_config(model) is not None else method
 
 
 def load_answering(base: str, method: str, adapter: Path | None, device, dtype: str | None = None,
@@ -30,7 +37,7 @@ def load_answering(base: str, method: str, adapter: Path | None, device, dtype: 
     model, tokenizer = load_base(str(adapter) if method == FULL else base, dtype=dtype)
     model.to(device)
     visual = None
-    if adapter is not None and method == LLAMA_ADAPTER:
+    if adapter is not None and method in OUR_METHODS:
         visual = load_multimodal_adapter(model, adapter, device)
     elif method in PEFT_METHODS:
         model = load_peft_folder(model, adapter)

@@ -70,6 +70,9 @@ def convert(model: nn.Module, source: str, path: str | Path, target: str, output
         raise MMAdapterError(f"unknown output format {target!r}; expected one of {', '.join(TARGETS)}")
     output = check_output(output, overwrite)
     adapter = load_foreign_adapter(model, source, path, **options)
+    if target == "peft" and adapter.v2 is not None:
+        raise MMAdapterError(f"{path}: a LLaMA-Adapter V2 file (biases, scales, norms); PEFT's adaption prompt holds "
+                             "prompts and gates only, so --to peft would drop them")
     if target == "peft":
         return export_peft(model, output, overwrite=overwrite)
     metadata = {**adapter.extra_metadata, "imported_from": f"{source}:{Path(path).name}"}

@@ -20,7 +20,7 @@ from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
 from mm_adapter.fields import check, option
 from mm_adapter.inference.config import SamplingConfig
-from mm_adapter.methods.config import LLAMA_ADAPTER, TuningConfig
+from mm_adapter.methods.config import LLAMA_ADAPTER, OUR_METHODS, TuningConfig
 from mm_adapter.model.config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig, ModelOptions
 from mm_adapter.training.config import TrainConfig
 
@@ -66,6 +66,9 @@ class TrainAlpacaConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "limit", "max_seq_len")
+        if self.tuning.v2_disjoint is not None:
+            raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
+                                             "train alpaca has no images")
 
     @property
     def skips_bad(self) -> bool:
@@ -130,9 +133,12 @@ class TrainScienceQAConfig:
         EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
         if self.blank_images and not self.images:
             raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
-        if self.images and self.tuning.method != LLAMA_ADAPTER:
-            raise ConfigError("images", f"adds image features to the adaption prompts of --method {LLAMA_ADAPTER}; "
-                                        f"{self.tuning.method} has none")
+        if self.tuning.v2_disjoint is not None and not self.images:
+            raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
+                                             "it applies with --images")
+        if self.images and self.tuning.method not in OUR_METHODS:
+            raise ConfigError("images", f"adds image features to the adaption prompts of --method "
+                                        f"{' or '.join(OUR_METHODS)}; {self.tuning.method} has none")
 
 
 @dataclass

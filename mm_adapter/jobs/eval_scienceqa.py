@@ -25,7 +25,7 @@ from mm_adapter.eval.record import EVAL_RECORD, ZERO_SHOT, EvalRecord, absolute,
 from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from mm_adapter.inference.loading import identity_of, load_answering
+from mm_adapter.inference.loading import answering_method, identity_of, load_answering
 from mm_adapter.jobs.configs import EvalScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, precision_line, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
@@ -126,7 +126,7 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
                 "adapter": adapter_digest(adapter) if adapter else None}
     if offsets is not None:  # which images were used (a skipped one changes answers)
         identity["image_features"] = offsets.features.fingerprint(problems)
-    row_method, label = _names(config, method)
+    row_method, label = _names(config, answering_method(model, method))
     name = config.name or EvalRecord(out, row_method, None, label, split=config.split, limit=config.limit,
                                      prompt_format=fmt, mode=eval_config.mode,
                                      calibrate=eval_config.calibrate).row_name()

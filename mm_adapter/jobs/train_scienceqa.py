@@ -21,6 +21,7 @@ from mm_adapter.data.features import ImageOffsets, compute_features, report_skip
 from mm_adapter.data.problems import encode_problems, load_problems
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, frames_note, trainable_summary
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
@@ -31,7 +32,7 @@ from mm_adapter.jobs.runtime import (
 )
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
-from mm_adapter.methods.config import LLAMA_ADAPTER
+from mm_adapter.methods.config import OUR_METHODS
 from mm_adapter.methods.folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.adapter import count_trainable
@@ -40,7 +41,9 @@ from mm_adapter.pretrained import base_metadata
 from mm_adapter.scienceqa.data import Problem
 from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import BatchPlan, Example, PadCollator
-from mm_adapter.training.multimodal import VisualExport, attach_projection, multimodal_loss, projection_lr_scales
+from mm_adapter.training.multimodal import (
+    VisualExport, attach_projection, disjoint_loss, multimodal_loss, projection_lr_scales,
+)
 from mm_adapter.training.process import DistInfo, setup_distributed
 from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
@@ -110,6 +113,9 @@ def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     device = prepare(config.model)
     config.source.require()
     info = setup_distributed(str(device))
+    if config.images and config.tuning.disjoint and info.world_size > 1:  # DDP needs every parameter's gradient
+        raise MMAdapterError("--v2-disjoint trains some parameters on only some rows, which DistributedDataParallel "
+                             "does not sync; train on one process or pass --v2-disjoint false")
     inputs = {**source_inputs(config.source), "--base": config.model.base}
     with job_folder(config.out, scienceqa_outputs(config.out), inputs, lock=info.is_main,
                     resume=config.train.resume) as out:  # refused before the slow parts
@@ -161,7 +167,13 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
                                   resume=config.train.resume, **_best_saver(tuned, config.format, tokenizer))
     identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
                 "captions": config.captions} | (images.identity if images else {}) | tuned.identity()
-    extra = {} if images is None else {"forward_loss": multimodal_loss, "lr_scales": images.lr_scales}
+    disjoint = images is not None and config.tuning.disjoint
+    if disjoint:  # absent otherwise: runs from before it existed still resume
+        identity["v2_disjoint"] = True
+        say("V2 disjoint parameters: problems with an image train the projection and the early layers' prompts and "
+            "gates, problems without one the rest")
+    extra = {} if images is None else {"forward_loss": disjoint_loss if disjoint else multimodal_loss,
+                                       "lr_scales": images.lr_scales}
     result = train(model, images.examples if images else examples, config.train,
                    PadCollator(tokenizer.pad_token_id), out, device=str(device), on_step_end=selector,
                    identity=identity, export=trainer_export(tuned, lambda m, path: save_adapter(m, path,
@@ -178,8 +190,8 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
 
 
 def _best_saver(tuned: Tuned, prompt_format: str, tokenizer) -> dict:
-    """ValidationSelector's arguments for the best checkpoint: best.safetensors (ours, its default), else the
-    method's folder best/."""
-    if tuned.method == LLAMA_ADAPTER:
+    """ValidationSelector's arguments for the best checkpoint: best.safetensors (ours and its V2, its default), else
+    the method's folder best/."""
+    if tuned.method in OUR_METHODS:
         return {}
     return {"save": folder_saver(tuned, prompt_format, tokenizer), "best_name": BEST_FOLDER}

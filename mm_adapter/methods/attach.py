@@ -3,6 +3,7 @@
 | method | trains | built by |
 |---|---|---|
 | llama-adapter | prompts and zero-initialised gates (ours) | ``attach_adapter`` |
+| llama-adapter-v2 | ours, plus a bias and scale on the linear layers and the norm weights | ``attach_adapter(v2=)`` |
 | peft-adaption-prompt | PEFT's LLaMA-Adapter, ``adapter_len`` x ``adapter_layers`` | ``peft.get_peft_model`` |
 | lora | rank-r updates of the target linear layers | ``peft.get_peft_model`` |
 | prompt-tuning | ``num_virtual_tokens`` input embeddings | ``peft.get_peft_model`` |
@@ -27,7 +28,8 @@ from torch import nn
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.safe_load import one_line
 from mm_adapter.methods.config import (
-    FULL, LLAMA_ADAPTER, LORA, PEFT_ADAPTION_PROMPT, PREFIX_TUNING, PROMPT_TUNING, TuningConfig, peft_installed,
+    FULL, LLAMA_ADAPTER, LLAMA_ADAPTER_V2, LORA, PEFT_ADAPTION_PROMPT, PREFIX_TUNING, PROMPT_TUNING, TuningConfig,
+    peft_installed,
 )
 from mm_adapter.methods.virtual_tokens import route_virtual_tokens
 from mm_adapter.model.adapter import attach_adapter, count_trainable
@@ -136,6 +138,11 @@ def resolve_sizes(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig
         return {"num_virtual_tokens": matched(tuning.method, "num_virtual_tokens", tuning.num_virtual_tokens)}
     if tuning.method in (PEFT_ADAPTION_PROMPT, LLAMA_ADAPTER):
         return {"adapter_len": adapter.adapter_len, "adapter_layers": adapter.adapter_layers}
+    if tuning.method == LLAMA_ADAPTER_V2:
+        v2 = tuning.adapter_v2()
+        return {"adapter_len": adapter.adapter_len, "adapter_layers": adapter.adapter_layers,
+                "v2_targets": ",".join(v2.target_names), "v2_norms": v2.train_norms,
+                "v2_fusion_layers": v2.fusion_layers}
     return {}
 
 
@@ -146,13 +153,14 @@ def _fp32_trainables(model: nn.Module) -> None:
             parameter.data = parameter.data.float()
 
 
-def build(model: nn.Module, method: str, adapter: AdapterConfig, sizes: dict[str, Any]) -> nn.Module:
-    """``model`` with ``method``'s trainable parameters (the base itself for ours and full, else a PeftModel)."""
-    if method == LLAMA_ADAPTER:
-        return attach_adapter(model, adapter)
-    if method == FULL:
+def build(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig, sizes: dict[str, Any]) -> nn.Module:
+    """``model`` with ``tuning.method``'s trainable parameters (the base itself for ours and full, else a
+    PeftModel)."""
+    if tuning.method in (LLAMA_ADAPTER, LLAMA_ADAPTER_V2):
+        return attach_adapter(model, adapter, tuning.adapter_v2())
+    if tuning.method == FULL:
         return model.float().requires_grad_(True)
-    return wrap_peft(model, method, sizes)
+    return wrap_peft(model, tuning.method, sizes)
 
 
 def attach_method(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig, autocast: bool = True) -> Tuned:
@@ -165,7 +173,7 @@ def attach_method(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig
     base, source = BaseIdentity.of(model), base_source(model)
     budget = llama_adapter_count(model, adapter)
     sizes = resolve_sizes(model, tuning, adapter, budget)
-    trained = build(model, tuning.method, adapter, sizes)
+    trained = build(model, tuning, adapter, sizes)
     if autocast:
         _fp32_trainables(trained)
     return Tuned(trained, tuning.method, sizes, base, source, budget)
@@ -181,4 +189,6 @@ def count_for(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig | N
     twin = _meta_twin(model)
     if tuning.method == FULL:
         return sum(p.numel() for p in twin.parameters())
+    if tuning.method == LLAMA_ADAPTER_V2:
+        return count_trainable(attach_adapter(twin, adapter, tuning.adapter_v2()))
     return count_trainable(wrap_peft(twin, tuning.method, resolve_sizes(model, tuning, adapter, budget)))

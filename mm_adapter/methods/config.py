@@ -13,17 +13,21 @@ from dataclasses import dataclass
 
 from mm_adapter.errors import ConfigError
 from mm_adapter.fields import check, option
+from mm_adapter.model.config import AdapterV2Config
 
-LLAMA_ADAPTER = "llama-adapter"
+LLAMA_ADAPTER, LLAMA_ADAPTER_V2 = "llama-adapter", "llama-adapter-v2"
 PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING, FULL = (
     "peft-adaption-prompt", "lora", "prompt-tuning", "prefix-tuning", "full")
-METHODS = (LLAMA_ADAPTER, PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING, FULL)
+METHODS = (LLAMA_ADAPTER, LLAMA_ADAPTER_V2, PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING, FULL)
+OUR_METHODS = (LLAMA_ADAPTER, LLAMA_ADAPTER_V2)  # saved as our adapter file (a V2 file records its V2 part)
 PEFT_METHODS = (PEFT_ADAPTION_PROMPT, LORA, PROMPT_TUNING, PREFIX_TUNING)
 VIRTUAL_TOKEN_METHODS = (PROMPT_TUNING, PREFIX_TUNING)
 DEFAULT_LORA_TARGETS = "q_proj,v_proj"
 # option -> the methods it sizes; set for any other method it is refused
 APPLIES_TO = {"lora_rank": (LORA,), "lora_alpha": (LORA,), "lora_targets": (LORA,),
-              "num_virtual_tokens": VIRTUAL_TOKEN_METHODS}
+              "num_virtual_tokens": VIRTUAL_TOKEN_METHODS,
+              **{name: (LLAMA_ADAPTER_V2,) for name in ("v2_targets", "v2_norms", "v2_fusion_layers", "v2_disjoint")}}
+V2_FLAGS = {"targets": "v2_targets", "train_norms": "v2_norms", "fusion_layers": "v2_fusion_layers"}  # ours -> V2's
 
 
 def peft_installed() -> bool:
@@ -38,7 +42,8 @@ class TuningConfig:
     --adapter-layers (printed at the start of the run)."""
 
     method: str = option(LLAMA_ADAPTER, choices=METHODS)
-    """llama-adapter (ours); peft-adaption-prompt, lora, prompt-tuning, prefix-tuning (PEFT's own, saved as a
+    """llama-adapter (ours); llama-adapter-v2 (ours plus a bias and scale on linear layers and trainable norms, saved
+    as our adapter file); peft-adaption-prompt, lora, prompt-tuning, prefix-tuning (PEFT's own, saved as a
     folder); full (every base weight, in fp32; saved as a whole model folder)"""
     lora_rank: int | None = None
     """lora only: rank (None: the rank nearest the llama-adapter's trainable count; 3 on SmolLM2-135M)"""
@@ -49,6 +54,17 @@ class TuningConfig:
     num_virtual_tokens: int | None = None
     """prompt-tuning, prefix-tuning only: virtual tokens (None: nearest the llama-adapter's trainable count; 300
     and 15 on SmolLM2-135M)"""
+    v2_targets: str | None = None
+    """llama-adapter-v2 only: linear layers that get a bias and scale, all (None: every linear of attention and
+    MLP) or a comma list such as q_proj,v_proj"""
+    v2_norms: bool | None = None
+    """llama-adapter-v2 only: whether the normalisation weights train too (None: yes, as in the paper)"""
+    v2_fusion_layers: int | None = None
+    """llama-adapter-v2 with --images only: the bottom N adapted layers get the images (early fusion), the rest
+    only their own prompts (None: 1; --adapter-layers: into every adapted layer, as llama-adapter does)"""
+    v2_disjoint: bool | None = None
+    """llama-adapter-v2 with --images only: V2's joint training with disjoint parameters, problems with an image train
+    only the projection and the early layers' prompts and gates, problems without one only the rest (None: yes)"""
 
     def __post_init__(self) -> None:
         check(self, "method", choices=METHODS)
@@ -60,9 +76,26 @@ class TuningConfig:
         for name, methods in APPLIES_TO.items():
             if getattr(self, name) is not None and self.method not in methods:
                 raise ConfigError(name, f"applies to --method {' or '.join(methods)}, not {self.method}")
+        if self.method == LLAMA_ADAPTER_V2:
+            try:
+                self.adapter_v2()
+            except ConfigError as error:  # the field names the V2 config's: the flag is ours
+                raise ConfigError(V2_FLAGS[error.field], error.reason) from None
         if self.method in PEFT_METHODS and not peft_installed():
             raise ConfigError("method", f"{self.method} trains through PEFT, which is not installed here "
                                         "(pip install peft, or the project's bench extra)")
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether image and text problems train disjoint parameters (V2 with --images; on unless turned off)."""
+        return self.method == LLAMA_ADAPTER_V2 and self.v2_disjoint is not False
+
+    def adapter_v2(self) -> AdapterV2Config | None:
+        """The V2 settings of ``--method llama-adapter-v2`` (defaults where unset); None for every other method."""
+        if self.method != LLAMA_ADAPTER_V2:
+            return None
+        given = {field: getattr(self, flag) for field, flag in V2_FLAGS.items()}
+        return AdapterV2Config(**{key: value for key, value in given.items() if value is not None})
 
     @property
     def targets(self) -> str:

@@ -28,7 +28,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir, atomic_write_json
 from mm_adapter.files.safe_load import one_line
 from mm_adapter.files.text import STRING, Rule, check_fields, read_json
-from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, METHODS
+from mm_adapter.methods.config import FULL, METHODS, OUR_METHODS
 
 if TYPE_CHECKING:  # the record and digest readers (``table``'s costs) stay free of torch, transformers and PEFT
     from torch import nn
@@ -41,7 +41,7 @@ ADAPTER_FOLDER, BEST_FOLDER = "adapter", "best"  # another method's adapter.safe
 RECORD_FORMAT = "mm-adapter-folder/1"  # adapter_folder.FOLDER_FORMAT: one format of folders, two kinds of record
 LIBRARY = "mm-adapter"
 BASE_IDENTITY_ATTR = "mm_adapter_base_identity"  # on a loaded PeftModel: its base's identity, taken before PEFT
-FOLDER_METHODS = tuple(m for m in METHODS if m != LLAMA_ADAPTER)
+FOLDER_METHODS = tuple(m for m in METHODS if m not in OUR_METHODS)
 _OBJECT = Rule(lambda value: isinstance(value, dict), "a JSON object")
 _REQUIRED = {"format": STRING, "method": STRING, "base_identity": _OBJECT, "sizes": _OBJECT}
 _OPTIONAL = {"library_name": STRING, "base_model_spec": STRING, "base_model_name_or_path": STRING,
@@ -95,14 +95,14 @@ def folder_saver(tuned: Tuned, prompt_format: str | None, tokenizer=None) -> Cal
 def exported(method: str, path: Path) -> Path:
     """Where the trainer's export lands when handed ``path`` (``OUT/adapter.safetensors``): there for ours, the
     folder ``OUT/adapter/`` for another method."""
-    return path if method == LLAMA_ADAPTER else path.with_name(ADAPTER_FOLDER)
+    return path if method in OUR_METHODS else path.with_name(ADAPTER_FOLDER)
 
 
 def trainer_export(tuned: Tuned, ours: Callable[[nn.Module, Path], object], prompt_format: str | None,
                    tokenizer=None) -> Callable[[nn.Module, Path], object]:
-    """The trainer's ``export(model, path)``: ``ours`` (our adapter file) for llama-adapter, else the method's
-    folder at :func:`exported`."""
-    if tuned.method == LLAMA_ADAPTER:
+    """The trainer's ``export(model, path)``: ``ours`` (our adapter file) for llama-adapter and its V2, else the
+    method's folder at :func:`exported`."""
+    if tuned.method in OUR_METHODS:
         return ours
     save = folder_saver(tuned, prompt_format, tokenizer)
     return lambda model, path: save(model, exported(tuned.method, path))

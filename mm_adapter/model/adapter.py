@@ -22,7 +22,8 @@ from torch import nn
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.model import attention
-from mm_adapter.model.config import AdapterConfig
+from mm_adapter.model.adapter_v2 import V2State, attach_v2, detach_v2
+from mm_adapter.model.config import AdapterConfig, AdapterV2Config
 from mm_adapter.model.family import Family, check_layer, resolve_family, text_config
 
 ADAPTER_MARK = ".adapter."
@@ -40,6 +41,7 @@ class AdapterRuntime:
     # Optional (batch, hidden) vector added to every prompt of every adapted layer (the visual path).
     prompt_offset: torch.Tensor | None = None
     hooks: list = field(default_factory=list)
+    v2: V2State | None = None  # LLaMA-Adapter V2's bias/scale and trainable norms (adapter_v2.py), when attached
 
 
 class AdaptionPrompt(nn.Module):
@@ -59,6 +61,7 @@ class AdaptionPrompt(nn.Module):
             if config.gate_init == "random":  # the ablation: the model no longer starts as the base model
                 nn.init.normal_(self.gate, mean=0.0, std=config.gate_init_std)
         object.__setattr__(self, "runtime", runtime)  # shared, not a submodule
+        self.visual = True  # whether the visual offset reaches this layer's prompts (V2: the early layers only)
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_offset: torch.Tensor | None = None  # the prompt offset _cached_kv was computed with
         self._cached_gated: tuple[torch.Tensor, torch.Tensor] | None = None  # (key, gate-scaled value)
@@ -74,7 +77,7 @@ class AdaptionPrompt(nn.Module):
         before rotary; prompts have no rotary, so the norm is all they get). Shapes: (1 or batch,
         num_heads, adapter_len, head_dim).
         """
-        offset = self.runtime.prompt_offset
+        offset = self.runtime.prompt_offset if self.visual else None
         if (self.runtime.reuse_prompt_kv and self._cached_kv is not None and self._cached_kv[0].dtype == dtype
                 and self._cached_offset is offset):  # another offset (e.g. rows repeated per option): recompute
             return self._cached_kv
@@ -131,6 +134,18 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
     return runtime.config
 
 
+def adapter_v2_state(model: nn.Module) -> V2State | None:
+    """The V2 part of the attached adapter (bias/scale layers, trainable norms); None for a v1 adapter or none."""
+    runtime = _runtime(model)
+    return runtime.v2 if runtime is not None else None
+
+
+def adapter_v2_config(model: nn.Module) -> AdapterV2Config | None:
+    """The attached adapter's V2 settings; None for a v1 adapter (or no adapter)."""
+    state = adapter_v2_state(model)
+    return state.config if state is not None else None
+
+
 def _cache_holds_tokens(kwargs: dict) -> bool:
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
@@ -160,8 +175,10 @@ def check_prompt_memory(config: AdapterConfig, hidden_size: int, device: torch.d
                              "lower --adapter-len or --adapter-layers")
 
 
-def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.Module:
-    """Freeze ``model`` and give its top ``config.adapter_layers`` layers prompts and gates (in place)."""
+def attach_adapter(model: nn.Module, config: AdapterConfig | None = None,
+                   v2: AdapterV2Config | None = None) -> nn.Module:
+    """Freeze ``model`` and give its top ``config.adapter_layers`` layers prompts and gates (in place); with ``v2``,
+    LLaMA-Adapter V2: also a bias and scale on ``v2.targets`` of every layer and trainable norms."""
     config = config or AdapterConfig()
     if has_adapter(model):
         raise MMAdapterError("this model already has an adapter; call detach_adapter(model) first")
@@ -171,6 +188,9 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
             f"adapter_layers={config.adapter_layers} but the model has only {len(layers)} decoder layers"
         )
     check_prompt_memory(config, text_config(model.config).hidden_size, layers[-1].self_attn.k_proj.weight.device)
+    if v2 is not None and v2.fusion_layers > config.adapter_layers:
+        raise MMAdapterError(f"adapter V2 fusion_layers={v2.fusion_layers} (--v2-fusion-layers) but only "
+                             f"adapter_layers={config.adapter_layers} layers are adapted")
     inner = attention.inner_name(model.config._attn_implementation or "sdpa")
     family = resolve_family(model.config, inner)
     first = len(layers) - config.adapter_layers
@@ -192,6 +212,10 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | None = None) -> nn.
             with torch.no_grad():  # the norm multiplies by (offset + weight); Gemma stores weight - 1
                 module.adapter.prompt.mul_(family.spec.norm_weight_offset + norm.weight.float())
 
+    if v2 is not None:
+        runtime.v2 = attach_v2(model, layers, v2)
+        for index in runtime.layer_indices[v2.fusion_layers:]:  # early fusion: images reach the bottom ones only
+            layers[index].self_attn.adapter.visual = False
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
 
     def decide_reuse(_module, _args, kwargs):
@@ -234,12 +258,15 @@ def _adapter_only_save(model: nn.Module):
 
 
 def detach_adapter(model: nn.Module) -> nn.Module:
-    """Remove prompts, gates and hooks; the model computes exactly its base function again."""
+    """Remove prompts, gates, hooks (and V2's bias/scale, its norms restored); the model computes exactly its base
+    function again."""
     runtime = _runtime(model)
     if runtime is None:
         return model
     for hook in runtime.hooks:
         hook.remove()
+    if runtime.v2 is not None:
+        detach_v2(runtime.v2)
     layers = decoder_layers(model)
     for index in runtime.layer_indices:
         del layers[index].self_attn.adapter

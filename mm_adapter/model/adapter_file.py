@@ -23,12 +23,15 @@ from mm_adapter.files.atomic import atomic_path
 from mm_adapter.files.safe_load import check_tensor, read_safetensors
 from mm_adapter.files.text import POSITIVE_INT, STRING, check_fields, parse_json
 from mm_adapter.model.adapter import (
-    adapter_config, adaption_prompts, attach_adapter, decoder_layers, detach_adapter, has_adapter,
+    adapter_config, adapter_v2_config, adapter_v2_state, adaption_prompts, attach_adapter, decoder_layers,
+    detach_adapter, has_adapter,
 )
-from mm_adapter.model.config import AdapterConfig
+from mm_adapter.model.adapter_v2 import V2_PREFIX, v2_tensors
+from mm_adapter.model.config import AdapterConfig, AdapterV2Config
 
 FORMAT = "mm-adapter/1"
 PROMPT_FORMAT_KEY = "prompt_format"  # optional metadata: the prompt format the adapter was trained on
+V2_KEY = "adapter_v2"  # metadata of a LLaMA-Adapter V2 file: its AdapterV2Config; absent in a v1 file
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(prompt|gate)$")
 _FINGERPRINT_SAMPLES = 4096
 _BASE_FIELDS = {"architecture": STRING, "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT,
@@ -108,6 +111,8 @@ class AdapterFile:
     layers: dict[int, dict[str, torch.Tensor]]
     extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_metadata: dict[str, str] = field(default_factory=dict)
+    v2: AdapterV2Config | None = None  # a V2 file's bias/scale and norm settings; None: a v1 adapter
+    v2_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # its tensors, named as in the file
 
     @property
     def name(self) -> str:
@@ -137,6 +142,11 @@ def save_adapter(model: nn.Module, path: str | Path, extra_tensors: dict[str, to
         "base": json.dumps(asdict(BaseIdentity.of(model)), sort_keys=True),
         **(extra_metadata or {}),
     }
+    v2 = adapter_v2_state(model)
+    if v2 is not None:
+        tensors |= {name: tensor.detach().to("cpu", torch.float32).contiguous()
+                    for name, tensor in v2_tensors(v2).items()}
+        metadata[V2_KEY] = v2.config.to_json()
     try:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -165,18 +175,24 @@ def read_adapter(path: str | Path) -> AdapterFile:
     tensors, metadata = read_safetensors(path, check_metadata=lambda found: _check_format(path, found))
     config = AdapterConfig.from_dict(_read_json(metadata, "config", path), source=str(path))
     base = BaseIdentity.from_dict(_read_json(metadata, "base", path), path)
+    v2 = AdapterV2Config.from_dict(_read_json(metadata, V2_KEY, path), source=str(path)) if V2_KEY in metadata \
+        else None
     layers: dict[int, dict[str, torch.Tensor]] = {}
-    extra = {}
+    extra, v2_found = {}, {}
     for key, tensor in tensors.items():
         match = _LAYER_KEY.match(key)
         if match:
             layers.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
+        elif v2 is not None and key.startswith(V2_PREFIX):
+            check_tensor(path, key, tensor)
+            v2_found[key] = tensor
         else:
             check_tensor(path, key, tensor, floating=False)  # NaN in a visual projection is as bad as in a prompt
             extra[key] = tensor
     _check_layers(path, config, base, layers)
-    known = {"format", "config", "base"}
-    return AdapterFile(path, config, base, layers, extra, {k: v for k, v in metadata.items() if k not in known})
+    known = {"format", "config", "base", V2_KEY}
+    return AdapterFile(path, config, base, layers, extra, {k: v for k, v in metadata.items() if k not in known},
+                       v2, v2_found)
 
 
 def _check_layers(path: Path, config: AdapterConfig, base: BaseIdentity, layers: dict) -> None:
@@ -202,15 +218,38 @@ def apply_adapter(model: nn.Module, adapter: AdapterFile) -> nn.Module:
     if adapter.base.mismatch(identity):
         raise MMAdapterError(f"{adapter.path}: made for {adapter.base.describe()}, but this base is "
                              f"{identity.describe()}")
-    if has_adapter(model) and adapter_config(model) != adapter.config:
+    if has_adapter(model) and (adapter_config(model) != adapter.config or adapter_v2_config(model) != adapter.v2):
         detach_adapter(model)
     if not has_adapter(model):
-        attach_adapter(model, adapter.config)
+        attach_adapter(model, adapter.config, adapter.v2)
+    live = _v2_targets(model, adapter)
     with torch.no_grad():
         for index, module in adaption_prompts(model).items():
             module.prompt.copy_(adapter.layers[index]["prompt"])
             module.gate.copy_(adapter.layers[index]["gate"])
+        for name, tensor in live.items():
+            tensor.copy_(adapter.v2_tensors[name])
     return model
+
+
+def _v2_targets(model: nn.Module, adapter: AdapterFile) -> dict[str, torch.Tensor]:
+    """The live V2 tensors the file's are copied into, once the file is checked to hold exactly these, each of its
+    shape (the base's layer sizes are known only here, on the model): anything else is one line naming the tensor."""
+    state = adapter_v2_state(model)
+    live = v2_tensors(state) if state is not None else {}
+    for name, tensor in live.items():
+        found = adapter.v2_tensors.get(name)
+        if found is None:
+            raise MMAdapterError(f"{adapter.path}: missing tensor {name} (an adapter V2 file holds every bias, scale "
+                                 "and norm weight its config names)")
+        if found.shape != tensor.shape:
+            raise MMAdapterError(f"{adapter.path}: {name} has shape {list(found.shape)}, expected "
+                                 f"{list(tensor.shape)}")
+    unknown = sorted(set(adapter.v2_tensors) - set(live))
+    if unknown:
+        raise MMAdapterError(f"{adapter.path}: tensor {unknown[0]} is no part of this base's adapter V2 "
+                             f"({len(unknown)} such)")
+    return live
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> AdapterFile:

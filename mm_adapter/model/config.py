@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm_adapter.errors import ConfigError
-from mm_adapter.fields import check, config_from_dict, option
+from mm_adapter.fields import check, check_type, config_from_dict, option
 
 GATE_ACTIVATIONS = ("tanh", "identity")
 GATE_GRANULARITIES = ("head", "layer")
@@ -72,6 +72,46 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> "AdapterConfig":
         return config_from_dict(cls, data, source, "adapter config")
+
+
+ALL_LINEAR = "all"  # every linear layer of every decoder layer's attention and MLP
+
+
+@dataclass(frozen=True)
+class AdapterV2Config:
+    """LLaMA-Adapter V2's additions to the prompts and gates: a bias and a scale on chosen linear layers,
+    ``y = s * (W x + b)`` with b = 0 and s = 1 at the start (so the model still starts as the base), and trainable
+    normalisation weights. Recorded in a V2 adapter file; a file without it is a v1 adapter."""
+
+    targets: str = ALL_LINEAR
+    """linear layers that get a bias and scale, in every decoder layer: all (every linear of attention and MLP, the
+    paper's and litgpt's choice) or a comma list of module names such as q_proj,v_proj"""
+    train_norms: bool = True
+    """whether the normalisation weights (every RMSNorm: the decoder layers', the final one, per-head q/k norms
+    where the family has them) train too, as in the paper and litgpt"""
+    fusion_layers: int = 1
+    """with images: the bottom N adapted layers get the visual offset on their prompts (V2's early fusion: visual
+    prompts early, language prompts in the later adapted layers, which images never reach); at most adapter_layers,
+    which is v1's fusion into every adapted layer"""
+
+    def __post_init__(self) -> None:
+        check_type(self, "targets", str)
+        check_type(self, "train_norms", bool)
+        check(self, "fusion_layers", low=1, high=MAX_ADAPTER_LAYERS, integer=True)
+        if not self.target_names:
+            raise ConfigError("targets", f"names no module; give {ALL_LINEAR} or a comma list such as q_proj,v_proj")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The comma list as names (no spaces or empty names); ``("all",)`` for every linear layer."""
+        return tuple(name.strip() for name in self.targets.split(",") if name.strip())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> "AdapterV2Config":
+        return config_from_dict(cls, data, source, "adapter V2 config")
 
 
 DEFAULT_BASE = "smollm2-135m"

@@ -28,7 +28,7 @@ from mm_adapter.files.text import STRING, Rule, check_fields, parse_json, read_j
 from mm_adapter.methods.folders import RECORD_NAME, read_record
 from mm_adapter.methods.run_record import describe_taken, run_adapter, run_of
 from mm_adapter.model.adapter import adaption_prompts, has_adapter, install_folder_saver
-from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
+from mm_adapter.model.adapter_file import V2_KEY, AdapterFile, BaseIdentity, apply_adapter, read_adapter, save_adapter
 from mm_adapter.model.base import CONFIG_NAME as MODEL_CONFIG_NAME
 from mm_adapter.model.base import base_source
 from mm_adapter.pretrained.hub import hub_errors, hub_offline, hub_snapshot, is_hub_id, is_repo_id, split_revision
@@ -48,10 +48,11 @@ _VISUAL_BUFFERS = ("feature_mean", "feature_std")  # stored with the projection,
 _OBJECT = Rule(lambda value: isinstance(value, dict), "a JSON object")
 _REQUIRED = {"format": STRING, "method": STRING, "adapter_config": _OBJECT, "base_identity": _OBJECT}
 _OPTIONAL = {"library_name": STRING, "base_model_name_or_path": STRING, "base_model_spec": STRING,
-             "revision": STRING, "prompt_format": STRING, "visual": _OBJECT, "trainable_parameters": _OBJECT}
+             "revision": STRING, "prompt_format": STRING, "visual": _OBJECT, "trainable_parameters": _OBJECT,
+             "adapter_v2": _OBJECT}
 _EXPECTED = {"format": FOLDER_FORMAT, "method": METHOD}
 # adapter_config.json field -> the adapter file's metadata key holding the same JSON
-_AGREES_WITH = {"adapter_config": "config", "base_identity": "base"}
+_AGREES_WITH = {"adapter_config": "config", "base_identity": "base", "adapter_v2": V2_KEY}
 
 
 # ----- which file an adapter name means -----------------------------------------------------------------------
@@ -180,6 +181,7 @@ def folder_config(adapter: AdapterFile) -> dict:
             "base_model_name_or_path": source.get("name_or_path"), "base_model_spec": source.get("spec"),
             "revision": source.get("revision"), "base_identity": asdict(adapter.base),
             "adapter_config": adapter.config.to_dict(), "prompt_format": adapter.prompt_format,
+            "adapter_v2": asdict(adapter.v2) if adapter.v2 else None,
             "visual": parse_json(visual, adapter.path, "metadata field 'visual'") if visual else None,
             "trainable_parameters": parameter_counts(adapter)}
 
@@ -202,8 +204,10 @@ def base_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def parameter_counts(adapter: AdapterFile) -> dict[str, int]:
-    """Trainable parameters: prompts and gates, and a visual projection's weights (not its feature statistics)."""
+    """Trainable parameters: prompts and gates (and a V2 file's biases, scales and norms), and a visual projection's
+    weights (not its feature statistics)."""
     prompts = sum(t.numel() for layer in adapter.layers.values() for t in layer.values())
+    prompts += sum(t.numel() for t in adapter.v2_tensors.values())
     visual = sum(t.numel() for key, t in adapter.extra_tensors.items() if not key.endswith(_VISUAL_BUFFERS))
     return {"adapter": prompts, "visual": visual, "total": prompts + visual}
 
@@ -290,6 +294,9 @@ def model_card(config: dict, name: str) -> str:
                f"learnable prompts in each of the top {adapter['adapter_layers']} of its {identity['num_layers']} "
                f"layers, with zero-initialised gates ({adapter['gate_activation']}).{visual} The base stays frozen; "
                "this folder holds only the adapter.")
+    if v2 := config.get("adapter_v2"):
+        norms = "trained" if v2["train_norms"] else "frozen"
+        summary += f" LLaMA-Adapter V2: also a bias and scale on the linear layers ({v2['targets']}), {norms} norms."
     return "\n".join([
         *front, f"# {name}", "", summary, "",
         f"- base: {shown} ({identity['architecture']}{fingerprint})",

@@ -231,13 +231,27 @@ def saved_identity(folder: Path) -> dict[str, Any] | None:
 
 def check_identity(checkpoint: Checkpoint, identity: dict[str, Any]) -> None:
     """Refuse to resume a run whose settings, model or data differ from the checkpoint's."""
-    saved = checkpoint.state["identity"]
-    differ = sorted(key for key in saved.keys() | identity.keys() if saved.get(key) != identity.get(key))
+    differ = _differences(checkpoint.state["identity"], identity)
     if differ:
-        shown = "; ".join(f"{key}: checkpoint {_short(saved.get(key))}, now {_short(identity.get(key))}"
-                          for key in differ[:3])
+        shown = "; ".join(f"{key}: checkpoint {_short(was)}, now {_short(now)}" for key, was, now in differ[:3])
         raise MMAdapterError(f"{checkpoint.path}: checkpoint of an incompatible run ({shown}); resume with the "
                              "same settings, model and data, or write to another output folder")
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, value now)`` of each differing setting; where both are objects, of each differing field
+    inside (``method_sizes.v2_targets``), so the line names what changed rather than two truncated objects."""
+    found = []
+    for key in sorted(saved.keys() | now.keys()):
+        was, new = saved.get(key), now.get(key)
+        if was == new:
+            continue
+        if isinstance(was, dict) and isinstance(new, dict):
+            found += [(f"{key}.{inner}", was.get(inner), new.get(inner)) for inner in sorted(was.keys() | new.keys())
+                      if was.get(inner) != new.get(inner)]
+        else:
+            found.append((key, was, new))
+    return found
 
 
 def _short(value: Any) -> str:

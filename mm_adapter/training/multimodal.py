@@ -18,7 +18,7 @@ from torch import nn
 from mm_adapter.encoders.clip import ClipEncoder
 from mm_adapter.encoders.config import VisualConfig
 from mm_adapter.encoders.projection import VisualProjection, visual_extras
-from mm_adapter.model.adapter import prompt_offset
+from mm_adapter.model.adapter import adaption_prompts, prompt_offset
 from mm_adapter.training.trainer import lm_loss_sum
 
 PROJECTION_ATTR = "visual_projection"
@@ -52,6 +52,37 @@ def multimodal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     offsets = getattr(model, PROJECTION_ATTR)(batch["image_features"], batch["image_mask"])
     with prompt_offset(model, offsets):
         return lm_loss_sum(model, batch)
+
+
+def visual_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """LLaMA-Adapter V2's image-side parameters: the projection, and the prompts and gates of the adapted layers the
+    images reach (the early ones, ``AdapterV2Config.fusion_layers``)."""
+    prompts = [p for module in adaption_prompts(model).values() if module.visual for p in (module.prompt, module.gate)]
+    return [*getattr(model, PROJECTION_ATTR).parameters(), *prompts]
+
+
+def disjoint_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`multimodal_loss` trained as LLaMA-Adapter V2's joint training with disjoint parameters: rows with an
+    image reach only the visual parameters (:func:`visual_parameters`), rows without one only the rest (the later
+    prompts and gates, biases, scales, norms), so image questions cannot disturb what text teaches and the reverse.
+    The value is :func:`multimodal_loss`'s (two forwards over the two groups of rows; only the routes differ)."""
+    visual = {id(p) for p in visual_parameters(model)}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with_image = batch["image_mask"].reshape(len(batch["image_mask"]), -1).bool().any(dim=1)
+    total = None
+    for rows, held in ((with_image, [p for p in trainable if id(p) not in visual]),
+                       (~with_image, [p for p in trainable if id(p) in visual])):
+        if not rows.any():
+            continue
+        for parameter in held:
+            parameter.requires_grad_(False)  # this forward records no route to them
+        try:
+            part = multimodal_loss(model, {key: value[rows] for key, value in batch.items()})
+        finally:
+            for parameter in held:
+                parameter.requires_grad_(True)
+        total = part if total is None else total + part
+    return total
 
 
 @dataclass
