@@ -8,8 +8,11 @@ Family differences, written out from the transformers sources rather than shared
 Qwen3 RMS-normalises queries and keys per head before rotary (q_norm / k_norm; prompt keys get
 k_norm too); Gemma2 scales embeddings by sqrt(hidden), its norms multiply by (1 + weight), it has
 sandwich norms around attention and MLP, a tanh-GELU MLP, query_pre_attn_scalar, tanh softcaps on
-attention scores (prompt scores too) and on the final logits; sliding-window layers (Mistral,
-Gemma2) mask tokens further than the window back, never prompts. ``prompt_key_norm`` and
+attention scores (prompt scores too) and on the final logits; Gemma3 text has Gemma2's embedding
+scale, norms, sandwich norms, MLP and query_pre_attn_scalar, plus Qwen3-style q/k norms (with the
+1 + weight scale), a rotary base per layer kind (``rope_parameters[layer_type]``) and no attention
+softcap (transformers' Gemma3 attention never passes one); sliding-window layers (Mistral, Gemma2,
+Gemma3) mask tokens further than the window back, never prompts. ``prompt_key_norm`` and
 ``prompt_softcap`` switch the prompt-side family handling off, to show the tests would notice.
 """
 
@@ -67,13 +70,17 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
         return y
 
     config = model.config
-    gemma = config.model_type == "gemma2"
+    gemma = config.model_type in ("gemma2", "gemma3_text")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     scale = (config.query_pre_attn_scalar if gemma else head_dim) ** -0.5
-    softcap = getattr(config, "attn_logit_softcapping", None)
-    theta = config.rope_parameters["rope_theta"]
+    softcap = None if config.model_type == "gemma3_text" else getattr(config, "attn_logit_softcapping", None)
     eps = config.rms_norm_eps
+
+    def theta(index):
+        if config.model_type == "gemma3_text":
+            return config.rope_parameters[config.layer_types[index]]["rope_theta"]
+        return config.rope_parameters["rope_theta"]
 
     def norm(x, module):
         return rms_norm(x, 1 + module.weight if gemma else module.weight, eps)
@@ -94,10 +101,10 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
         q = lin(attn.q_proj, h).view(batch, seq, heads, head_dim)
         k = lin(attn.k_proj, h).view(batch, seq, kv_heads, head_dim)
         v = lin(attn.v_proj, h).view(batch, seq, kv_heads, head_dim).transpose(1, 2)
-        if hasattr(attn, "k_norm"):  # Qwen3: per-head RMSNorm before rotary
-            q, k = rms_norm(q, attn.q_norm.weight, eps), rms_norm(k, attn.k_norm.weight, eps)
+        if hasattr(attn, "k_norm"):  # Qwen3, Gemma3: per-head RMSNorm before rotary
+            q, k = norm(q, attn.q_norm), norm(k, attn.k_norm)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        q, k = rotary(q, position_ids, theta), rotary(k, position_ids, theta)
+        q, k = rotary(q, position_ids, theta(index)), rotary(k, position_ids, theta(index))
         group = heads // kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         scores = _cap(q @ k.transpose(-1, -2) * scale, softcap)
@@ -107,7 +114,7 @@ def reference_logits(model, input_ids, attention_mask, position_ids, adapters, g
             prompt, gate = adapters[index]["prompt"], adapters[index]["gate"]
             kp = lin(attn.k_proj, prompt).view(-1, kv_heads, head_dim)
             if prompt_key_norm and hasattr(attn, "k_norm"):
-                kp = rms_norm(kp, attn.k_norm.weight, eps)
+                kp = norm(kp, attn.k_norm)
             kp = kp.transpose(0, 1).repeat_interleave(group, 0)
             vp = lin(attn.v_proj, prompt).view(-1, kv_heads, head_dim).transpose(0, 1).repeat_interleave(group, 0)
             prompt_scores = q @ kp.transpose(-1, -2) * scale  # no mask: every token sees all prompts

@@ -23,7 +23,7 @@ from mm_adapter.scienceqa.data import Problem
 from mm_adapter.scienceqa.prompts import PromptFormat, build_prompt, extract_answer, stated_answer
 from mm_adapter.training.batches import IGNORE_INDEX
 from test_eval_run import ATOL, PROBLEMS, make_tokenizer, single_thread  # noqa: F401  (fixture)
-from tiny import tiny_model
+from tiny import FAMILIES, GEMMA3, randomise_norms, tiny_model
 
 FMT = "QCM-T"
 
@@ -93,13 +93,18 @@ def test_score_equals_explicit_per_option_forward(model, tokenizer):
     ("llama-gqa", "eager", {}),  # eager attention adds its mask: a prepared one must be additive there
     ("mistral-gqa", "sdpa", {"sliding_window": 6}),  # every layer slides, over a window shorter than the prompts
     ("qwen2-gqa", "eager", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 2}),  # mixed layers
+    ("gemma3", "sdpa", {}),  # sliding and global layers alternating, a window of 4, a rotary base per layer kind
+    ("gemma3", "eager", {}),
 ])
 def test_one_forward_reads_each_option_as_alone_whatever_the_attention(tokenizer, family, attention, overrides):
     """Every option sees the prompt and itself only, at its own positions, under each attention implementation and
     sliding-window layout (the mask score mode prepares must say what the model's own masks would): equal to an
     explicit per-option forward, which builds its masks the model's own way."""
-    model = attach_adapter(tiny_model(family, vocab_size=len(tokenizer), seed=6, attn_implementation=attention,
-                                      **overrides), AdapterConfig(adapter_len=3, adapter_layers=2))
+    model = tiny_model(family, vocab_size=len(tokenizer), seed=6, attn_implementation=attention,
+                       rows={**FAMILIES, "gemma3": GEMMA3}, **overrides)
+    if family == "gemma3":
+        randomise_norms(model)
+    model = attach_adapter(model, AdapterConfig(adapter_len=3, adapter_layers=2))
     for params in adapter_parameters(model).values():
         params["gate"].data.fill_(2.0)
     scores = option_text_log_probs(model, tokenizer, [build_prompt(p, FMT, True).prompt for p in PROBLEMS],

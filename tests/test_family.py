@@ -3,7 +3,9 @@
 Each supported ``model_type`` gets a tiny random model here (ROWS); a row added to the table
 without one fails ``test_every_family_row_has_a_tiny_model``. Gemma2's model is built with a wide
 initialisation and a small softcap so that the caps visibly change scores (with transformers'
-default init, scores are ~0.1 and a cap of 50 would be a no-op the tests could not see).
+default init, scores are ~0.1 and a cap of 50 would be a no-op the tests could not see). Gemma3's
+(tiny.GEMMA3) mixes sliding and global layers and gets random norm weights (tiny.randomise_norms), so
+its 1 + weight norm scale and its q/k norms are visible.
 """
 
 import pytest
@@ -17,7 +19,7 @@ from mm_adapter import AdapterConfig, MMAdapterError, adapter_parameters, attach
 from mm_adapter.model.adapter import adaption_prompts
 from mm_adapter.model.family import FAMILIES, eager_function
 from reference import reference_logits
-from tiny import COMMON, left_padded_batch, randomise_adapter, tiny_model
+from tiny import COMMON, GEMMA3, left_padded_batch, randomise_adapter, randomise_norms, tiny_model
 
 ROWS = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2)),
@@ -28,17 +30,16 @@ ROWS = {
     "gemma2": (Gemma2Config, Gemma2ForCausalLM, dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
                                                      sliding_window=4, attn_logit_softcapping=2.0,
                                                      initializer_range=0.2)),
+    "gemma3_text": GEMMA3,
 }
+RANDOM_NORMS = {"gemma3_text"}
 ATTENTION = {"gemma2": ["eager"]}  # SDPA cannot softcap: refused (test_softcap_under_sdpa_is_refused_in_one_line)
 CASES = [(family, attn) for family in ROWS for attn in ATTENTION.get(family, ["sdpa", "eager"])]
 
 
-
-
-
-
 def tiny(family, attn="sdpa", seed=0, **overrides):
-    return tiny_model(family, seed, attn, rows=ROWS, **overrides)
+    model = tiny_model(family, seed, attn, rows=ROWS, **overrides)
+    return randomise_norms(model) if family in RANDOM_NORMS else model
 
 
 def forward(model, batch):
@@ -89,11 +90,13 @@ def test_each_family_gradients_match_the_formula(family, attn):
         assert ours.abs().sum() > 0
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_qwen3_prompt_keys_go_through_k_norm(attn):
-    """Qwen3 RMS-normalises keys per head before rotary; prompt keys must get the same k_norm.
-    The formula with and without it differ by far more than the tolerance, and ours is the former."""
-    model = randomise_adapter(attach_adapter(tiny("qwen3", attn), AdapterConfig(adapter_len=5, adapter_layers=3)))
+def test_prompt_keys_go_through_k_norm(family, attn):
+    """Qwen3 and Gemma3 RMS-normalise keys per head before rotary; prompt keys must get the same k_norm
+    (Gemma3's with its 1 + weight scale). The formula with and without it differ by far more than the
+    tolerance, and ours is the former."""
+    model = randomise_adapter(attach_adapter(tiny(family, attn), AdapterConfig(adapter_len=5, adapter_layers=3)))
     assert model.model.layers[-1].self_attn.adapter.runtime.family.key_norm == "k_norm"
     batch = left_padded_batch()
     real = batch[1].bool()
@@ -166,6 +169,50 @@ def test_gemma2_eager_token_block_runs_gemma2s_own_eager_attention():
     assert eager_function(FAMILIES["gemma2"]) is modeling_gemma2.eager_attention_forward
 
 
+def test_gemma3_tiny_model_exercises_every_layer_kind():
+    """The Gemma3 parity tests are not vacuous: the sliding window, the global layers' own rotary base and
+    query_pre_attn_scalar each change the tiny model's logits, and its eager token block is Gemma3's own."""
+    batch = left_padded_batch()
+    real = batch[1].bool()
+    with torch.no_grad():
+        base = forward(tiny("gemma3_text"), batch)
+        variants = {
+            "no window": dict(sliding_window=64),
+            "one rotary base": dict(rope_parameters={kind: {"rope_type": "default", "rope_theta": 10000.0}
+                                                     for kind in ("sliding_attention", "full_attention")}),
+            "head_dim scaling": dict(query_pre_attn_scalar=16),
+        }
+        for name, overrides in variants.items():
+            assert (forward(tiny("gemma3_text", **overrides), batch)[real] - base[real]).abs().max() > 1e-3, name
+    from transformers.models.gemma3 import modeling_gemma3
+    assert eager_function(FAMILIES["gemma3_text"]) is modeling_gemma3.eager_attention_forward
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_attn_logit_softcapping_is_ignored_as_transformers_ignores_it(attn):
+    """Gemma3's config has attn_logit_softcapping, but its attention never passes it on: token scores are not
+    capped, so prompt scores are not either, and SDPA is not refused (a row copying Gemma2's would do both)."""
+    batch = left_padded_batch()
+    real = batch[1].bool()
+    model = tiny("gemma3_text", attn, attn_logit_softcapping=0.5)
+    with torch.no_grad():
+        assert torch.equal(forward(model, batch), forward(tiny("gemma3_text", attn), batch))
+        randomise_adapter(attach_adapter(model, AdapterConfig(adapter_len=5, adapter_layers=3)))
+        ours, expected = forward(model, batch), reference(model, batch)
+    assert model.model.layers[-1].self_attn.adapter.runtime.family.softcap is None
+    torch.testing.assert_close(ours[real], expected[real], atol=2e-5, rtol=1e-4)
+
+
+def test_bidirectional_gemma3_is_refused_in_one_line():
+    """use_bidirectional_attention makes Gemma3 an encoder (EmbeddingGemma): refused, nothing attached."""
+    model = tiny("gemma3_text", use_bidirectional_attention=True)
+    with pytest.raises(MMAdapterError) as error:
+        attach_adapter(model, AdapterConfig(adapter_len=2, adapter_layers=1))
+    assert str(error.value) == ("model type 'gemma3_text' is not supported by the adapter: its attention is "
+                                "bidirectional (use_bidirectional_attention=True), not a causal decoder's")
+    assert model.config._attn_implementation == "sdpa"
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral"])
 def test_gqa_query_head_h_reads_prompt_kv_head_h_over_groups(family):
     """GQA: query head h uses key/value head h // (heads / kv_heads), as transformers' repeat_kv does
@@ -185,15 +232,15 @@ def test_gqa_query_head_h_reads_prompt_kv_head_h_over_groups(family):
         assert torch.equal(value[0, h], raw_v[:, h // heads.kv_groups])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
 def test_norm_scaled_init_multiplies_prompts_by_the_input_norm_scale(family):
     """prompt_init="norm_scaled": prompts are N(0, std^2) draws (in layer order, from the global seed)
-    times the layer's input-norm scale, which is weight for Llama and 1 + weight for Gemma2."""
+    times the layer's input-norm scale, which is weight for Llama and 1 + weight for Gemma2 and Gemma3."""
     model = tiny(family, "eager")
     with torch.no_grad():
         for layer in model.model.layers:
             layer.input_layernorm.weight.uniform_(-0.5, 1.5)  # not all ones/zeros: the scale must be visible
-    offset = {"llama": 0.0, "gemma2": 1.0}[family]
+    offset = {"llama": 0.0, "gemma2": 1.0, "gemma3_text": 1.0}[family]
     torch.manual_seed(11)
     attach_adapter(model, AdapterConfig(adapter_len=4, adapter_layers=2, prompt_init="norm_scaled",
                                         prompt_init_std=0.5))
@@ -214,7 +261,7 @@ def test_unknown_model_type_is_refused_in_one_line():
     with pytest.raises(MMAdapterError) as error:
         attach_adapter(model, AdapterConfig(adapter_len=2, adapter_layers=1))
     assert str(error.value) == ("model type 'olmo2' is not supported by the adapter: it is not in the family table "
-                                "(supported: gemma2, llama, mistral, qwen2, qwen3)")
+                                "(supported: gemma2, gemma3_text, llama, mistral, qwen2, qwen3)")
     assert model.config._attn_implementation == "sdpa" and all(p.requires_grad for p in model.parameters())
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
               max_position_embeddings=256, rope_theta=10000.0)
@@ -13,6 +16,25 @@ FAMILIES = {
     "qwen2-gqa": (Qwen2Config, Qwen2ForCausalLM, dict(num_key_value_heads=2)),
     "mistral-gqa": (MistralConfig, MistralForCausalLM, dict(num_key_value_heads=1, sliding_window=None)),
 }
+
+# Gemma3 text: sliding and global layers alternating (a window of 4 tokens, shorter than test prompts), rotary bases
+# differing per layer kind, query_pre_attn_scalar != head_dim, so each of them changes the logits.
+GEMMA3 = (Gemma3TextConfig, Gemma3ForCausalLM, dict(
+    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=32, sliding_window=4,
+    layer_types=["sliding_attention", "full_attention"] * 2,
+    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                     "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}))
+
+
+def randomise_norms(model, seed: int = 4):
+    """Norm weights uniform in [-0.5, 0.5]: Gemma's norms start at weight 0 (scale 1 + 0), under which a missing
+    ``1 +`` offset or a skipped q/k norm would change nothing a test could see."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(torch.rand(param.shape, generator=generator) - 0.5)
+    return model
 
 
 def tiny_model(family: str = "llama-gqa", seed: int = 0, attn_implementation: str = "sdpa", rows=None, **overrides):

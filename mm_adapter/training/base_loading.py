@@ -29,7 +29,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.safe_load import foreign_errors, one_line, open_safetensors
 from mm_adapter.files.text import read_json
 from mm_adapter.model.base import (
-    BASE_SPEC_ATTR, CONFIG_NAME, DEFAULT_SPEC, check_model_folder, load_base, parse_dtype, smollm2_folder,
+    BASE_SPEC_ATTR, CONFIG_NAME, check_model_folder, converted_folder, load_base, parse_dtype,
 )
 from mm_adapter.model.meta_format import is_meta_folder
 from mm_adapter.training.config import TrainConfig
@@ -39,7 +39,7 @@ SOURCE_ATTR = "mm_adapter_shard_source"  # set on a hollow base: where its weigh
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
 FSDP_NEEDS = ("fsdp reads each process's part of the base from safetensors files: pass a transformers model folder "
-              "with *.safetensors weights, a hub id whose repository has them, or smollm2-135m")
+              "with *.safetensors weights, a hub id whose repository has them, smollm2-135m or a GGUF in parts")
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,9 @@ def local_base_folder(spec: str) -> Path | None:
     """The folder of a shard-loadable local base, or None for a hub id (fetched only after the launch check); a base
     that cannot be read a part at a time is refused in one line."""
     path = Path(spec).expanduser()
-    if spec == DEFAULT_SPEC:
-        return smollm2_folder()
+    converted = converted_folder(spec)  # smollm2-135m, a GGUF in parts: converted once to safetensors
+    if converted is not None:
+        return converted
     if path.suffix == ".gguf":
         raise _refuse(f"{path} is a GGUF file (quantised blocks, read whole)")
     if path.is_dir() and is_meta_folder(path):
