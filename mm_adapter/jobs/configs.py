@@ -25,7 +25,7 @@ from mm_adapter.model.config import GATE_ACTIVATIONS, GATE_INITS, AdapterConfig,
 from mm_adapter.training.config import TrainConfig
 
 CONVERT_SOURCES = ("official", "peft", "litgpt", "ours", "folder")
-CONVERT_TARGETS = ("ours", "peft", "folder")
+CONVERT_TARGETS = ("ours", "peft", "folder", "merged")
 NOTHING_TO_ABLATE = ("nothing to ablate: give values to at least one of --gate-inits, --layers, --lengths, "
                      "--activations (or with --images: --blanked, --frame-orders, --frame-counts)")
 LITGPT_LAYOUTS = ("pre-0.5.5", "0.5.5+")  # mm_adapter.interop.litgpt.LAYOUTS (that module imports torch)
@@ -260,8 +260,9 @@ class ConvertConfig:
     """foreign file (official, litgpt), PEFT folder, or ours: a .safetensors file, an adapter folder or a hub id
     (--from ours or folder)"""
     output: str = option(positional=True, metavar="OUTPUT")
-    """our .safetensors file, a PEFT folder, or an adapter folder (--to folder: adapter_config.json,
-    adapter_model.safetensors, README.md)"""
+    """our .safetensors file, a PEFT folder, an adapter folder (--to folder: adapter_config.json,
+    adapter_model.safetensors, README.md), or --to merged: a plain transformers model folder with the V2 bias/scale
+    and norms merged in, plus prompt_adapter.safetensors (the prompts and gates)"""
     source: str = option("ours", alias="--from", choices=CONVERT_SOURCES)
     """format of INPUT"""
     target: str = option("ours", alias="--to", choices=CONVERT_TARGETS)

@@ -140,6 +140,16 @@ def adapter_v2_state(model: nn.Module) -> V2State | None:
     return runtime.v2 if runtime is not None else None
 
 
+def release_v2(model: nn.Module) -> V2State:
+    """Take the V2 part off the attached adapter's record without undoing it (after a merge has made it the base's):
+    the adapter is then the prompts and gates alone, and saves and detaches as a v1 adapter."""
+    runtime = _runtime(model)
+    if runtime is None or runtime.v2 is None:
+        raise MMAdapterError("this model's adapter has no V2 part")
+    state, runtime.v2 = runtime.v2, None
+    return state
+
+
 def adapter_v2_config(model: nn.Module) -> AdapterV2Config | None:
     """The attached adapter's V2 settings; None for a v1 adapter (or no adapter)."""
     state = adapter_v2_state(model)

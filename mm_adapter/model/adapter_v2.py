@@ -55,7 +55,9 @@ class V2State:
     linears: dict[str, nn.Module]  # module name in the model -> the linear layer that got a BiasScale
     norms: dict[str, nn.Module]  # module name -> a normalisation layer whose weight trains
     original_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # its weight as it was at attach
-    hooks: list = field(default_factory=list)
+    hooks: list = field(default_factory=list)  # the norms' dtype hooks
+    linear_hooks: dict = field(default_factory=dict)  # module name -> its bias/scale hook (off while merged)
+    merged: dict = field(default_factory=dict)  # module name -> (weight, bias or None) from before merge_v2
 
 
 def target_linears(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) -> dict[str, nn.Module]:
@@ -85,9 +87,9 @@ def attach_v2(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) 
     """Give the chosen linear layers of ``model`` (already frozen) a bias and scale, and make its norms trainable."""
     linears = target_linears(model, layers, config)
     state = V2State(config, linears, norm_modules(model) if config.train_norms else {})
-    for module in linears.values():
+    for name, module in linears.items():
         module.adapter = BiasScale(module.out_features, device=module.weight.device)
-        state.hooks.append(module.register_forward_hook(_apply_bias_scale))
+        hook_bias_scale(state, name)
     for name, module in state.norms.items():
         if module.weight.device.type != "meta":
             state.original_norms[name] = module.weight.detach().clone()
@@ -96,9 +98,18 @@ def attach_v2(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) 
     return state
 
 
+def hook_bias_scale(state: V2State, name: str) -> None:
+    """Make linear layer ``name`` apply its bias/scale child to its output (at attach, and again at unmerge)."""
+    state.linear_hooks[name] = state.linears[name].register_forward_hook(_apply_bias_scale)
+
+
 def detach_v2(state: V2State) -> None:
-    """Remove every bias/scale and its hook, and give the norms back their weights (and dtype) from attach."""
-    for hook in state.hooks:
+    """Remove every bias/scale and its hook (unmerging first), and give the norms back their weights (and dtype)
+    from attach."""
+    if state.merged:
+        from mm_adapter.model.v2_merge import unmerge_v2  # merge builds on this module
+        unmerge_v2(state)
+    for hook in [*state.hooks, *state.linear_hooks.values()]:
         hook.remove()
     for module in state.linears.values():
         del module.adapter
