@@ -76,9 +76,12 @@ class Speaker:
                 atexit.register(self.close)
                 self._registered = True
         worker = self._worker
-        worker.stdin.write(json.dumps(request).encode() + b"\n")
-        worker.stdin.flush()
-        header = worker.stdout.readline()
+        try:
+            worker.stdin.write(json.dumps(request).encode() + b"\n")
+            worker.stdin.flush()
+            header = worker.stdout.readline()
+        except BrokenPipeError:  # it exited before reading the request
+            header = b""
         if not header:  # the worker died: it could not load or initialise eSpeak NG
             reason = worker.stderr.read().decode(errors="replace").strip().splitlines() or ["no message"]
             self._worker = None
