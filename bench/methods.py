@@ -287,9 +287,15 @@ def base_layers(spec: str) -> int:
     return text_config(architecture(str(folder) if folder else spec).config).num_hidden_layers
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line naming the flag, exit 2, as every mm-adapter refusal (the usage is --help's)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The flags, every bad one refused in one line (exit 2) before anything is trained or written."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="official-layout ScienceQA folder")
     parser.add_argument("--out", type=Path, required=True, help="folder of every run and test evaluation")
     parser.add_argument("--only", nargs="+", choices=[m.name for m in METHODS], help="run these methods only")

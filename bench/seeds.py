@@ -110,17 +110,17 @@ def targets(rows: list[Row]) -> list[dict]:
     its trainable parameters; the best recipe on val at least 55 test Avg. Pending until every seed is in."""
     by_name = {row.name: row for row in rows}
     full = by_name.get(ANCHOR)
-    adapters = [row for row in rows if row.name in ADAPTERS and row.val]
+    adapters = [row for row in rows if row.name in ADAPTERS]
     trained = [row for row in rows if row.val]
     checks = []
-    adapter = max(adapters, key=lambda row: row.val_mean) if adapters else None
-    within = f"best adapter on val ({adapter.name if adapter else ', '.join(ADAPTERS)}) within " \
+    adapter = max((row for row in adapters if row.val), key=lambda row: row.val_mean, default=None)
+    within = f"best adapter on val ({adapter.name if adapter else ' or '.join(ADAPTERS)}) within " \
              f"{WITHIN_POINTS:g} point of {ANCHOR}'s mean test Avg"
     fewer = f"its trainable parameters under 1/{PARAMETER_RATIO} of {ANCHOR}'s"
-    if adapter is None or full is None or not (adapter.complete and full.complete):
-        waiting = ", ".join(name for name, row in ((n, by_name.get(n)) for n in (*ADAPTERS, ANCHOR))
-                            if row is None or not row.complete)
-        checks += [_target(within, "pending", f"waiting for {waiting}"), _target(fewer, "pending", "")]
+    waiting = [row.name for row in (*adapters, full) if row is not None and not row.complete]
+    waiting += [name for name, missing in ((" or ".join(ADAPTERS), not adapters), (ANCHOR, full is None)) if missing]
+    if waiting or adapter is None:
+        checks += [_target(within, "pending", f"waiting for {', '.join(waiting)}"), _target(fewer, "pending", "")]
     else:
         gap = full.mean - adapter.mean
         checks.append(_target(within, "met" if gap <= WITHIN_POINTS else "missed",
@@ -150,7 +150,7 @@ def markdown(rows: list[Row], tests: list[tuple[int, McNemar]], checks: list[dic
              "|---|---:|---|---:|" + "---:|" * len(seeds) + "---|---:|---:|---:|"]
     for row in rows:
         spread = "" if row.mean is None else f"{row.mean:.2f}" + ("" if row.sd is None else f" ± {row.sd:.2f}")
-        cells = [_number(row.test.get(0 if row.lr is None else s)) for s in seeds]
+        cells = [_number(row.test.get(s)) for s in seeds]
         lines.append(f"| {row.name} | {'' if row.lr is None else f'{row.lr:g}'} | {row.position or ''} | "
                      f"{_number(row.val_mean)} | {' | '.join(cells)} | {spread} | {len(row.test)} | "
                      f"{_number(row.trainable, ',')} | {_number(row.train_min, '.1f')} |")
