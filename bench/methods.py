@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from bench.seeds import MethodSeeds, SeedRun, write_seeds
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.errors import MMAdapterError
@@ -171,19 +173,46 @@ def search(out: Path, method: Method) -> Search:
     return Search(method, lrs, val, all(finished(folder) for folder in folders.values()))
 
 
-def train_one(args: argparse.Namespace, method: Method, lr: float, seed: int = 0) -> None:
+def train_config(args: argparse.Namespace, method: Method, lr: float, seed: int) -> TrainScienceQAConfig:
     folder = run_folder(args.out, method, lr, seed)
-    if finished(folder):
-        return
-    started = time.perf_counter()
-    train_scienceqa(TrainScienceQAConfig(
+    return TrainScienceQAConfig(
         out=str(folder), source=ScienceQASource(data=str(args.data)), val_limit=args.val_limit,
         model=ModelOptions(base=args.base, dtype="bf16", threads=args.threads),
         adapter=AdapterConfig(adapter_len=args.adapter_len, adapter_layers=args.adapter_layers,
                               prompt_init="norm_scaled"),
         tuning=method.tuning,
         train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=args.batch_size, seed=seed,
-                          progress=not args.quiet, resume=any((folder / "checkpoints").glob("step-*")))))
+                          progress=not args.quiet, resume=any((folder / "checkpoints").glob("step-*"))))
+
+
+# What makes two runs of one folder name the same run: a finished run trained otherwise (another --epochs, base,
+# adapter size) is refused rather than reported as this call's.
+SAME_RUN = ("val_limit", "model.base", "adapter.adapter_len", "adapter.adapter_layers", "tuning", "train.epochs",
+            "train.batch_size", "train.lr", "train.seed")
+
+
+def check_finished(folder: Path, wanted: TrainScienceQAConfig) -> None:
+    recorded = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else None
+    if not isinstance(recorded, dict):
+        return  # a run from before config.yaml: nothing to compare
+    ours = dataclasses.asdict(wanted)
+    for key in SAME_RUN:
+        mine, theirs = ours, recorded
+        for part in key.split("."):
+            mine, theirs = mine[part], theirs.get(part) if isinstance(theirs, dict) else None
+        if mine != theirs:
+            raise MMAdapterError(f"{folder}: finished with {key} {theirs}, but this call trains {mine}; give the "
+                                 "flags it was trained with, or another --out")
+
+
+def train_one(args: argparse.Namespace, method: Method, lr: float, seed: int = 0) -> None:
+    config = train_config(args, method, lr, seed)
+    folder = Path(config.out)
+    if finished(folder):
+        check_finished(folder, config)
+        return
+    started = time.perf_counter()
+    train_scienceqa(config)
     print(json.dumps({"method": method.name, "lr": lr, "seed": seed, "best_val": best_val(folder)[0],
                       "train_s": round(time.perf_counter() - started, 1)}), flush=True)
 

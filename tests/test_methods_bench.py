@@ -176,6 +176,10 @@ def test_further_seeds_retrain_the_chosen_lr_and_workers_split_them(tiny_set, tm
     assert [(row.get("lr"), row["seed"]) for row in _lines(capsys)] == [(chosen, 1), (None, 1)]
     assert methods.main(argv) == 0
     assert _lines(capsys) == []
+    assert methods.main([*argv, "--epochs", "2"]) == 2  # finished at 1 epoch: not this call's run, never reported
+    assert capsys.readouterr().err.strip() == (f"error: {out / 'llama-adapter-lr0.005'}: finished with train.epochs "
+                                               "1, but this call trains 2; give the flags it was trained with, or "
+                                               "another --out")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     for seed in (1, 2):
         run = out / f"llama-adapter-lr{chosen:g}-seed{seed}"
