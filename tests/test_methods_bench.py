@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,6 +322,8 @@ def test_a_test_of_another_choice_than_the_searchs_is_refused_not_kept(tiny_set,
     assert methods.main([*argv, "5e-3"]) == 0
     shutil.copytree(out / "llama-adapter-lr0.005", out / "llama-adapter-lr0.01")  # a better lr, as if trained
     (out / "llama-adapter-lr0.01" / "validation.jsonl").write_text(json.dumps({"step": 1, "val_acc": 1.0}) + "\n")
+    recipe = out / "llama-adapter-lr0.01" / "config.yaml"
+    recipe.write_text(recipe.read_text().replace("\n  lr: 0.005\n", "\n  lr: 0.01\n"))
     before = (out / "llama-adapter-test" / "predictions.json").read_bytes()
     capsys.readouterr()
     assert methods.main([*argv, "5e-3,1e-2"]) == 2
@@ -327,3 +331,20 @@ def test_a_test_of_another_choice_than_the_searchs_is_refused_not_kept(tiny_set,
     assert len(error) == 1 and error[0].startswith(f"error: {out / 'llama-adapter-test'}: it evaluated ")
     assert error[0].endswith("move the folder aside to test the new choice")
     assert (out / "llama-adapter-test" / "predictions.json").read_bytes() == before
+
+
+def test_the_documented_protocol_commands_parse(tiny_set, tmp_path):
+    """docs/comparison.md's issue-25 commands are this harness's flags (data, out and base swapped for the tiny
+    world's), so the protocol a researcher copies runs as written."""
+    base, data = tiny_set
+    page = (Path(__file__).parents[1] / "docs" / "comparison.md").read_text()
+    block = page.split("## Protocol (issue 25)")[1].split("```bash")[1].split("```")[0]
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.startswith("python")]
+    assert len(commands) == 6
+    for words in commands:
+        assert words[:3] == ["python", "-m", "bench.methods"]
+        swapped = {"--data": str(data), "--out": str(tmp_path / "out"), "--base": str(base)}
+        argv = [swapped.get(before, word) for before, word in zip(["", *words[3:]], words[3:])]
+        args = methods.parse([*argv, "--base", str(base)] if "--base" not in argv else argv)
+        assert args.epochs == 2 and args.seeds == [0, 1, 2]
+    assert not (tmp_path / "out").exists()
