@@ -103,12 +103,26 @@ def hook_bias_scale(state: V2State, name: str) -> None:
     state.linear_hooks[name] = state.linears[name].register_forward_hook(_apply_bias_scale)
 
 
+def restore_linears(state: V2State) -> list[str]:
+    """Put back the weights (and bias, or none) each merged linear layer had before the merge, exactly (the
+    originals were kept, not divided back); returns the layers restored. Here, not in v2_merge, so detaching a merged
+    adapter needs nothing from the module that builds on this one."""
+    restored = list(state.merged)
+    for name, (weight, bias) in state.merged.items():
+        module = state.linears[name]
+        module.weight.data = weight
+        if bias is None:
+            module.register_parameter("bias", None)
+        else:
+            module.bias.data = bias
+    state.merged.clear()
+    return restored
+
+
 def detach_v2(state: V2State) -> None:
     """Remove every bias/scale and its hook (unmerging first), and give the norms back their weights (and dtype)
     from attach."""
-    if state.merged:
-        from mm_adapter.model.v2_merge import unmerge_v2  # merge builds on this module
-        unmerge_v2(state)
+    restore_linears(state)  # a merged layer: its weights from before the merge (its hook went at the merge)
     for hook in [*state.hooks, *state.linear_hooks.values()]:
         hook.remove()
     for module in state.linears.values():

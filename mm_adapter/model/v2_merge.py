@@ -12,7 +12,7 @@ from torch import nn
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.model.adapter import adapter_v2_state
-from mm_adapter.model.adapter_v2 import V2State, hook_bias_scale
+from mm_adapter.model.adapter_v2 import V2State, hook_bias_scale, restore_linears
 
 
 def v2_state_to_merge(model: nn.Module, source: str = "this model's adapter") -> V2State:
@@ -54,15 +54,8 @@ def unmerge_v2(state: V2State) -> None:
     its bias/scale hook on again."""
     if not state.merged:
         raise MMAdapterError("the adapter V2 bias/scale is not merged into the base")
-    for name, (weight, bias) in state.merged.items():
-        module = state.linears[name]
-        module.weight.data = weight
-        if bias is None:
-            module.register_parameter("bias", None)
-        else:
-            module.bias.data = bias
+    for name in restore_linears(state):
         hook_bias_scale(state, name)
-    state.merged.clear()
 
 
 def drop_v2(state: V2State) -> None:
