@@ -110,8 +110,15 @@ class AdapterV2Config:
         """The comma list as names (no spaces or empty names); ``("all",)`` for every linear layer."""
         return tuple(name.strip() for name in self.targets.split(",") if name.strip())
 
+    def to_dict(self) -> dict[str, Any]:
+        """``head`` only where set: a file without it reads as before, in this version and in older ones."""
+        data = dataclasses.asdict(self)
+        if not self.head:
+            del data["head"]
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> AdapterV2Config:
