@@ -342,7 +342,8 @@ def test_official_v2_release_matches_the_official_forward_on_meta_weights(tmp_pa
 
 def test_official_v2_bad_input_is_one_line_exit_2(base, tmp_path, capsys):
     """The visual stack, LoRA, --official-gate identity, a missing gate, a bias of another width, a layer beyond the
-    base: one line each through the command, naming the key, nothing written."""
+    base, a full model's weight, the chat65b layout (input scales): one line each through the command, naming the
+    key, nothing written."""
     model, _ = load_base(str(base))
     good = official_v2_state(model, adapter_len=10)
     args = ("--from", "official", "--base", base)
@@ -367,5 +368,9 @@ def test_official_v2_bad_input_is_one_line_exit_2(base, tmp_path, capsys):
          match=r"unexpected key 'llama.layers.9.ffn_norm.weight': the base has only 4 layers")
     case("base", dict(good, **{"llama.layers.0.attention.wq.weight": torch.zeros(64, 64)}),
          match=r"unexpected key 'llama.layers.0.attention.wq.weight'")
+    chat65b = {"adapter_query.weight": torch.zeros(20, 64), "layers.3.attention.gate": torch.zeros(1, 4, 1, 1),
+               "layers.3.attention.wq_bias": torch.zeros(64), "layers.3.attention.wq_scale": torch.ones(64)}
+    case("chat65b", chat65b, match=r"layers.3.attention.wq_bias is the official llama_adapter_v2_chat65b layout, "
+                                   r"whose \*_scale multiply each linear layer's input")
     with pytest.raises(MMAdapterError, match="no such file"):
         import_official(model, tmp_path / "absent.pth")

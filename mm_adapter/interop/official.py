@@ -67,6 +67,7 @@ V2_PREFIX = "llama."  # the V2 release's language model keys
 V2_KEY = re.compile(r"^llama\.layers\.(\d+)\.(attention\.gate|attention\.w[qkvo]\.bias|feed_forward\.w[123]\.bias|"
                     r"attention_norm\.weight|ffn_norm\.weight)$")
 V2_FINAL_NORM = "llama.norm.weight"
+CHAT65B_KEY = re.compile(r"^layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])_(bias|scale)$")
 VISUAL = ("clip.", "clip_proj.", "clip_proj_norm.", "visual_query.", "visual_blocks.", "visual_proj.",
           "visual_proj_norm.")
 # Meta's module names -> transformers' (our Meta loader's mapping)
@@ -94,6 +95,11 @@ def import_official(model: nn.Module, path: str | Path, adapter_len: int = DEFAU
                                  f"in training and inference alike; --official-gate {gate_activation} does not apply")
         return _import_v2(model, path, tensors, adapter_len)
     gate_activation = gate_activation or "identity"
+    chat65b = next((key for key in sorted(tensors) if CHAT65B_KEY.match(key)), None)
+    if chat65b is not None:
+        raise MMAdapterError(f"{path}: {chat65b} is the official llama_adapter_v2_chat65b layout, whose *_scale "
+                             "multiply each linear layer's input (W (s * x) + b); our V2 scales outputs, which cannot "
+                             "hold that for q/k/v and the MLP, so it is not imported")
     if CAPTION_KEY in tensors:
         raise MMAdapterError(f"{path}: {CAPTION_KEY} is the official caption adapter, whose prompts need its CLIP "
                              f"vision model; only the instruction adapter ({PROMPT_KEY}) can be imported")
