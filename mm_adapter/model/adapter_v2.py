@@ -57,24 +57,35 @@ class V2State:
     original_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # its weight as it was at attach
     hooks: list = field(default_factory=list)  # the norms' dtype hooks
     linear_hooks: dict = field(default_factory=dict)  # module name -> its bias/scale hook (off while merged)
-    merged: dict = field(default_factory=dict)  # module name -> (weight, bias or None) from before merge_v2
+    merged: dict = field(default_factory=dict)  # name -> (weight parameter, bias data or None) before merge_v2
 
 
 def target_linears(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) -> dict[str, nn.Module]:
-    """The linear layers of the decoder layers that ``config.targets`` names, by their module name in ``model``;
-    a target name no decoder layer has is one line naming it and the names there are."""
+    """The linear layers of the decoder layers that ``config.targets`` names (and the output layer with
+    ``config.head``), by their module name in ``model``; a target name no decoder layer has is one line naming it and
+    the names there are."""
     inside = {id(module) for layer in layers for module in layer.modules()}
     linears = {name: module for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and id(module) in inside}
     wanted = config.target_names
-    if wanted == (ALL_LINEAR,):
-        return linears
-    present = sorted({name.rsplit(".", 1)[-1] for name in linears})
-    for target in wanted:
-        if target not in present:
-            raise MMAdapterError(f"adapter V2 target {target!r} (--v2-targets) is no linear layer of this base's "
-                                 f"decoder layers; they have {', '.join(present)} (or give {ALL_LINEAR})")
-    return {name: module for name, module in linears.items() if name.rsplit(".", 1)[-1] in wanted}
+    if wanted != (ALL_LINEAR,):
+        present = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        for target in wanted:
+            if target not in present:
+                raise MMAdapterError(f"adapter V2 target {target!r} (--v2-targets) is no linear layer of this base's "
+                                     f"decoder layers; they have {', '.join(present)} (or give {ALL_LINEAR})")
+        linears = {name: module for name, module in linears.items() if name.rsplit(".", 1)[-1] in wanted}
+    return linears | (output_head(model) if config.head else {})
+
+
+def output_head(model: nn.Module) -> dict[str, nn.Module]:
+    """The output layer by its module name (``{"lm_head": ...}``), for ``AdapterV2Config.head``; one line where the
+    model's output embeddings are no linear layer."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise MMAdapterError(f"adapter V2 head=True needs a linear output layer; this {type(model).__name__} has "
+                             f"{type(head).__name__}")
+    return {name: module for name, module in model.named_modules() if module is head}
 
 
 def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -110,7 +121,7 @@ def restore_linears(state: V2State) -> list[str]:
     restored = list(state.merged)
     for name, (weight, bias) in state.merged.items():
         module = state.linears[name]
-        module.weight.data = weight
+        module.weight = weight  # the parameter itself: a head tied to the input embeddings is tied again
         if bias is None:
             module.register_parameter("bias", None)
         else:

@@ -37,10 +37,12 @@ def merge_v2(state: V2State) -> None:
             raise MMAdapterError(f"{name}: weight is {module.weight.dtype} on {module.weight.device.type}; merging "
                                  "adapter V2 needs a plain floating-point linear layer (load the base unquantised)")
     for name, module in state.linears.items():
-        weight, bias = module.weight.data, None if module.bias is None else module.bias.data
+        weight, bias = module.weight, None if module.bias is None else module.bias.data
         scale, added = module.adapter.scale.detach().float(), module.adapter.bias.detach().float()
         merged_bias = scale * (added + (0.0 if bias is None else bias.float()))
-        module.weight.data = (scale[:, None] * weight.float()).to(weight.dtype)
+        # a new parameter, not new data: an output layer tied to the input embeddings (AdapterV2Config.head) is
+        # untied, so the scale reaches the logits and never the embeddings; unmerge puts the shared one back
+        module.weight = nn.Parameter((scale[:, None] * weight.detach().float()).to(weight.dtype), requires_grad=False)
         if bias is None:
             module.bias = nn.Parameter(merged_bias.to(weight.dtype), requires_grad=False)
         else:
