@@ -111,7 +111,8 @@ def _reading(name: str, data: bytes) -> Iterator[None]:
         raise MMAdapterError(f"{name}: not an audio file (FFmpeg recognises no audio format in it)") from None
     except _DECODE_ERRORS as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-        raise MMAdapterError(f"{name}: damaged or truncated audio ({detail})") from None
+        kind = audio_kind(data)
+        raise MMAdapterError(f"{name}: damaged or truncated {kind + ' ' if kind else ''}audio ({detail})") from None
 
 
 def has_audio(data: bytes) -> bool:
