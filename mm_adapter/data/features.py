@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import sys
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from mm_adapter.scienceqa.data import Problem, audio_path, image_path
 from mm_adapter.training.batches import Example
 
 BLANK_GRAY, BLANK_SIZE = (128, 128, 128), 224
+SILENCE_RATE = 16_000  # Whisper's rate: the blanked sound needs no resampling
 
 
 def problem_image(problem: Problem, root: str | Path | None) -> ImageInput:
@@ -166,14 +168,30 @@ def problem_audio(problem: Problem, root: str | Path | None) -> str | Path | byt
     return data if data is not None and is_clip(data) and has_audio(data) else None
 
 
+@functools.cache
+def silent_sound() -> bytes:
+    """WAV bytes of one second of digital silence at 16 kHz: what every sound becomes when sounds are blanked. One
+    fixed length, so not even a sound's duration reaches the model."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SILENCE_RATE)
+        out.writeframes(bytes(2 * SILENCE_RATE))
+    return buffer.getvalue()
+
+
 def compute_audio_features(encoder: WhisperAudioEncoder, problems: Sequence[Problem], root: str | Path | None,
-                           skip_bad: bool = False, batch_size: int = 8) -> ProblemFeatures:
+                           skip_bad: bool = False, batch_size: int = 8, blank: bool = False) -> ProblemFeatures:
     """Features of every problem's sound through the disk cache; a bad sound is one error line naming it, or with
-    ``skip_bad`` its problem is kept as one without a sound and the reason listed."""
+    ``skip_bad`` its problem is kept as one without a sound and the reason listed. ``blank`` (the sound-vs-silence
+    comparison): every problem that has a sound gets the features of :func:`silent_sound` instead, its own file not
+    read; the model still sees which problems have a sound, but nothing of what it holds."""
     sounds, outside = [], []
     for problem in problems:
         try:
-            sounds.append(problem_audio(problem, root))
+            sound = problem_audio(problem, root)
+            sounds.append(silent_sound() if blank and sound is not None else sound)
         except ScienceQAError as error:
             if not skip_bad:
                 raise ScienceQAError(f"{error} (pass --skip-bad-audio to treat it as a problem without a sound)"

@@ -126,6 +126,9 @@ class TrainScienceQAConfig:
     to every adaption prompt, beside the image's with --images"""
     skip_bad_audio: bool = False
     """a missing/corrupt/over-long sound makes its problem a problem without sound (counted) instead of an error"""
+    blank_audio: bool = False
+    """with --audio: every sound becomes one second of silence (its file is not read), so the audio path learns
+    nothing of what sounds hold (the sound-vs-silence comparison; evaluate with eval scienceqa --blank-audio)"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="bf16"))
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(prompt_init="norm_scaled"))
     tuning: TuningConfig = field(default_factory=TuningConfig)
@@ -147,6 +150,8 @@ class TrainScienceQAConfig:
         EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
         if self.blank_images and not self.images:
             raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
+        if self.blank_audio and not self.audio:
+            raise ConfigError("blank_audio", "blanks the sounds of --audio; without --audio there are none")
         if self.tuning.v2_disjoint is not None and not self.images:
             raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
                                              "it applies with --images")
@@ -185,6 +190,9 @@ class EvalScienceQAConfig:
     name, a hub id), when not where training found it; its weights must be the ones it was trained with"""
     skip_bad_audio: bool = False
     """with an audio adapter: a missing/corrupt/over-long sound makes its problem one without sound (counted)"""
+    blank_audio: bool = False
+    """with an audio adapter: every sound becomes one second of silence (its file is not read), as for an adapter
+    trained with --blank-audio (recorded in the folder's config.yaml)"""
     progress: bool = True
     """show progress (a bar on a terminal, a line every ~10% otherwise)"""
     model: ModelOptions = field(default_factory=ModelOptions)

@@ -21,6 +21,7 @@ import torch
 from mm_adapter.data.features import ImageOffsets, OffsetSum, compute_audio_features, compute_features, report_skipped
 from mm_adapter.data.problems import load_problems
 from mm_adapter.encoders.projection import frames_note
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.record import EVAL_RECORD, ZERO_SHOT, EvalRecord, absolute, write_eval_record
 from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
@@ -112,6 +113,9 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
     hearing = load_hearing(method, adapter, device, config.audio_encoder)  # a mismatched encoder: before the base
+    if config.blank_audio and hearing is None:
+        raise MMAdapterError(f"--blank-audio: {adapter or 'no adapter'} has no audio part (it was not trained with "
+                             "--audio), so there is no sound to blank")
     model, tokenizer, visual = load_answering(config.model.base, method, adapter, device, config.model.dtype, _say)
     _say(precision_line(model, eval_config.bf16, device))
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
@@ -128,11 +132,15 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
         identity["image_features"] = features.fingerprint(problems)  # which were used: a skipped one changes answers
     if hearing is not None:
         encoder, projection = hearing
-        features = compute_audio_features(encoder, problems, config.source.data, config.skip_bad_audio)
+        features = compute_audio_features(encoder, problems, config.source.data, config.skip_bad_audio,
+                                          blank=config.blank_audio)
         report_skipped(features, f"{config.split} (sound)")
-        _say(f"sound: {len(features.by_pid)} of {len(problems)} problems, {encoder.describe()}")
+        blanked = ", every one blanked to silence" if config.blank_audio else ""
+        _say(f"sound: {len(features.by_pid)} of {len(problems)} problems{blanked}, {encoder.describe()}")
         parts.append(ImageOffsets(projection, features))
         identity["audio_features"] = features.fingerprint(problems)
+        if config.blank_audio:
+            identity["audio_blanked"] = True
     offsets = parts[0] if len(parts) == 1 else parts or None
     row_method, label = _names(config, answering_method(model, method))
     name = config.name or EvalRecord(out, row_method, None, label, split=config.split, limit=config.limit,

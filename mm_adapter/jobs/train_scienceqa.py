@@ -138,14 +138,16 @@ def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list
     model: the image path's steps for sound."""
     encoder = build_audio_encoder(config.sound, device)
     root = config.source.data
-    features = compute_audio_features(encoder, train_problems, root, config.skip_bad_audio, config.feature_batch_size)
+    features = compute_audio_features(encoder, train_problems, root, config.skip_bad_audio, config.feature_batch_size,
+                                      blank=config.blank_audio)
     report_skipped(features, f"{config.train_split} (sound)")
     train_rows, train_mask = features.rows(train_problems)
     val_features = compute_audio_features(encoder, val_problems, root, config.skip_bad_audio,
-                                          config.feature_batch_size)
+                                          config.feature_batch_size, blank=config.blank_audio)
     report_skipped(val_features, f"{config.val_split} (sound)")
     features.by_pid |= val_features.by_pid
-    say(f"audio features: {len(features.by_pid)} problems with a sound, {encoder.describe()} "
+    blanked = ", every one blanked to silence" if config.blank_audio else ""
+    say(f"audio features: {len(features.by_pid)} problems with a sound{blanked}, {encoder.describe()} "
         f"({encoder.feature_dim} features)")
     projection = audio_projection(config.sound, encoder.feature_dim, model.config.get_text_config().hidden_size,
                                   device=device)
@@ -154,6 +156,8 @@ def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list
     attach_projection(model, projection, AUDIO_PROJECTION_ATTR)
     identity = {"audio": config.sound.to_dict(), "audio_encoder": encoder.identity,
                 "audio_features": features.fingerprint(train_problems)}
+    if config.blank_audio:
+        identity["audio_blanked"] = True  # absent otherwise: the identity of every run before the flag is unchanged
     return ImageRun(with_audio_features(examples, train_problems, features), ImageOffsets(projection, features),
                     AudioExport(config.sound, projection, encoder), identity,
                     projection_lr_scales(projection, config.visual_lr_scale))
