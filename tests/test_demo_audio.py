@@ -179,8 +179,8 @@ def received_sounds(predictor: Predictor, monkeypatch) -> list[tuple[str | None,
 
 def test_the_page_uploads_a_sound_and_explains_bad_ones(server, browser, hearing, bad, tmp_path):  # noqa: F811
     """In a real browser: a chosen sound file shows in an <audio> preview and is answered as the predictor hears it;
-    each bad sound (not audio, truncated, zero-length, too long, too many bytes) is one line in the page's error
-    area, and the next request is answered."""
+    each bad sound (not audio, truncated, zero-length, too long, too many bytes) and a microphone the browser does
+    cannot open are one line in the page's error area, and the next request is answered."""
     page = browser.new_page(viewport={"width": 1000, "height": 800})
     page.goto(server.url)
     assert f"at most {MAX_AUDIO_SECONDS:g} s" in page.inner_text("form")
@@ -202,6 +202,13 @@ def test_the_page_uploads_a_sound_and_explains_bad_ones(server, browser, hearing
         page.set_input_files("#audio", str(high))
         page.click("#submit")
         assert read_answer(page)[0] == "Answer: (C) high" and not page.is_visible("#error"), case
+    page.click("#record")  # this browser has no microphone (and would not be granted one): one line, still answering
+    page.wait_for_selector("#error", state="visible")
+    assert re.fullmatch(r"the microphone could not be opened \((NotFound|NotAllowed)Error: [^\n]+\)",
+                        page.inner_text("#error")), page.inner_text("#error")
+    assert not page.is_disabled("#submit") and not page.is_disabled("#record")
+    page.click("#submit")
+    assert read_answer(page)[0] == "Answer: (C) high" and not page.is_visible("#error")
     page.close()
 
 
@@ -279,3 +286,20 @@ def test_the_page_records_from_the_microphone_and_is_answered_as_the_cli_answers
     page.wait_for_function("document.querySelector('#note').textContent.includes('no image given')")
     assert received[-1] == ("uploaded sound", None)
     page.close()
+
+
+def test_recording_on_an_insecure_page_says_how_to_open_it(server, browser):  # noqa: F811
+    """Opened by another name than 127.0.0.1/localhost over plain HTTP (as from another machine with --host 0.0.0.0),
+    the page is no secure context and the browser offers no microphone: Record says in one line how to open it."""
+    port = server.server_address[1]
+    chromium = browser.browser_type.launch(executable_path=str(CHROMIUM),
+                                           args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP demo.test 127.0.0.1"])
+    try:
+        page = chromium.new_page()
+        page.goto(f"http://demo.test:{port}/")
+        assert page.evaluate("window.isSecureContext") is False
+        page.click("#record")
+        page.wait_for_selector("#error", state="visible")
+        assert page.inner_text("#error").startswith("recording needs a secure page: open the demo at 127.0.0.1")
+    finally:
+        chromium.close()
