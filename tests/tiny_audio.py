@@ -114,3 +114,33 @@ def ct2_variables(encoder, dtype=np.float16) -> dict:
     out["encoder/num_heads"] = np.array(encoder.config.encoder_attention_heads, dtype=np.int16)
     out["decoder/embeddings/weight"] = np.zeros((8, encoder.config.d_model), dtype=dtype)
     return dict(sorted(out.items()))
+
+
+AUDIO_CODECS = {"mp4": ("aac", "fltp"), "webm": ("libopus", "s16")}  # the sound track's codec in each container
+
+
+def clip_with_sound(colours: list, freq: float = 440.0, container: str = "mp4", seconds: float = 1.0,
+                    rate: int = 48_000, size: int = 32) -> bytes:
+    """A video clip (H.264 in MP4, VP9 in WebM: ``clips.video``'s frames, 10 a second) with a sine tone as its sound
+    track (AAC, Opus), muxed by PyAV as a camera's file is: one file that carries both a picture and a sound."""
+    from clips import CODECS, frames_of
+
+    codec, sample_format = AUDIO_CODECS[container]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as output:
+        picture = output.add_stream(CODECS[container], rate=10)
+        picture.width = picture.height = size
+        picture.pix_fmt = "yuv420p"
+        sound = output.add_stream(codec, rate=rate, layout="mono")
+        for frame in frames_of(colours, size):
+            output.mux(picture.encode(av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")))
+        output.mux(picture.encode())
+        samples = tone(seconds, rate, 1, freq)
+        for start in range(0, samples.shape[1], 960):
+            part = samples[:, start:start + 960]
+            part = (part * 32767).astype(np.int16) if sample_format == "s16" else part
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=sample_format, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            output.mux(sound.encode(frame))
+        output.mux(sound.encode(None))
+    return buffer.getvalue()

@@ -260,11 +260,15 @@ class DemoConfig:
 
 @dataclass
 class ServeConfig:
-    """The demo as a local web page: upload an image, type a question and options, see the answer."""
+    """The demo as a local web page: upload an image or clip and/or a sound (or record one from the microphone),
+    type a question and options, see the answer."""
 
     adapter: str | None = None
     """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
-    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image, one trained with
+    sound hears the sound"""
+    audio_encoder: str | None = None
+    """with an adapter trained with sound: where its Whisper encoder is now, when not where training found it"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     host: str = "127.0.0.1"
