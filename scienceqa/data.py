@@ -1,7 +1,8 @@
 """ScienceQA problems: one typed record, and the loader for the official file layout.
 
 The official release is `problems.json` (pid -> record), `pid_splits.json` (split -> [pid]),
-an optional `captions.json` ({"captions": {pid: text}}) and `images/<split>/<pid>/image.png`.
+an optional `captions.json` ({"captions": {pid: text}}) and `images/<split>/<pid>/image.png` (a problem may also name a
+sound in its optional `audio` field, e.g. "audio.wav", in the same folder).
 Partial copies exist (some pids of a split missing, metadata `null`), so loading reports what
 is missing instead of failing, while a record that is malformed fails loudly with its pid.
 
@@ -55,6 +56,7 @@ class Problem:
     caption: str | None = None
     text_source: str | None = None  # provenance tag of reconstructed text, e.g. "llava_cqm_a"
     image_bytes: bytes | None = field(default=None, repr=False, compare=False)  # HF layout only
+    audio: str | None = None  # a sound beside the image (official layout: "audio.wav"), relative like `image`
 
     @property
     def has_image(self) -> bool:
@@ -179,6 +181,9 @@ def problem_from_record(
     image = _text(record, "image", source, pid, optional=True)
     if image is not None and not image.strip():
         raise fail(source, "must be a file name or null", pid, "image")
+    audio = _text(record, "audio", source, pid, optional=True)
+    if audio is not None and not audio.strip():
+        raise fail(source, "must be a file name or null", pid, "audio")
     meta = {name: _text(record, name, source, pid, optional=True) for name in METADATA_FIELDS}
     texts = {name: _text(record, name, source, pid, optional=True) or "" for name in ("hint", "lecture", "solution")}
     return Problem(
@@ -191,6 +196,7 @@ def problem_from_record(
         caption=caption,
         text_source=_text(record, "text_source", source, pid, optional=True),
         image_bytes=image_bytes,
+        audio=audio,
         **meta,
         **texts,
     )
@@ -240,22 +246,33 @@ def read_split(root: str | Path, split: str) -> list[str]:
     return pids
 
 
-def image_path(problem: Problem, root: str | Path, must_exist: bool = False) -> Path | None:
-    """Official image location `root/images/<split>/<pid>/<image>`, or None for text-only problems.
+def media_path(problem: Problem, root: str | Path, name: str | None, field: str = "image",
+               must_exist: bool = False) -> Path | None:
+    """Official media location `root/images/<split>/<pid>/<name>` (the image, or the sound beside it), or None.
 
     The path must resolve inside `root/images` (which may itself be a link to another disk): a
-    pid, split or image name with "..", an absolute name or a symlink out of it is refused."""
-    if problem.image is None:
+    pid, split or file name with "..", an absolute name or a symlink out of it is refused."""
+    if name is None:
         return None
     if problem.split is None:
-        raise fail(root, "problem has no split, so its image folder is unknown", problem.pid, "split")
+        raise fail(root, f"problem has no split, so its {field} folder is unknown", problem.pid, "split")
     images = (Path(root) / "images").resolve()
-    path = images / problem.split / problem.pid / problem.image
+    path = images / problem.split / problem.pid / name
     if not path.resolve().is_relative_to(images):
-        raise fail(root, f"image path {str(path)!r} leads outside the data folder's images/", problem.pid, "image")
+        raise fail(root, f"{field} path {str(path)!r} leads outside the data folder's images/", problem.pid, field)
     if must_exist and not path.is_file():
-        raise fail(path, "image file not found", problem.pid, "image")
+        raise fail(path, f"{field} file not found", problem.pid, field)
     return path
+
+
+def image_path(problem: Problem, root: str | Path, must_exist: bool = False) -> Path | None:
+    """:func:`media_path` of the problem's image."""
+    return media_path(problem, root, problem.image, "image", must_exist)
+
+
+def audio_path(problem: Problem, root: str | Path, must_exist: bool = False) -> Path | None:
+    """:func:`media_path` of the problem's sound (its ``audio`` field), confined like its image."""
+    return media_path(problem, root, problem.audio, "audio", must_exist)
 
 
 def read_official(

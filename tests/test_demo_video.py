@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clips import clip, frames_of
+from test_demo_predictor import CHOICES, QUESTION, adapted_model, png, save_visual_adapter
+from test_demo_web import ask, browser, read_answer  # noqa: F401 (browser: the fixture)
+from test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter.cli import main
 from mm_adapter.cli.reports import format_prediction
@@ -25,10 +29,6 @@ from mm_adapter.demo.server import MAX_BODY, build_server
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
 from mm_adapter.encoders.feature_cache import MAX_IMAGE_BYTES
 from mm_adapter.encoders.video import clip_frames
-from clips import clip, frames_of
-from test_demo_predictor import CHOICES, QUESTION, adapted_model, png, save_visual_adapter
-from test_demo_web import ask, browser, read_answer  # noqa: F401 (browser: the fixture)
-from test_eval_run import make_tokenizer, single_thread  # noqa: F401 (autouse fixture)
 
 FRAMES = 3
 SIX = ["red", "green", "blue", "yellow", "white", "black"]  # sampled at 3 frames: green, yellow, black
@@ -97,7 +97,7 @@ def answer_with(predictor: Predictor, offset: torch.Tensor, monkeypatch) -> list
 
 
 def apart(a: list[float], b: list[float]) -> float:
-    return max(abs(x - y) for x, y in zip(a, b))
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -188,7 +188,7 @@ def test_a_bad_clip_upload_is_one_line_and_the_server_keeps_serving(server, file
     """Each bad clip gets a 4xx and one line naming the file (a body over MAX_BODY is refused unread: 413, its size);
     the next request is answered as usual."""
     if case == "over the body limit":
-        name, data, message, code = "huge.mp4", bytes(MAX_BODY), "upload too large (21.0 MiB; the image and clip limit", 413
+        name, data, message, code = "huge.mp4", bytes(MAX_BODY), "upload too large (41.0 MiB; at most 41 MiB", 413
     else:
         path, message = files.bad[case]
         name, data, code = path.name, path.read_bytes(), 400

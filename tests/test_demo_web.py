@@ -30,7 +30,7 @@ from test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, n
 from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter.cli import main
-from mm_adapter.demo.server import PAGE, build_server, parse_choices
+from mm_adapter.demo.server import MAX_BODY, PAGE, build_server, parse_choices
 from mm_adapter.jobs.configs import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.config import ModelOptions
@@ -123,7 +123,8 @@ def test_upload_bytes_arrive_exactly_and_choices_may_be_comma_separated(server):
     ("one choice", "need at least 2 choices, got 1", 400),
     ("missing field", "missing the field(s): choices", 400),
     ("not multipart", "expected a multipart/form-data upload", 400),
-    ("too many bytes", "upload too large (21.0 MiB", 413),
+    ("too many bytes", "upload too large (41.0 MiB; at most 41 MiB", 413),
+    ("image over its bound", "big.png: image file too large (21.0 MiB", 400),
 ])
 def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypatch, case, message, code):
     """Every bad upload or form gets its HTTP status and one line; the next request is answered as usual."""
@@ -137,7 +138,8 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server, monkeypa
         "one choice": lambda: ask(server.url, red, choices="only this one"),
         "missing field": lambda: post(server.url, *multipart({"question": QUESTION, "image": red})),
         "not multipart": lambda: post(server.url, b"question=hi", "application/x-www-form-urlencoded"),
-        "too many bytes": lambda: ask(server.url, ("big.png", b"\0" * (21 * 2**20))),
+        "too many bytes": lambda: ask(server.url, ("big.png", bytes(MAX_BODY))),
+        "image over its bound": lambda: ask(server.url, ("big.png", bytes(21 * 2**20))),  # the body has room for it
     }
     status, data = requests[case]()
     assert status == code and message in data["error"] and "\n" not in data["error"]

@@ -108,7 +108,8 @@ def _config_argument(argv: list[str], command: Command) -> tuple[Path | None, li
 # The heading of a nested config's flags in --help (a class name means nothing to a user).
 HEADINGS = {"ScienceQASource": "data", "ModelOptions": "base model", "TuningConfig": "method",
             "AdapterConfig": "adapter (--method llama-adapter)", "TrainConfig": "training",
-            "VisualConfig": "images (--images)", "EvalConfig": "answering", "SamplingConfig": "sampling"}
+            "VisualConfig": "images (--images)", "AudioConfig": "audio (--audio)", "EvalConfig": "answering",
+            "SamplingConfig": "sampling"}
 # What a text flag holds, by field name (other text flags show their name, upper-case; numbers N or X).
 METAVARS = {"out": "DIR", "runs": "DIR", "data": "PATH", "adapter": "PATH", "problems": "PATH", "base": "MODEL",
             "reference": "FILE", "json": "FILE", "markdown": "FILE", "csv": "FILE", "plot": "FILE", "cost_plot": "FILE",

@@ -1,14 +1,16 @@
-"""The demo as a local web page: upload an image or a video clip, type a question and options, see the answer with
-probabilities.
+"""The demo as a local web page: upload an image or a video clip and/or a sound (a file, or recorded from the
+microphone on the page), type a question and options, see the answer with probabilities.
 
     mm-adapter serve --adapter runs/sqa_mm/best.safetensors      # then open http://127.0.0.1:8000/
 
 Standard library only (``http.server`` and a self-contained page with inline CSS and JS): nothing is
 fetched from anywhere else, so the page loads fully offline. The model is loaded once at start and
 answers one request at a time (the predictor's lock). A bad upload (not an image, truncated, too
-large, empty, a clip that is not a video, has no frames, fewer than the adapter's frames or too many,
-missing fields, a question too long for the model) gets a one-line message on the page; the server
-keeps serving.
+large, empty, a clip that is not a video, has no frames, fewer than the adapter's frames or too many, a
+sound that is not audio, truncated, empty, over 20 MiB or 30 s, missing fields, a question too long for
+the model) gets a one-line message on the page; the server keeps serving. A recording is whatever
+container the browser's MediaRecorder writes (Chromium: WebM/Opus; Firefox: Ogg/Opus): the server tells it
+by its bytes and decodes it through the same PyAV path and bounds as any sound file.
 
 Bounded and quiet: a body over ``MAX_BODY`` is refused (413) without being kept; a client silent
 for ``timeout`` seconds (while sending its request or its body) is answered 408 or dropped; a body
@@ -33,11 +35,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mm_adapter.demo.predictor import Predictor
+from mm_adapter.encoders.audio.decode import MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS
 from mm_adapter.encoders.feature_cache import MAX_IMAGE_BYTES
 from mm_adapter.errors import MMAdapterError
 
 PAGE = Path(__file__).with_name("page.html")
-MAX_BODY = MAX_IMAGE_BYTES + 2**20  # the image plus room for the text fields
+MAX_BODY = MAX_IMAGE_BYTES + MAX_AUDIO_BYTES + 2**20  # an image or clip, a sound, and room for the text fields
 DRAIN_LIMIT = 256 * 2**20  # a larger body is not read at all: the connection is closed after the answer
 DEFAULT_TIMEOUT = 60.0  # seconds a client may stay silent while sending its request
 CLIENT_GONE = (ConnectionError, TimeoutError)  # reset, broken pipe, aborted, stalled: the client, not a bug
@@ -58,6 +61,8 @@ class DemoRequest:
     context: str
     image: bytes | None  # None: no file chosen
     image_name: str
+    audio: bytes | None = None  # None: no sound chosen or recorded
+    audio_name: str = "uploaded sound"
 
 
 def parse_choices(text: str) -> list[str]:
@@ -94,10 +99,14 @@ def read_request(content_type: str, body: bytes) -> DemoRequest:
     def text(name: str) -> str:
         return fields.get(name, (None, b""))[1].decode("utf-8", "replace")
 
-    filename, data = fields.get("image", (None, b""))
-    image = data if (filename or data) else None  # a file input left empty sends no name and no bytes
-    return DemoRequest(text("question"), parse_choices(text("choices")), text("context"), image,
-                       filename or "uploaded image")
+    def upload(name: str, default: str) -> tuple[bytes | None, str]:
+        filename, data = fields.get(name, (None, b""))
+        return (data if (filename or data) else None), filename or default  # an empty file input sends neither
+
+    image, image_name = upload("image", "uploaded image")
+    audio, audio_name = upload("audio", "uploaded sound")
+    return DemoRequest(text("question"), parse_choices(text("choices")), text("context"), image, image_name,
+                       audio, audio_name)
 
 
 class DemoHandler(BaseHTTPRequestHandler):
@@ -127,7 +136,8 @@ class DemoHandler(BaseHTTPRequestHandler):
         try:
             request = read_request(self.headers.get("Content-Type", ""), self._read_body())
             prediction = self.server.predictor.predict(request.image, request.question, request.choices,
-                                                       request.context, image_name=request.image_name)
+                                                       request.context, image_name=request.image_name,
+                                                       audio=request.audio, audio_name=request.audio_name)
         except MMAdapterError as error:
             self._send_json(getattr(error, "status", 400), {"error": str(error).strip().splitlines()[0]})
         except Exception as error:  # a bug must not take the page down: log it, answer one line
@@ -143,8 +153,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         size = int(length)
         if size > MAX_BODY:
             self._discard(size)
-            raise BadRequest(f"upload too large ({size / 2**20:.1f} MiB; the image and clip limit is "
-                             f"{MAX_IMAGE_BYTES / 2**20:.0f} MiB)", 413)
+            raise BadRequest(f"upload too large ({size / 2**20:.1f} MiB; at most {MAX_BODY / 2**20:.0f} MiB: an "
+                             f"image or clip of {MAX_IMAGE_BYTES / 2**20:.0f} MiB, a sound of "
+                             f"{MAX_AUDIO_BYTES / 2**20:.0f} MiB and the text)", 413)
         return self._receive(size)
 
     def _receive(self, size: int) -> bytes:
@@ -217,7 +228,8 @@ class DemoServer(ThreadingHTTPServer):
         super().__init__(address, DemoHandler)
         self.predictor = predictor
         self.request_timeout = timeout
-        self.page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(predictor.describe()))
+        self.page = (PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(predictor.describe()))
+                     .replace("{{MAX_AUDIO_SECONDS}}", f"{MAX_AUDIO_SECONDS:g}"))
 
     def log_line(self, write) -> None:
         """Run ``write`` (a handler's one log line) unless the server is closing."""

@@ -66,15 +66,15 @@ def clip_model_config(name: str, allow_download: bool | None = None) -> dict:
     return config
 
 
-def resolve_depths(layers: int | tuple[int, ...], num_blocks: int) -> list[int]:
+def resolve_depths(layers: int | tuple[int, ...], num_blocks: int, what: str = "visual") -> list[int]:
     """1-based depths: n -> n evenly spaced ending at the last block (24 blocks, 4 -> 6 12 18 24)."""
     if isinstance(layers, int):
         if layers > num_blocks:
-            raise MMAdapterError(f"visual layers={layers} but the encoder has only {num_blocks} blocks")
+            raise MMAdapterError(f"{what} layers={layers} but the encoder has only {num_blocks} blocks")
         return sorted({round(num_blocks * (i + 1) / layers) for i in range(layers)})
     bad = [d for d in layers if d > num_blocks]
     if bad:
-        raise MMAdapterError(f"visual depths {bad} exceed the encoder's {num_blocks} blocks")
+        raise MMAdapterError(f"{what} depths {bad} exceed the encoder's {num_blocks} blocks")
     return sorted(set(layers))
 
 

@@ -133,38 +133,41 @@ def projection_from_adapter(adapter_file, hidden_size: int | None = None,
     where = adapter_file.path
     config = VisualConfig.from_json(meta["visual"], source=str(where))
     state = {k[len(VISUAL_PREFIX):]: v for k, v in adapter_file.extra_tensors.items() if k.startswith(VISUAL_PREFIX)}
-    in_dim = _stored_in_dim(where, meta, state)
+    in_dim = stored_in_dim(where, meta, state)
     projection = VisualProjection(in_dim, hidden_size or adapter_file.base.hidden_size, config, device="meta")
-    _check_state(where, projection.state_dict(), state)
+    check_state(where, projection.state_dict(), state)
     projection.load_state_dict(state, assign=True)
     return config, projection.to(device or "cpu", torch.float32)
 
 
-def _stored_in_dim(where, meta: dict[str, str], state: dict[str, torch.Tensor]) -> int:
-    """The projection's input width, from its first stored weight; the metadata's ``visual_in_dim`` must agree."""
+def stored_in_dim(where, meta: dict[str, str], state: dict[str, torch.Tensor], prefix: str = VISUAL_PREFIX) -> int:
+    """The projection's input width, from its first stored weight; the metadata's ``<part>_in_dim`` must agree."""
     first = state.get("proj.0.weight")
     if first is None or first.ndim != 2:
         found = "missing" if first is None else f"of shape {list(first.shape)}"
-        raise MMAdapterError(f"{where}: tensor {VISUAL_PREFIX}proj.0.weight is {found}, expected [width, in_dim]")
+        raise MMAdapterError(f"{where}: tensor {prefix}proj.0.weight is {found}, expected [width, in_dim]")
     in_dim = first.shape[1]
-    recorded = meta.get("visual_in_dim", str(in_dim))
+    key = f"{prefix[:-1]}_in_dim"
+    recorded = meta.get(key, str(in_dim))
     if recorded.strip() != str(in_dim):
-        raise MMAdapterError(f"{where}: metadata visual_in_dim is {recorded[:40]!r}, but {VISUAL_PREFIX}proj.0.weight "
+        raise MMAdapterError(f"{where}: metadata {key} is {recorded[:40]!r}, but {prefix}proj.0.weight "
                              f"takes {in_dim} features")
     return in_dim
 
 
-def _check_state(where, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+def check_state(where, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                prefix: str = VISUAL_PREFIX) -> None:
     """Every tensor the projection's layout needs, of its shape and floating point; nothing else."""
+    part = prefix[:-1]
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        found = f"missing {VISUAL_PREFIX}{missing[0]}" if missing else f"unexpected {VISUAL_PREFIX}{unexpected[0]}"
-        raise MMAdapterError(f"{where}: visual projection tensors do not fit its visual config: {found}")
+        found = f"missing {prefix}{missing[0]}" if missing else f"unexpected {prefix}{unexpected[0]}"
+        raise MMAdapterError(f"{where}: {part} projection tensors do not fit its {part} config: {found}")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise MMAdapterError(f"{where}: {VISUAL_PREFIX}{key} has shape {list(tensor.shape)}, but the visual config "
+            raise MMAdapterError(f"{where}: {prefix}{key} has shape {list(tensor.shape)}, but the {part} config "
                                  f"and base need {list(expected[key].shape)}")
-        check_tensor(where, f"{VISUAL_PREFIX}{key}", tensor)
+        check_tensor(where, f"{prefix}{key}", tensor)
 
 
 def _check_feature_width(where, config: VisualConfig, projection: VisualProjection) -> None:

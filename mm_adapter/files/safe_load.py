@@ -92,13 +92,16 @@ def read_safetensors(path: str | Path, check_metadata: Callable[[dict[str, str]]
         metadata = handle.metadata() or {}
         if check_metadata is not None:
             check_metadata(metadata)
-        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118 (no __iter__)
 
 
-def load_torch_file(path: str | Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+def load_torch_file(path: str | Path, wrapper: str | None = None,
+                    beside: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Load a torch pickle as a dict of tensors only, refusing anything that would construct other objects.
 
-    ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped.
+    ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped, and so is
+    one that also holds entries named in ``beside`` (settings saved next to the weights, such as the official
+    LLaMA-Adapter V2 release's ``config``), which are dropped.
     """
     path = Path(path)
     regular_file_size(path, "torch checkpoint")
@@ -114,7 +117,7 @@ def load_torch_file(path: str | Path, wrapper: str | None = None) -> dict[str, t
             raise _refusal(path, error) from None
     if not isinstance(data, dict):
         raise MMAdapterError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
-    if wrapper is not None and set(data) == {wrapper} and isinstance(data[wrapper], dict):
+    if wrapper is not None and wrapper in data and set(data) <= {wrapper, *beside} and isinstance(data[wrapper], dict):
         data = data[wrapper]
     for key, value in data.items():
         if not isinstance(value, torch.Tensor):

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from torch import nn
 
+from mm_adapter.encoders.audio.adapter_part import has_audio_part, load_audio_part
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.methods.config import FULL, LLAMA_ADAPTER, LLAMA_ADAPTER_V2, OUR_METHODS, PEFT_METHODS
 from mm_adapter.methods.folders import BASE_IDENTITY_ATTR, load_peft_folder
 from mm_adapter.model.adapter import adapter_v2_config
 from mm_adapter.model.adapter_file import BaseIdentity
 from mm_adapter.model.base import load_base
-from mm_adapter.pretrained import load_multimodal_adapter
+from mm_adapter.pretrained import load_multimodal_adapter, read_pretrained
 
 
 def identity_of(model: nn.Module) -> BaseIdentity:
@@ -42,3 +44,16 @@ def load_answering(base: str, method: str, adapter: Path | None, device, dtype: 
     elif method in PEFT_METHODS:
         model = load_peft_folder(model, adapter)
     return model, tokenizer, visual
+
+
+def load_hearing(method: str, adapter: Path | None, device, encoder_spec: str | None = None):
+    """``(audio encoder, audio projection)`` of our adapter file trained with sound, else None; ``encoder_spec``: where
+    its Whisper encoder is now, when it moved (its weights must be the same). A spec given for an adapter without
+    sound is refused: the user expects it to be heard."""
+    found = read_pretrained(adapter) if adapter is not None and method in OUR_METHODS else None
+    if found is None or not has_audio_part(found):
+        if encoder_spec:
+            raise MMAdapterError(f"--audio-encoder {encoder_spec}: {adapter or 'no adapter'} has no audio part (it was "
+                                 "not trained with --audio), so there is nothing to hear with it")
+        return None
+    return load_audio_part(found, device, encoder_spec)

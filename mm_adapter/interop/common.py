@@ -22,7 +22,8 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.safe_load import check_tensor, load_torch_file, read_safetensors
 from mm_adapter.model.adapter import decoder_layers
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity
-from mm_adapter.model.config import AdapterConfig
+from mm_adapter.model.adapter_v2 import V2_PREFIX, norm_modules, target_linears
+from mm_adapter.model.config import AdapterConfig, AdapterV2Config
 
 
 @dataclass
@@ -35,17 +36,19 @@ class ForeignLayer:
     gate_key: str
 
 
-def read_tensors(path: str | Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | Path, wrapper: str | None = None,
+                 beside: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Named tensors of a safetensors file or a torch pickle (tensors only, never code).
 
-    ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped.
+    ``wrapper``: a pickle holding only ``{wrapper: state_dict}`` (how Lightning Fabric saves) is unwrapped, also
+    where it holds entries named in ``beside`` too (dropped).
     """
     path = Path(path)
     if not os.path.lexists(path):
         raise MMAdapterError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         return read_safetensors(path)[0]
-    return load_torch_file(path, wrapper)
+    return load_torch_file(path, wrapper, beside)
 
 
 def split_keys(path: Path, tensors: dict[str, torch.Tensor], pattern: re.Pattern,
@@ -112,6 +115,43 @@ def build_adapter(model: nn.Module, path: Path, layers: dict[int, ForeignLayer],
         out[index] = {"prompt": prompt.detach().to("cpu", torch.float32).contiguous(),
                       "gate": gate.detach().to("cpu", torch.float32).expand(gates).contiguous()}
     return AdapterFile(path=path, config=config, base=identity, layers=out)
+
+
+@dataclass
+class ForeignTensor:
+    """One V2 tensor as read from a foreign file, already in our layout (a fused qkv split, rows reordered)."""
+
+    key: str  # the foreign key (or keys) it came from, for refusals
+    tensor: torch.Tensor
+
+
+def build_v2(model: nn.Module, path: Path, adapter: AdapterFile, config: AdapterV2Config,
+             found: dict[str, ForeignTensor]) -> AdapterFile:
+    """Give ``adapter`` the V2 part ``config`` makes on ``model``, from ``found`` (our module name + ``.bias``,
+    ``.scale`` or ``.weight`` -> tensor); every tensor a format does not store stays at its starting value (bias 0,
+    scale 1, the base's norm weight), which is what that format computes with there."""
+    names = {f"{name}.{field}": module.out_features for name, module in
+             target_linears(model, decoder_layers(model), config).items() for field in ("bias", "scale")}
+    tensors = {name: torch.zeros(size) if name.endswith(".bias") else torch.ones(size) for name, size in names.items()}
+    if config.train_norms:
+        tensors |= {f"{name}.weight": module.weight.detach().to("cpu", torch.float32).clone()
+                    for name, module in norm_modules(model).items()}
+    for name, item in found.items():
+        if name not in tensors:
+            raise MMAdapterError(f"{path}: {item.key} has no counterpart {name!r} on this base")
+        if tuple(item.tensor.shape) != tuple(tensors[name].shape):
+            raise MMAdapterError(f"{path}: {item.key} has shape {list(item.tensor.shape)}, but this base's {name} "
+                                 f"has {list(tensors[name].shape)}")
+        check_tensor(path, item.key, item.tensor)
+        tensors[name] = item.tensor.detach().to("cpu", torch.float32).contiguous()
+    adapter.v2 = config
+    adapter.v2_tensors = {V2_PREFIX + name: tensor for name, tensor in tensors.items()}
+    return adapter
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm after the last decoder layer (litgpt's ``ln_f``, Meta's ``norm``)."""
+    return (model.get_decoder() if hasattr(model, "get_decoder") else model.model).norm
 
 
 def layer_ranges(indices: list[int]) -> str:

@@ -47,11 +47,16 @@ def plain_config(model: nn.Module):
                 setattr(config, flag, True)
         plain = _skeleton_biases(model, config)
     modules = dict(model.named_modules())
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is not embeddings.weight and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False  # the merge gave a tied head its own, scaled weight (AdapterV2Config.head)
     for name, has_bias in ours.items():
         if has_bias and not plain[name] and torch.count_nonzero(modules[name].bias):
+            fix = ("the output layer's bias (AdapterV2Config.head) has no place in it" if modules[name] is head else
+                   "train with --v2-targets naming layers it has a bias on")
             raise MMAdapterError(f"{name}: a {config.model_type} model has no bias there, so the adapter V2 bias "
-                                 "cannot be merged into a plain transformers model; train with --v2-targets "
-                                 "naming layers it has a bias on (or keep the adapter unmerged)")
+                                 f"cannot be merged into a plain transformers model; {fix} (or keep the adapter "
+                                 "unmerged)")
     for name, has_bias in ours.items():
         if has_bias and not plain[name]:
             modules[name].register_parameter("bias", None)

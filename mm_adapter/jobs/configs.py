@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 from mm_adapter.data.config import ScienceQASource, SyntheticDataConfig  # noqa: F401  (data synthetic-*)
+from mm_adapter.encoders.audio.config import AudioConfig
 from mm_adapter.encoders.config import FRAME_ORDERS, MAX_FRAMES, VisualConfig, parse_depths
 from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.eval.config import FORMATS, EvalConfig, TableConfig  # noqa: F401  (TableConfig: the table command's)
@@ -119,20 +120,38 @@ class TrainScienceQAConfig:
     calibrate: bool = False
     """validation scores options calibrated, as eval scienceqa --calibrate: minus their score after a content-free
     prompt"""
+    audio: bool = False
+    """train with sound: each problem's audio file (its "audio" field; else the sound track of its video clip)
+    through the frozen Whisper encoder (--audio-encoder; features cached on disk) and a trainable projection added
+    to every adaption prompt, beside the image's with --images"""
+    skip_bad_audio: bool = False
+    """a missing/corrupt/over-long sound makes its problem a problem without sound (counted) instead of an error"""
+    blank_audio: bool = False
+    """with --audio: every sound becomes one second of silence (its file is not read), so the audio path learns
+    nothing of what sounds hold (the sound-vs-silence comparison; evaluate with eval scienceqa --blank-audio)"""
     model: ModelOptions = field(default_factory=lambda: ModelOptions(dtype="bf16"))
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(prompt_init="norm_scaled"))
     tuning: TuningConfig = field(default_factory=TuningConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, warmup_epochs=0.3, lr=5e-3,
                                                                    batch_size=8))
     visual: VisualConfig = field(default_factory=lambda: VisualConfig(visual_standardize=True))
+    sound: AudioConfig = field(default_factory=lambda: AudioConfig(audio_standardize=True))
 
     def __post_init__(self) -> None:
         _positive(self, "limit", "val_limit", "val_every", "max_seq_len", "feature_batch_size")
+        if self.audio and self.tuning.method not in OUR_METHODS:
+            raise ConfigError("audio", f"adds sound features to the adaption prompts of --method "
+                                       f"{' or '.join(OUR_METHODS)}; {self.tuning.method} has none")
+        if self.audio and self.tuning.v2_disjoint:
+            raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
+                                             "it is not defined for sound (pass --v2-disjoint false with --audio)")
         check(self, "visual_lr_scale", low=0, low_open=True)
         check(self, "format", choices=FORMATS)
         EvalConfig(format=self.format, calibrate=self.calibrate)  # validation is score mode: refuses QCM-LEA
         if self.blank_images and not self.images:
             raise ConfigError("blank_images", "blanks the images of --images; without --images there are none")
+        if self.blank_audio and not self.audio:
+            raise ConfigError("blank_audio", "blanks the sounds of --audio; without --audio there are none")
         if self.tuning.v2_disjoint is not None and not self.images:
             raise ConfigError("v2_disjoint", "splits the parameters between problems with and without an image; "
                                              "it applies with --images")
@@ -166,6 +185,14 @@ class EvalScienceQAConfig:
     """replace finished predictions in --out, or discard a partial run of another configuration"""
     skip_bad_images: bool = False
     """with an image adapter: a missing/corrupt image makes its problem a no-image one (counted)"""
+    audio_encoder: str | None = None
+    """with an adapter trained with sound: where its Whisper encoder is now (a folder, model.bin parts, a packaged
+    name, a hub id), when not where training found it; its weights must be the ones it was trained with"""
+    skip_bad_audio: bool = False
+    """with an audio adapter: a missing/corrupt/over-long sound makes its problem one without sound (counted)"""
+    blank_audio: bool = False
+    """with an audio adapter: every sound becomes one second of silence (its file is not read), as for an adapter
+    trained with --blank-audio (recorded in the folder's config.yaml)"""
     progress: bool = True
     """show progress (a bar on a terminal, a line every ~10% otherwise)"""
     model: ModelOptions = field(default_factory=ModelOptions)
@@ -213,11 +240,16 @@ class DemoConfig:
     image: str | None = option(None, alias="--video")
     """image file (PNG, JPEG, ...) or video clip (GIF, MP4, WebM: the adapter's frames are sampled from it); omit
     for a text-only question"""
+    audio: str | None = option(None, metavar="FILE")
+    """sound file (WAV, FLAC, MP3, OGG/Opus, M4A, or a clip's sound track; at most 30 s) for an adapter trained with
+    sound; a video clip given as --video with a sound track is heard without it"""
     context: str = ""
     """optional hint text shown with the question"""
     adapter: str | None = None
     """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
     training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
+    audio_encoder: str | None = None
+    """with an adapter trained with sound: where its Whisper encoder is now, when not where training found it"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     bf16: bool = False
@@ -228,11 +260,15 @@ class DemoConfig:
 
 @dataclass
 class ServeConfig:
-    """The demo as a local web page: upload an image, type a question and options, see the answer."""
+    """The demo as a local web page: upload an image or clip and/or a sound (or record one from the microphone),
+    type a question and options, see the answer."""
 
     adapter: str | None = None
     """adapter: our .safetensors file, an adapter folder (adapter_config.json + adapter_model.safetensors), a
-    training run's folder or a hub id org/name[@revision]; one trained with images uses the image"""
+    training run's folder or a hub id org/name[@revision]; one trained with images uses the image, one trained with
+    sound hears the sound"""
+    audio_encoder: str | None = None
+    """with an adapter trained with sound: where its Whisper encoder is now, when not where training found it"""
     format: str | None = option(None, choices=FORMATS)
     """prompt format (None: the one the adapter file records, else QCM-A)"""
     host: str = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Answer one multiple-choice question about an image (``mm-adapter demo``).
+"""Answer one multiple-choice question about an image and/or a sound (``mm-adapter demo``).
 
 Without an adapter (or with a text-only one) the image is checked but ignored, and the answer says so.
 Bad input (an image that is not one, truncated, too large or not a regular file, fewer than 2
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from mm_adapter.demo.predictor import Prediction, Predictor, check_image, check_question
+from mm_adapter.demo.predictor import Prediction, Predictor, check_audio, check_image, check_question
 from mm_adapter.jobs.configs import DemoConfig, ServeConfig
 from mm_adapter.jobs.runtime import precision_line, prepare
 
@@ -20,7 +20,7 @@ def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
     """The predictor of a demo or serve config: base, adapter, format, device, dtype, autocast."""
     device = prepare(config.model)
     predictor = Predictor.load(config.model.base, config.adapter, device, config.format, config.model.dtype,
-                               config.bf16)
+                               config.bf16, getattr(config, "audio_encoder", None))
     print(predictor.describe(), file=sys.stderr)
     print(precision_line(predictor.model, config.bf16, device), file=sys.stderr)
     return predictor
@@ -29,4 +29,6 @@ def load_predictor(config: DemoConfig | ServeConfig) -> Predictor:
 def demo(config: DemoConfig) -> Prediction:
     check_question(config.question, config.choices, config.context)  # bad input fails before the model is loaded
     check_image(config.image)
-    return load_predictor(config).predict(config.image, config.question, config.choices, config.context)
+    check_audio(config.audio)
+    return load_predictor(config).predict(config.image, config.question, config.choices, config.context,
+                                          audio=config.audio)

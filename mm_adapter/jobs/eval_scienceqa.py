@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped
+from mm_adapter.data.features import ImageOffsets, OffsetSum, compute_audio_features, compute_features, report_skipped
 from mm_adapter.data.problems import load_problems
 from mm_adapter.encoders.projection import frames_note
+from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.record import EVAL_RECORD, ZERO_SHOT, EvalRecord, absolute, write_eval_record
 from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_finished, resolve_format, run
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from mm_adapter.inference.loading import answering_method, identity_of, load_answering
+from mm_adapter.inference.loading import answering_method, identity_of, load_answering, load_hearing
 from mm_adapter.jobs.configs import EvalScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, precision_line, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
@@ -111,21 +112,36 @@ def _evaluate(config: EvalScienceQAConfig, method: str, adapter: Path | None, ou
     eval_config = dataclasses.replace(config.eval, format=fmt)
     problems = load_problems(config.source, config.split, eval_config.captions, config.limit, _say)
     reference = read_reference(config.reference) if config.reference else None
+    hearing = load_hearing(method, adapter, device, config.audio_encoder)  # a mismatched encoder: before the base
+    if config.blank_audio and hearing is None:
+        raise MMAdapterError(f"--blank-audio: {adapter or 'no adapter'} has no audio part (it was not trained with "
+                             "--audio), so there is no sound to blank")
     model, tokenizer, visual = load_answering(config.model.base, method, adapter, device, config.model.dtype, _say)
     _say(precision_line(model, eval_config.bf16, device))
     check_fit(model, tokenizer, problems, eval_config)  # one line naming a pid too long, before anything is written
-    offsets = None
+    parts = OffsetSum()
+    identity = {"base": config.model.base, "base_fingerprint": identity_of(model).fingerprint,
+                "adapter": adapter_digest(adapter) if adapter else None}
     if visual is not None:
         encoder, projection = visual
         features = compute_features(encoder, problems, config.source.data, config.skip_bad_images)
         report_skipped(features, config.split)
         _say(f"images: {len(features.by_pid)} of {len(problems)} problems, encoder {encoder.config.clip_model}"
              f"{frames_note(encoder.config)}")
-        offsets = ImageOffsets(projection, features)
-    identity = {"base": config.model.base, "base_fingerprint": identity_of(model).fingerprint,
-                "adapter": adapter_digest(adapter) if adapter else None}
-    if offsets is not None:  # which images were used (a skipped one changes answers)
-        identity["image_features"] = offsets.features.fingerprint(problems)
+        parts.append(ImageOffsets(projection, features))
+        identity["image_features"] = features.fingerprint(problems)  # which were used: a skipped one changes answers
+    if hearing is not None:
+        encoder, projection = hearing
+        features = compute_audio_features(encoder, problems, config.source.data, config.skip_bad_audio,
+                                          blank=config.blank_audio)
+        report_skipped(features, f"{config.split} (sound)")
+        blanked = ", every one blanked to silence" if config.blank_audio else ""
+        _say(f"sound: {len(features.by_pid)} of {len(problems)} problems{blanked}, {encoder.describe()}")
+        parts.append(ImageOffsets(projection, features))
+        identity["audio_features"] = features.fingerprint(problems)
+        if config.blank_audio:
+            identity["audio_blanked"] = True
+    offsets = parts[0] if len(parts) == 1 else parts or None
     row_method, label = _names(config, answering_method(model, method))
     name = config.name or EvalRecord(out, row_method, None, label, split=config.split, limit=config.limit,
                                      prompt_format=fmt, mode=eval_config.mode,

@@ -1,11 +1,13 @@
-"""Fine-tune a LLaMA-Adapter on ScienceQA (``mm-adapter train scienceqa``), text-only or with images.
+"""Fine-tune a LLaMA-Adapter on ScienceQA (``mm-adapter train scienceqa``), text-only or with images and/or sound.
 
 Trains on ``train_split``, scores ``val_split`` every ``val_every`` steps (and at the end) in
 score mode and keeps the adapter with the best val accuracy as ``best.safetensors``
 (``adapter.safetensors`` is the last step's). With ``images`` each problem's image goes through
 a frozen open_clip encoder once, before training (features cached on disk; a video clip as
-``visual.frames`` sampled frames), and a trainable projection adds it to every adaption prompt; the adapter files then carry the visual config, so
-``eval scienceqa`` and ``demo`` load them in one call. Every adapter file records its prompt format.
+``visual.frames`` sampled frames), and a trainable projection adds it to every adaption prompt; the adapter files
+then carry the visual config, so ``eval scienceqa`` and ``demo`` load them in one call. With ``audio`` each
+problem's sound goes the same way through a frozen Whisper encoder and a second projection (the two offsets add).
+Every adapter file records its prompt format.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mm_adapter.data.features import ImageOffsets, compute_features, report_skipped, with_features
+from mm_adapter.data.features import (
+    ImageOffsets,
+    OffsetSum,
+    compute_audio_features,
+    compute_features,
+    report_skipped,
+    with_audio_features,
+    with_features,
+)
 from mm_adapter.data.problems import encode_problems, load_problems
+from mm_adapter.encoders.audio.adapter_part import audio_projection
+from mm_adapter.encoders.audio.whisper import build_audio_encoder
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, frames_note, trainable_summary
 from mm_adapter.errors import MMAdapterError
@@ -28,12 +40,18 @@ from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, writ
 from mm_adapter.jobs.configs import TrainScienceQAConfig
 from mm_adapter.jobs.recording import record_run
 from mm_adapter.jobs.runtime import (
-    finish_distributed, job_folder, precision_line, prepare, rank_zero_print, source_inputs,
+    finish_distributed,
+    job_folder,
+    precision_line,
+    prepare,
+    rank_zero_print,
+    source_inputs,
 )
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector
 from mm_adapter.methods.attach import Tuned, attach_method
 from mm_adapter.methods.config import OUR_METHODS
 from mm_adapter.methods.folders import ADAPTER_FOLDER, BEST_FOLDER, folder_saver, relocated, trainer_export
+from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.methods.virtual_tokens import context_tokens
 from mm_adapter.model.adapter import count_trainable
 from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY, save_adapter
@@ -42,10 +60,15 @@ from mm_adapter.scienceqa.data import Problem
 from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import BatchPlan, Example, PadCollator
 from mm_adapter.training.multimodal import (
-    VisualExport, attach_projection, disjoint_loss, multimodal_loss, projection_lr_scales,
+    AUDIO_PROJECTION_ATTR,
+    AudioExport,
+    VisualExport,
+    attach_projection,
+    disjoint_loss,
+    multimodal_loss,
+    projection_lr_scales,
 )
 from mm_adapter.training.process import DistInfo, setup_distributed
-from mm_adapter.methods.run_record import RUN_RECORD
 from mm_adapter.training.trainer import TrainResult, train, trainer_outputs
 
 COMMAND = "train scienceqa"
@@ -108,12 +131,77 @@ def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: lis
                     projection_lr_scales(projection, config.visual_lr_scale))
 
 
+def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
+                  train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
+                  say: Callable[[str], None]) -> ImageRun:
+    """Whisper encoder, features of train and val sounds (once, through the cache), the audio projection on the
+    model: the image path's steps for sound."""
+    encoder = build_audio_encoder(config.sound, device)
+    root = config.source.data
+    features = compute_audio_features(encoder, train_problems, root, config.skip_bad_audio, config.feature_batch_size,
+                                      blank=config.blank_audio)
+    report_skipped(features, f"{config.train_split} (sound)")
+    train_rows, train_mask = features.rows(train_problems)
+    val_features = compute_audio_features(encoder, val_problems, root, config.skip_bad_audio,
+                                          config.feature_batch_size, blank=config.blank_audio)
+    report_skipped(val_features, f"{config.val_split} (sound)")
+    features.by_pid |= val_features.by_pid
+    blanked = ", every one blanked to silence" if config.blank_audio else ""
+    say(f"audio features: {len(features.by_pid)} problems with a sound{blanked}, {encoder.describe()} "
+        f"({encoder.feature_dim} features)")
+    projection = audio_projection(config.sound, encoder.feature_dim, model.config.get_text_config().hidden_size,
+                                  device=device)
+    if config.sound.audio_standardize and train_mask.any():
+        projection.set_feature_stats(train_rows[train_mask])
+    attach_projection(model, projection, AUDIO_PROJECTION_ATTR)
+    identity = {"audio": config.sound.to_dict(), "audio_encoder": encoder.identity,
+                "audio_features": features.fingerprint(train_problems)}
+    if config.blank_audio:
+        identity["audio_blanked"] = True  # absent otherwise: the identity of every run before the flag is unchanged
+    return ImageRun(with_audio_features(examples, train_problems, features), ImageOffsets(projection, features),
+                    AudioExport(config.sound, projection, encoder), identity,
+                    projection_lr_scales(projection, config.visual_lr_scale))
+
+
+class _Exports(list):
+    """The file extras of several parts (the image's, the sound's) as one."""
+
+    def extras(self) -> tuple[dict, dict]:
+        tensors, metadata = {}, {}
+        for part in self:
+            more_tensors, more_metadata = part.extras()
+            tensors |= more_tensors
+            metadata |= more_metadata
+        return tensors, metadata
+
+
+def media_run(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
+              train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
+              say: Callable[[str], None]) -> ImageRun | None:
+    """The image part (--images), the sound part (--audio), both, or None: one ``ImageRun`` whose examples carry
+    every part's features, whose offsets and file extras are the parts' together."""
+    runs = []
+    if config.images:
+        runs.append(prepare_images(config, model, examples, train_problems, val_problems, device, say))
+        examples = runs[-1].examples
+    if config.audio:
+        runs.append(prepare_audio(config, model, examples, train_problems, val_problems, device, say))
+    if len(runs) < 2:
+        return runs[0] if runs else None
+    image, audio = runs
+    projection = getattr(model, AUDIO_PROJECTION_ATTR)
+    say(f"trainable parameters of the audio projection: {sum(p.numel() for p in projection.parameters()):,}")
+    return ImageRun(audio.examples, OffsetSum([image.offsets, audio.offsets]), _Exports([image.export, audio.export]),
+                    image.identity | audio.identity, image.lr_scales | audio.lr_scales)
+
+
 def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     """Load the splits and the base, attach the adapter (and projection), train with val-based selection."""
     device = prepare(config.model)
     config.source.require()
     info = setup_distributed(str(device))
-    if config.images and config.tuning.disjoint and info.world_size > 1:  # DDP needs every parameter's gradient
+    disjoint = config.images and not config.audio and config.tuning.disjoint
+    if disjoint and info.world_size > 1:  # DDP needs every parameter's gradient
         raise MMAdapterError("--v2-disjoint trains some parameters on only some rows, which DistributedDataParallel "
                              "does not sync; train on one process or pass --v2-disjoint false")
     inputs = {**source_inputs(config.source), "--base": config.model.base}
@@ -142,7 +230,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
             f"{f' or the model context ({context} tokens)' if context else ''}")
     # a val problem the model cannot read would stop the run at its first validation, an epoch from now
     check_fit(model, tokenizer, val_problems, EvalConfig(format=config.format, captions=config.captions))
-    images = prepare_images(config, model, examples, kept, val_problems, device, say) if config.images else None
+    images = media_run(config, model, examples, kept, val_problems, device, say)
     say(tuned.describe())
     say(precision_line(model, config.train.bf16, device))
     say(f"{len(examples)} training problems, {len(val_problems)} val; "
@@ -167,7 +255,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
                                   resume=config.train.resume, **_best_saver(tuned, config.format, tokenizer))
     identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
                 "captions": config.captions} | (images.identity if images else {}) | tuned.identity()
-    disjoint = images is not None and config.tuning.disjoint
+    disjoint = config.images and not config.audio and config.tuning.disjoint
     if disjoint:  # absent otherwise: runs from before it existed still resume
         identity["v2_disjoint"] = True
         say("V2 disjoint parameters: problems with an image train the projection and the early layers' prompts and "

@@ -57,24 +57,35 @@ class V2State:
     original_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # its weight as it was at attach
     hooks: list = field(default_factory=list)  # the norms' dtype hooks
     linear_hooks: dict = field(default_factory=dict)  # module name -> its bias/scale hook (off while merged)
-    merged: dict = field(default_factory=dict)  # module name -> (weight, bias or None) from before merge_v2
+    merged: dict = field(default_factory=dict)  # name -> (weight parameter, bias data or None) before merge_v2
 
 
 def target_linears(model: nn.Module, layers: nn.ModuleList, config: AdapterV2Config) -> dict[str, nn.Module]:
-    """The linear layers of the decoder layers that ``config.targets`` names, by their module name in ``model``;
-    a target name no decoder layer has is one line naming it and the names there are."""
+    """The linear layers of the decoder layers that ``config.targets`` names (and the output layer with
+    ``config.head``), by their module name in ``model``; a target name no decoder layer has is one line naming it and
+    the names there are."""
     inside = {id(module) for layer in layers for module in layer.modules()}
     linears = {name: module for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and id(module) in inside}
     wanted = config.target_names
-    if wanted == (ALL_LINEAR,):
-        return linears
-    present = sorted({name.rsplit(".", 1)[-1] for name in linears})
-    for target in wanted:
-        if target not in present:
-            raise MMAdapterError(f"adapter V2 target {target!r} (--v2-targets) is no linear layer of this base's "
-                                 f"decoder layers; they have {', '.join(present)} (or give {ALL_LINEAR})")
-    return {name: module for name, module in linears.items() if name.rsplit(".", 1)[-1] in wanted}
+    if wanted != (ALL_LINEAR,):
+        present = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        for target in wanted:
+            if target not in present:
+                raise MMAdapterError(f"adapter V2 target {target!r} (--v2-targets) is no linear layer of this base's "
+                                     f"decoder layers; they have {', '.join(present)} (or give {ALL_LINEAR})")
+        linears = {name: module for name, module in linears.items() if name.rsplit(".", 1)[-1] in wanted}
+    return linears | (output_head(model) if config.head else {})
+
+
+def output_head(model: nn.Module) -> dict[str, nn.Module]:
+    """The output layer by its module name (``{"lm_head": ...}``), for ``AdapterV2Config.head``; one line where the
+    model's output embeddings are no linear layer."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise MMAdapterError(f"adapter V2 head=True needs a linear output layer; this {type(model).__name__} has "
+                             f"{type(head).__name__}")
+    return {name: module for name, module in model.named_modules() if module is head}
 
 
 def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -103,12 +114,26 @@ def hook_bias_scale(state: V2State, name: str) -> None:
     state.linear_hooks[name] = state.linears[name].register_forward_hook(_apply_bias_scale)
 
 
+def restore_linears(state: V2State) -> list[str]:
+    """Put back the weights (and bias, or none) each merged linear layer had before the merge, exactly (the
+    originals were kept, not divided back); returns the layers restored. Here, not in v2_merge, so detaching a merged
+    adapter needs nothing from the module that builds on this one."""
+    restored = list(state.merged)
+    for name, (weight, bias) in state.merged.items():
+        module = state.linears[name]
+        module.weight = weight  # the parameter itself: a head tied to the input embeddings is tied again
+        if bias is None:
+            module.register_parameter("bias", None)
+        else:
+            module.bias.data = bias
+    state.merged.clear()
+    return restored
+
+
 def detach_v2(state: V2State) -> None:
     """Remove every bias/scale and its hook (unmerging first), and give the norms back their weights (and dtype)
     from attach."""
-    if state.merged:
-        from mm_adapter.model.v2_merge import unmerge_v2  # merge builds on this module
-        unmerge_v2(state)
+    restore_linears(state)  # a merged layer: its weights from before the merge (its hook went at the merge)
     for hook in [*state.hooks, *state.linear_hooks.values()]:
         hook.remove()
     for module in state.linears.values():

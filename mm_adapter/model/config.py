@@ -70,7 +70,7 @@ class AdapterConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "config") -> "AdapterConfig":
+    def from_dict(cls, data: Any, source: str = "config") -> AdapterConfig:
         return config_from_dict(cls, data, source, "adapter config")
 
 
@@ -93,10 +93,14 @@ class AdapterV2Config:
     """with images: the bottom N adapted layers get the visual offset on their prompts (V2's early fusion: visual
     prompts early, language prompts in the later adapted layers, which images never reach); at most adapter_layers,
     which is v1's fusion into every adapted layer"""
+    head: bool = False
+    """whether the output layer (lm_head) gets a bias and scale too: litgpt's adapter_v2 wraps it and trains them, the
+    paper and the official release do not (files from before this field: no)"""
 
     def __post_init__(self) -> None:
         check_type(self, "targets", str)
         check_type(self, "train_norms", bool)
+        check_type(self, "head", bool)
         check(self, "fusion_layers", low=1, high=MAX_ADAPTER_LAYERS, integer=True)
         if not self.target_names:
             raise ConfigError("targets", f"names no module; give {ALL_LINEAR} or a comma list such as q_proj,v_proj")
@@ -106,11 +110,18 @@ class AdapterV2Config:
         """The comma list as names (no spaces or empty names); ``("all",)`` for every linear layer."""
         return tuple(name.strip() for name in self.targets.split(",") if name.strip())
 
+    def to_dict(self) -> dict[str, Any]:
+        """``head`` only where set: a file without it reads as before, in this version and in older ones."""
+        data = dataclasses.asdict(self)
+        if not self.head:
+            del data["head"]
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "config") -> "AdapterV2Config":
+    def from_dict(cls, data: Any, source: str = "config") -> AdapterV2Config:
         return config_from_dict(cls, data, source, "adapter V2 config")
 
 

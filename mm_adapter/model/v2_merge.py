@@ -12,7 +12,7 @@ from torch import nn
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.model.adapter import adapter_v2_state
-from mm_adapter.model.adapter_v2 import V2State, hook_bias_scale
+from mm_adapter.model.adapter_v2 import V2State, hook_bias_scale, restore_linears
 
 
 def v2_state_to_merge(model: nn.Module, source: str = "this model's adapter") -> V2State:
@@ -37,10 +37,12 @@ def merge_v2(state: V2State) -> None:
             raise MMAdapterError(f"{name}: weight is {module.weight.dtype} on {module.weight.device.type}; merging "
                                  "adapter V2 needs a plain floating-point linear layer (load the base unquantised)")
     for name, module in state.linears.items():
-        weight, bias = module.weight.data, None if module.bias is None else module.bias.data
+        weight, bias = module.weight, None if module.bias is None else module.bias.data
         scale, added = module.adapter.scale.detach().float(), module.adapter.bias.detach().float()
         merged_bias = scale * (added + (0.0 if bias is None else bias.float()))
-        module.weight.data = (scale[:, None] * weight.float()).to(weight.dtype)
+        # a new parameter, not new data: an output layer tied to the input embeddings (AdapterV2Config.head) is
+        # untied, so the scale reaches the logits and never the embeddings; unmerge puts the shared one back
+        module.weight = nn.Parameter((scale[:, None] * weight.detach().float()).to(weight.dtype), requires_grad=False)
         if bias is None:
             module.bias = nn.Parameter(merged_bias.to(weight.dtype), requires_grad=False)
         else:
@@ -54,15 +56,8 @@ def unmerge_v2(state: V2State) -> None:
     its bias/scale hook on again."""
     if not state.merged:
         raise MMAdapterError("the adapter V2 bias/scale is not merged into the base")
-    for name, (weight, bias) in state.merged.items():
-        module = state.linears[name]
-        module.weight.data = weight
-        if bias is None:
-            module.register_parameter("bias", None)
-        else:
-            module.bias.data = bias
+    for name in restore_linears(state):
         hook_bias_scale(state, name)
-    state.merged.clear()
 
 
 def drop_v2(state: V2State) -> None:

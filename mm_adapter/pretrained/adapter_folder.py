@@ -181,7 +181,7 @@ def folder_config(adapter: AdapterFile) -> dict:
             "base_model_name_or_path": source.get("name_or_path"), "base_model_spec": source.get("spec"),
             "revision": source.get("revision"), "base_identity": asdict(adapter.base),
             "adapter_config": adapter.config.to_dict(), "prompt_format": adapter.prompt_format,
-            "adapter_v2": asdict(adapter.v2) if adapter.v2 else None,
+            "adapter_v2": adapter.v2.to_dict() if adapter.v2 else None,
             "visual": parse_json(visual, adapter.path, "metadata field 'visual'") if visual else None,
             "trainable_parameters": parameter_counts(adapter)}
 
@@ -296,7 +296,9 @@ def model_card(config: dict, name: str) -> str:
                "this folder holds only the adapter.")
     if v2 := config.get("adapter_v2"):
         norms = "trained" if v2["train_norms"] else "frozen"
-        summary += f" LLaMA-Adapter V2: also a bias and scale on the linear layers ({v2['targets']}), {norms} norms."
+        head = " and the output layer" if v2.get("head") else ""
+        summary += (f" LLaMA-Adapter V2: also a bias and scale on the linear layers ({v2['targets']}){head}, {norms} "
+                    "norms.")
     return "\n".join([
         *front, f"# {name}", "", summary, "",
         f"- base: {shown} ({identity['architecture']}{fingerprint})",

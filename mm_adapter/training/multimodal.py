@@ -2,9 +2,9 @@
 
 Image features are computed once, before training (``feature_cache``), and ride on each example
 as ``image_features`` + ``image_mask``; epochs never run the encoder. The trainable projection
-hangs on the model as ``model.visual_projection`` so the trainer optimises it, checkpoints it and
-restores it on resume like any other parameter that requires grad. A row without a (usable)
-image has mask False: the projection gives it an offset of exactly 0, so it is answered as by
+hangs on the model as ``model.visual_projection`` (a sound's, beside it, as ``model.audio_projection``) so the
+trainer optimises it, checkpoints it and restores it on resume like any other parameter that requires grad. A row
+without a (usable) image has mask False: the projection gives it an offset of exactly 0, so it is answered as by
 the text-only adapter.
 """
 
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mm_adapter.encoders.audio.adapter_part import audio_extras
+from mm_adapter.encoders.audio.config import AudioConfig
+from mm_adapter.encoders.audio.whisper import WhisperAudioEncoder
 from mm_adapter.encoders.clip import ClipEncoder
 from mm_adapter.encoders.config import VisualConfig
 from mm_adapter.encoders.projection import VisualProjection, visual_extras
@@ -22,11 +25,12 @@ from mm_adapter.model.adapter import adaption_prompts, prompt_offset
 from mm_adapter.training.trainer import lm_loss_sum
 
 PROJECTION_ATTR = "visual_projection"
+AUDIO_PROJECTION_ATTR = "audio_projection"  # the sound's projection, beside the image's
 
 
-def attach_projection(model: nn.Module, projection: VisualProjection) -> VisualProjection:
+def attach_projection(model: nn.Module, projection: VisualProjection, attr: str = PROJECTION_ATTR) -> VisualProjection:
     """Make the projection a trainable submodule of ``model`` (optimised, checkpointed, restored on resume)."""
-    setattr(model, PROJECTION_ATTR, projection.requires_grad_(True))
+    setattr(model, attr, projection.requires_grad_(True))
     return projection
 
 
@@ -47,9 +51,19 @@ def projection_lr_scales(projection: VisualProjection, lr_scale: float) -> dict[
     return scales
 
 
+def batch_offsets(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each row's prompt offset: its projected image features, plus its projected sound's when the run has sound."""
+    offsets = None
+    for attr, kind in ((PROJECTION_ATTR, "image"), (AUDIO_PROJECTION_ATTR, "audio")):
+        if f"{kind}_features" in batch and hasattr(model, attr):
+            part = getattr(model, attr)(batch[f"{kind}_features"], batch[f"{kind}_mask"])
+            offsets = part if offsets is None else offsets + part
+    return offsets
+
+
 def multimodal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``lm_loss_sum`` with each row's projected image features added to every adaption prompt."""
-    offsets = getattr(model, PROJECTION_ATTR)(batch["image_features"], batch["image_mask"])
+    """``lm_loss_sum`` with each row's projected image (and sound) features added to every adaption prompt."""
+    offsets = batch_offsets(model, batch)
     with prompt_offset(model, offsets):
         return lm_loss_sum(model, batch)
 
@@ -95,3 +109,15 @@ class VisualExport:
 
     def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return visual_extras(self.config, self.projection, self.encoder)
+
+
+@dataclass
+class AudioExport:
+    """The audio part of an adapter file: its projection, config and encoder identity."""
+
+    config: AudioConfig
+    projection: VisualProjection
+    encoder: WhisperAudioEncoder
+
+    def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return audio_extras(self.config, self.projection, self.encoder)
