@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from mm_adapter.cli import main
+from mm_adapter.encoders.audio.decode import load_audio
 from mm_adapter.errors import ScienceQAError
 from mm_adapter.scienceqa import speech
-from mm_adapter.scienceqa.data import Problem, read_official
+from mm_adapter.scienceqa.data import audio_path, read_official
 from mm_adapter.scienceqa.speech import RATE, Speaker, Voice
 from mm_adapter.scienceqa.synthetic import generate
 from mm_adapter.scienceqa.synthetic_audio import (
@@ -101,12 +102,17 @@ def test_official_layout_with_a_recording_per_problem(generated):
     assert {r["subject"] for r in records.values()} == {"natural science", "language science"}
 
 
-@pytest.mark.skipif("audio" not in Problem.__dataclass_fields__,
-                    reason="the loader's Problem has no audio field yet (branch audio-encoder adds it)")
-def test_the_loader_reads_the_audio_field(generated):
-    """Once the loader knows the field, every problem of the set comes back with its recording's file name."""
-    problems, _ = read_official(generated, "train")
-    assert problems and all(p.audio == AUDIO_NAME for p in problems)
+def test_the_audio_path_reads_every_recording(generated):
+    """The loader gives every problem its recording's file name, confined under images/, and the audio path's
+    decoder (the one train/eval --audio use) reads it back as the samples written: 4 s at 16 kHz."""
+    for split in SIZES:
+        problems, _ = read_official(generated, split)
+        for problem in problems:
+            path = audio_path(problem, generated, must_exist=True)
+            assert problem.audio == AUDIO_NAME and path == generated / "images" / split / problem.pid / AUDIO_NAME
+            samples = load_audio(path)
+            written, _, _ = decode(path)
+            assert len(samples) == CLIP_SAMPLES and np.abs(samples - written / 32768).max() < 1e-3
 
 
 def test_the_text_never_tells_an_audio_answer(generated):
