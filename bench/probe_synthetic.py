@@ -33,11 +33,16 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
+def linear_probe():
+    """The probe every feature benchmark fits: standardised features, L2-regularised logistic regression."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
+
+
 def probe(features: np.ndarray, labels: list[str], seed: int) -> tuple[float, float]:
     """(held-out accuracy, majority-class baseline on the same held-out part)."""
     x_train, x_test, y_train, y_test = train_test_split(features, labels, test_size=0.25, random_state=seed,
                                                         stratify=labels)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
+    model = linear_probe()
     model.fit(x_train, y_train)
     majority = max(set(y_train), key=list(y_train).count)
     return float(model.score(x_test, y_test)), float(np.mean(np.array(y_test) == majority))

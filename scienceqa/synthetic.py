@@ -175,9 +175,13 @@ def magnets(rng: random.Random) -> Drawn:
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana"]
 
 
-def hint_color(rng: random.Random) -> Drawn:
-    """TXT: the answer is in the context hint, there is no image."""
-    names = rng.sample(sorted(COLORS), 3)
+def hint_color(rng: random.Random, answer: str | None = None) -> Drawn:
+    """TXT: the answer is in the context hint, there is no image; ``answer``: the colour to ask about (drawn if None;
+    the audio set passes it to balance its answers)."""
+    if answer is None:
+        names = rng.sample(sorted(COLORS), 3)
+    else:
+        names = [answer, *rng.sample(sorted(set(COLORS) - {answer}), 2)]
     who, thing = rng.choice(NAMES), rng.choice(["kite", "bike", "scarf", "umbrella", "backpack"])
     return Drawn(f"What color is {who}'s {thing}?", names, None, "language science", "reading-comprehension",
                  "Reading comprehension", "Find details in a text",
@@ -214,10 +218,14 @@ TEXT_FAMILIES = {"hint_color": hint_color, "guide_words": guide_words}
 TEXT_SHARE = 0.15  # of all problems: half TXT (hint_color), half NO (guide_words)
 
 
-def to_record(drawn: Drawn, rng: random.Random, family: str, media: str | None) -> dict:
-    """The official-format record of a drawn problem (answer shuffled with ``rng``); ``media``: its file name."""
+def to_record(drawn: Drawn, rng: random.Random, family: str, media: str | None, answer_at: int | None = None) -> dict:
+    """The official-format record of a drawn problem (answer shuffled with ``rng``); ``media``: its file name;
+    ``answer_at``: where the answer goes (the other choices still shuffled), for a generator that balances positions."""
     order = list(range(len(drawn.choices)))
     rng.shuffle(order)
+    if answer_at is not None:
+        order.remove(0)
+        order.insert(answer_at, 0)
     return {"question": drawn.question, "choices": [drawn.choices[i] for i in order], "answer": order.index(0),
             "hint": drawn.hint, "image": media, "task": "closed choice",
             "grade": rng.choice(drawn.grades), "subject": drawn.subject, "topic": drawn.topic,
@@ -254,20 +262,23 @@ def draw_image_problem(rng: random.Random) -> tuple[dict, SaveMedia | None]:
 def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrite: bool = False,
              draw: DrawProblem = draw_image_problem) -> Path:
     """Write problems.json, pid_splits.json and each problem's media (images/<split>/<pid>/image.png) under
-    ``out_dir``; ``draw`` makes the problems (another set, e.g. ``synthetic_video``, passes its own)."""
+    ``out_dir``; ``draw`` makes the problems (another set, e.g. ``synthetic_video``, passes its own). A record's
+    ``caption`` key, where a set gives one, goes to captions.json (the official file) instead of problems.json."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ScienceQAError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ScienceQAError(f"{out}: folder is not empty; pass --overwrite to write into it")
     rng = random.Random(seed)
-    problems, splits, pid = {}, {}, 0
+    problems, splits, captions, pid = {}, {}, {}, 0
     for split, count in sizes.items():
         splits[split] = []
         for _ in range(count):
             pid += 1
             record, save = draw(rng)
             record["split"] = split
+            if record.get("caption") is not None:
+                captions[str(pid)] = record.pop("caption")
             problems[str(pid)] = record
             splits[split].append(str(pid))
             if save is not None:
@@ -276,5 +287,7 @@ def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrit
                 save(folder)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "problems.json", problems, indent=1)
+    if captions:
+        atomic_write_json(out / "captions.json", {"captions": captions}, indent=1)
     atomic_write_json(out / "pid_splits.json", splits)  # last: its presence marks a complete set
     return out

@@ -94,6 +94,7 @@ def test_a_written_config_reproduces_the_run(tmp_path, command):
         "plan": ["llama7b-alpaca", "--gpus", "4", "--gpu-memory", "40"],
         "data synthetic-images": ["sets/images", "--n-train", "5", "--seed", "3"],
         "data synthetic-video": ["sets/clips", "--n-val", "2", "--overwrite"],
+        "data synthetic-audio": ["sets/audio", "--n-test", "4", "--seed", "1"],
     }[command.name]
     config = parse(command, argv)
     written = write_config(tmp_path, command.name, config)
@@ -212,15 +213,18 @@ def test_one_front_door():
     """The command is the way in: scripts/ holds only the README's two commands and the set-up they share (no
     `python scripts/X.py` shells), and the generated sets are subcommands, not modules with parsers of their own."""
     assert sorted(p.name for p in (REPO / "scripts").iterdir()) == ["main.sh", "setup_env.sh", "test.sh"]
-    for module in ("scienceqa/synthetic.py", "scienceqa/synthetic_video.py", "eval/table.py"):
+    for module in ("scienceqa/synthetic.py", "scienceqa/synthetic_video.py", "scienceqa/synthetic_audio.py",
+                   "eval/table.py"):
         text = (REPO / module).read_text()
         assert "argparse" not in text and "__main__" not in text, module
 
 
 @pytest.mark.parametrize("words, described", [("synthetic-images", "only in the pictures"),
-                                              ("synthetic-video", "order of the frames")])
+                                              ("synthetic-video", "order of the frames"),
+                                              ("synthetic-audio", "only in the recordings")])
 def test_the_generated_sets_are_subcommands(words, described, tmp_path, capsys):
-    """``mm-adapter data synthetic-images|synthetic-video OUT`` write the official layout; --help says what."""
+    """``mm-adapter data synthetic-images|synthetic-video|synthetic-audio OUT`` write the official layout; --help
+    says what."""
     code, out, _ = run_cli(capsys, "data", words, str(tmp_path / "set"), "--n-train", "2", "--n-val", "1",
                            "--n-test", "1")
     assert code == 0 and "wrote 4 problems (train 2, val 1, test 1)" in out, out

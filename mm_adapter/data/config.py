@@ -24,11 +24,14 @@ class ScienceQASource:
             raise ConfigError("data", "give the problems with --data FOLDER or --hf NAME (exactly one of them)")
 
 
+MAX_SYNTHETIC_PROBLEMS = 50_000  # per split: 2.3x real ScienceQA's whole 21,208; an audio set of it is 6.4 GB
+
+
 @dataclass
 class SyntheticDataConfig:
     """A generated ScienceQA-format set in the official layout (problems.json, pid_splits.json, each problem's
-    media under images/<split>/<pid>/), answerable only from its pictures or clips: a test bed where no real
-    image encoder can be had."""
+    media under images/<split>/<pid>/), answerable only from its pictures, clips or recordings: a test bed where no
+    real media data can be had."""
 
     out: str = option(positional=True, metavar="OUT_DIR")
     """the folder to write (new or empty, unless --overwrite)"""
@@ -44,7 +47,8 @@ class SyntheticDataConfig:
     """write into a folder that is not empty"""
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_test", "seed"):
-            check(self, name, low=0, integer=True)
+        for name in ("n_train", "n_val", "n_test"):
+            check(self, name, low=0, high=MAX_SYNTHETIC_PROBLEMS, integer=True)
+        check(self, "seed", low=0, integer=True)
         if not str(self.out).strip():
             raise ConfigError("out", "is empty")

@@ -1,7 +1,8 @@
-"""Generated ScienceQA-format sets (``mm-adapter data synthetic-images`` and ``mm-adapter data synthetic-video``).
+"""Generated ScienceQA-format sets (``mm-adapter data synthetic-images``, ``... synthetic-video``,
+``... synthetic-audio``).
 
-The generators live on the benchmark side (``mm_adapter.scienceqa.synthetic``, ``...synthetic_video``); these jobs
-are their one way in from the command line.
+The generators live on the benchmark side (``mm_adapter.scienceqa.synthetic``, ``...synthetic_video``,
+``...synthetic_audio``); these jobs are their one way in from the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class SyntheticDataResult:
 
 
 def _generate(config: SyntheticDataConfig, draw: DrawProblem) -> SyntheticDataResult:
+    """Write the set; ``generate`` refuses a non-empty folder before drawing anything."""
     sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
     return SyntheticDataResult(generate(config.out, sizes, config.seed, config.overwrite, draw), sizes)
 
@@ -33,3 +35,13 @@ def synthetic_images(config: SyntheticDataConfig) -> SyntheticDataResult:
 def synthetic_video(config: SyntheticDataConfig) -> SyntheticDataResult:
     """Problems about short clips whose answer needs the order of the frames (``scienceqa.synthetic_video``)."""
     return _generate(config, draw_clip_problem)
+
+
+def synthetic_audio(config: SyntheticDataConfig) -> SyntheticDataResult:
+    """Problems whose answer is only in a recording, audio.wav (``scienceqa.synthetic_audio``). Speech synthesis is
+    tried on one word first, so a missing eSpeak NG is one line before anything is written."""
+    from mm_adapter.scienceqa.synthetic_audio import AudioDraw
+
+    draw = AudioDraw()
+    draw.check()
+    return _generate(config, draw)
