@@ -21,19 +21,18 @@ import pytest
 import torch
 from test_base_loading import hf_to_meta_rotary, meta_rotary
 from test_interop import L, causal, ids, ours
+from test_interop_cli import base, convert  # noqa: F401  (base: the module-scoped tiny base fixture)
 from test_interop_litgpt import NEW, OLD, START, adapter_kv, base_model, fused, model_qkv
 from test_v2_export import IDS, PLAIN_LOAD
 from transformers import AutoModelForCausalLM
 
 from mm_adapter import MMAdapterError, load_adapter, load_base, read_adapter
-from mm_adapter.cli import main
 from mm_adapter.interop import import_litgpt, import_official, load_foreign_adapter
 from mm_adapter.interop.merged import PROMPT_ADAPTER
 from mm_adapter.model.adapter import adapter_v2_state
 from mm_adapter.model.v2_merge import merge_v2, unmerge_v2
 from reference import linear, rms_norm, rotary
 from tiny import tiny_model
-from tiny_text import tiny_base_folder
 
 QKV = {OLD: "attn.attn", NEW: "attn.qkv"}  # litgpt's name for the fused linear, before and from 0.5.5
 LINEARS = ("attn.proj", "mlp.fc_1", "mlp.fc_2", "mlp.proj")
@@ -170,18 +169,6 @@ def test_litgpt_adapter_v2_head_scale_merges_into_a_tied_head_without_touching_t
     torch.testing.assert_close(ours(tied, tokens), before, atol=1e-5, rtol=1e-5)
     unmerge_v2(adapter_v2_state(tied))
     assert tied.lm_head.weight is tied.model.embed_tokens.weight and torch.equal(ours(tied, tokens), before)
-
-
-def convert(*args, capsys):
-    capsys.readouterr()
-    code = main(["convert", *(str(arg) for arg in args)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tiny_base_folder(tmp_path_factory.mktemp("base"))
 
 
 def test_imported_litgpt_v2_converts_to_ours_and_to_merged(base, tmp_path, capsys):

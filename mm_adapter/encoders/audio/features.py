@@ -21,6 +21,14 @@ from mm_adapter.errors import MMAdapterError
 log = logging.getLogger(__name__)
 
 
+def _skip(error: MMAdapterError, on_error: str, skipped: list[str]) -> None:
+    """A bad sound: raised (``on_error="raise"``), else logged and listed, its problem kept as one without sound."""
+    if on_error == "raise":
+        raise error
+    log.warning("skipping sound: %s", error)
+    skipped.append(str(error))
+
+
 def audio_features(encoder: WhisperAudioEncoder, sounds: Sequence[AudioInput], cache: FeatureCache | None | bool = True,
                    on_error: str = "raise", batch_size: int = 8, names: Sequence[str | None] | None = None
                    ) -> ImageFeatures:
@@ -39,10 +47,7 @@ def audio_features(encoder: WhisperAudioEncoder, sounds: Sequence[AudioInput], c
         try:
             data, name = audio_bytes(item, names[row] if names else None)
         except MMAdapterError as error:
-            if on_error == "raise":
-                raise
-            log.warning("skipping sound: %s", error)
-            skipped.append(str(error))
+            _skip(error, on_error, skipped)
             continue
         rows[row] = key = hashlib.sha256(data).hexdigest()
         hit = cache.get(key) if cache else None
@@ -64,10 +69,7 @@ def audio_features(encoder: WhisperAudioEncoder, sounds: Sequence[AudioInput], c
         try:
             wave = decode_audio(data, name, encoder.max_seconds)
         except MMAdapterError as error:
-            if on_error == "raise":
-                raise
-            log.warning("skipping sound: %s", error)
-            skipped.append(str(error))
+            _skip(error, on_error, skipped)
             continue
         if cache:
             cache.misses += 1
