@@ -5,21 +5,21 @@ config.yaml of every command. The fixture's make.py says how it was made."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tiny import tiny_model
 
 from mm_adapter.cli.commands import find
 from mm_adapter.cli.parse import parse
+from mm_adapter.encoders.audio.config import AudioConfig
 from mm_adapter.files.output_folder import config_dict
 from mm_adapter.methods.folders import load_peft_folder
 from mm_adapter.model.adapter_file import apply_adapter, read_adapter
 from mm_adapter.pretrained import from_pretrained, recorded_format
+from tiny import tiny_model
 
 FIXTURE = Path(__file__).with_name("fixtures") / "before_regroup_0ba8f29"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
@@ -85,4 +85,7 @@ def test_an_old_config_file_reads_back_every_setting(path):
 # Settings added after the fixture was made, with the value an old config must read as (its run's behaviour);
 # ``name`` is table's (--name), new there, while an eval's config always had one.
 ADDED_SINCE = {"train.max_steps": None, "strict": False, "name": None, "tuning.v2_targets": None,
-               "tuning.v2_norms": None, "tuning.v2_fusion_layers": None, "tuning.v2_disjoint": None}
+               "tuning.v2_norms": None, "tuning.v2_fusion_layers": None, "tuning.v2_disjoint": None,
+               # issue 24: no sound unless asked for (the sound section's defaults are train scienceqa's)
+               "audio": False, "skip_bad_audio": False, "blank_audio": False, "audio_encoder": None,
+               "sound": config_dict(AudioConfig(audio_standardize=True))}
