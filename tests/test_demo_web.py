@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from entry_point import MM_ADAPTER
+from entry_point import MM_ADAPTER, default_ctrl_c
 from PIL import Image
 from test_demo_predictor import CHOICES, QUESTION, DemoFiles, make_demo_files, noise_png, png
 from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
@@ -172,7 +172,7 @@ def test_serve_in_a_real_process_runs_until_interrupted(files, tmp_path, stop, c
     command = [MM_ADAPTER, "serve", "--base", str(files.base), "--adapter",
                str(files.visual), "--port", "0", "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=tmp_path)
+                               cwd=tmp_path, preexec_fn=default_ctrl_c)
     try:
         line = process.stdout.readline()
         found = re.match(r"demo at (http://127\.0\.0\.1:\d+/) \(", line)

@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+from entry_point import default_ctrl_c
 from test_demo_predictor import QUESTION, DemoFiles, make_demo_files, png
 from test_demo_web import ask, multipart
 from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
@@ -227,7 +228,7 @@ def test_serve_in_a_real_process_shrugs_off_bad_clients(files, tmp_path):
     command = [sys.executable, "-m", "mm_adapter", "serve", "--base", str(files.base), "--adapter",
                str(files.visual), "--port", "0", "--device", "cpu", "--timeout", str(TIMEOUT)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**ENV, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
+                               env={**ENV, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path, preexec_fn=default_ctrl_c)
     try:
         found = re.match(r"demo at http://127\.0\.0\.1:(\d+)/ \(", process.stdout.readline())
         assert found, process.stderr.read() if process.poll() is not None else "no address line"
