@@ -110,14 +110,21 @@ def trainable_summary(model: nn.Module, projection: nn.Module) -> str:
             f"({total / 1e6:.2f}M)")
 
 
+def part_extras(key: str, config, projection: VisualProjection,
+                encoder=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An adapter file's media part (``key``: "visual" or "audio"): the projection's tensors under ``key.``, the
+    config under ``key``, the features' width under ``key_in_dim`` and the encoder's identity under ``key_encoder``."""
+    tensors = {f"{key}.{k}": v for k, v in projection.state_dict().items()}
+    metadata = {key: config.to_json(), f"{key}_in_dim": str(projection.in_dim)}
+    if encoder is not None:
+        metadata[f"{key}_encoder"] = encoder.identity
+    return tensors, metadata
+
+
 def visual_extras(config: VisualConfig, projection: VisualProjection,
                   encoder: ClipEncoder | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``extra_tensors`` / ``extra_metadata`` for ``adapter_file.save_adapter``: the projection and config."""
-    tensors = {f"{VISUAL_PREFIX}{k}": v for k, v in projection.state_dict().items()}
-    metadata = {"visual": config.to_json(), "visual_in_dim": str(projection.in_dim)}
-    if encoder is not None:
-        metadata["visual_encoder"] = encoder.identity
-    return tensors, metadata
+    return part_extras("visual", config, projection, encoder)
 
 
 def projection_from_adapter(adapter_file, hidden_size: int | None = None,

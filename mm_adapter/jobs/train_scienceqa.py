@@ -29,7 +29,7 @@ from mm_adapter.data.features import (
     with_features,
 )
 from mm_adapter.data.problems import encode_problems, load_problems
-from mm_adapter.encoders.audio.adapter_part import audio_projection
+from mm_adapter.encoders.audio.adapter_part import audio_extras, audio_projection
 from mm_adapter.encoders.audio.whisper import build_audio_encoder
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, frames_note, trainable_summary
@@ -61,8 +61,7 @@ from mm_adapter.training.base_loading import load_training_base
 from mm_adapter.training.batches import BatchPlan, Example, PadCollator
 from mm_adapter.training.multimodal import (
     AUDIO_PROJECTION_ATTR,
-    AudioExport,
-    VisualExport,
+    PartExport,
     attach_projection,
     disjoint_loss,
     multimodal_loss,
@@ -97,7 +96,7 @@ class ImageRun:
 
     examples: list[Example]
     offsets: ImageOffsets
-    export: VisualExport
+    export: PartExport
     identity: dict
     lr_scales: dict[nn.Parameter, float]
 
@@ -127,7 +126,7 @@ def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: lis
     identity = {"visual": config.visual.to_dict(), "encoder": encoder.identity,
                 "visual_lr_scale": config.visual_lr_scale, "image_features": features.fingerprint(train_problems)}
     return ImageRun(with_features(examples, train_problems, features), ImageOffsets(projection, features),
-                    VisualExport(config.visual, projection, encoder), identity,
+                    PartExport(config.visual, projection, encoder), identity,
                     projection_lr_scales(projection, config.visual_lr_scale))
 
 
@@ -159,7 +158,7 @@ def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list
     if config.blank_audio:
         identity["audio_blanked"] = True  # absent otherwise: the identity of every run before the flag is unchanged
     return ImageRun(with_audio_features(examples, train_problems, features), ImageOffsets(projection, features),
-                    AudioExport(config.sound, projection, encoder), identity,
+                    PartExport(config.sound, projection, encoder, audio_extras), identity,
                     projection_lr_scales(projection, config.visual_lr_scale))
 
 
@@ -195,13 +194,17 @@ def media_run(config: TrainScienceQAConfig, model: nn.Module, examples: list[Exa
                     image.identity | audio.identity, image.lr_scales | audio.lr_scales)
 
 
+def v2_disjoint(config: TrainScienceQAConfig) -> bool:
+    """Whether V2's disjoint parameter groups apply: images, no sound (not defined for it), and the method's setting."""
+    return config.images and not config.audio and config.tuning.disjoint
+
+
 def train_scienceqa(config: TrainScienceQAConfig) -> ScienceQATrainResult:
     """Load the splits and the base, attach the adapter (and projection), train with val-based selection."""
     device = prepare(config.model)
     config.source.require()
     info = setup_distributed(str(device))
-    disjoint = config.images and not config.audio and config.tuning.disjoint
-    if disjoint and info.world_size > 1:  # DDP needs every parameter's gradient
+    if v2_disjoint(config) and info.world_size > 1:  # DDP needs every parameter's gradient
         raise MMAdapterError("--v2-disjoint trains some parameters on only some rows, which DistributedDataParallel "
                              "does not sync; train on one process or pass --v2-disjoint false")
     inputs = {**source_inputs(config.source), "--base": config.model.base}
@@ -255,7 +258,7 @@ def _train_in(out: Path, config: TrainScienceQAConfig, device: torch.device,
                                   resume=config.train.resume, **_best_saver(tuned, config.format, tokenizer))
     identity = {"base_dtype": config.model.dtype, "task": "scienceqa", "format": config.format,
                 "captions": config.captions} | (images.identity if images else {}) | tuned.identity()
-    disjoint = config.images and not config.audio and config.tuning.disjoint
+    disjoint = v2_disjoint(config)
     if disjoint:  # absent otherwise: runs from before it existed still resume
         identity["v2_disjoint"] = True
         say("V2 disjoint parameters: problems with an image train the projection and the early layers' prompts and "

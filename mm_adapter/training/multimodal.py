@@ -10,12 +10,12 @@ the text-only adapter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mm_adapter.encoders.audio.adapter_part import audio_extras
 from mm_adapter.encoders.audio.config import AudioConfig
 from mm_adapter.encoders.audio.whisper import WhisperAudioEncoder
 from mm_adapter.encoders.clip import ClipEncoder
@@ -100,24 +100,14 @@ def disjoint_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 
 @dataclass
-class VisualExport:
-    """What an adapter file needs besides prompts and gates: the projection, config and encoder identity."""
+class PartExport:
+    """What an adapter file needs besides prompts and gates, for one media part (the image's or the sound's): its
+    projection, config and encoder identity, written by that part's ``extras`` function."""
 
-    config: VisualConfig
+    config: VisualConfig | AudioConfig
     projection: VisualProjection
-    encoder: ClipEncoder
+    encoder: ClipEncoder | WhisperAudioEncoder
+    write: Callable = visual_extras  # visual_extras or audio_extras
 
     def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return visual_extras(self.config, self.projection, self.encoder)
-
-
-@dataclass
-class AudioExport:
-    """The audio part of an adapter file: its projection, config and encoder identity."""
-
-    config: AudioConfig
-    projection: VisualProjection
-    encoder: WhisperAudioEncoder
-
-    def extras(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return audio_extras(self.config, self.projection, self.encoder)
+        return self.write(self.config, self.projection, self.encoder)

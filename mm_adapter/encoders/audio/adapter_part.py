@@ -13,7 +13,7 @@ import torch
 
 from mm_adapter.encoders.audio.config import AudioConfig
 from mm_adapter.encoders.audio.whisper import WhisperAudioEncoder, build_audio_encoder
-from mm_adapter.encoders.projection import VisualProjection, check_state, stored_in_dim
+from mm_adapter.encoders.projection import VisualProjection, check_state, part_extras, stored_in_dim
 from mm_adapter.errors import MMAdapterError
 
 AUDIO_PREFIX = "audio."  # the audio projection's tensors in an adapter file
@@ -30,11 +30,7 @@ def audio_projection(config: AudioConfig, in_dim: int, hidden_size: int,
 def audio_extras(config: AudioConfig, projection: VisualProjection,
                  encoder: WhisperAudioEncoder | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``extra_tensors`` / ``extra_metadata`` for ``adapter_file.save_adapter``: the projection and config."""
-    tensors = {f"{AUDIO_PREFIX}{k}": v for k, v in projection.state_dict().items()}
-    metadata = {AUDIO_KEY: config.to_json(), "audio_in_dim": str(projection.in_dim)}
-    if encoder is not None:
-        metadata["audio_encoder"] = encoder.identity
-    return tensors, metadata
+    return part_extras(AUDIO_KEY, config, projection, encoder)
 
 
 def has_audio_part(adapter_file) -> bool:
