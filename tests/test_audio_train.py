@@ -192,3 +192,17 @@ def test_an_image_adapter_from_before_audio_loads_unchanged(setup):
         pytest.skip(f"no adapter fixture at {FIXTURE}")
     adapter = read_adapter(files[0])
     assert audio_projection_from_adapter(adapter) is None and "visual" in adapter.extra_metadata
+
+
+def test_a_missing_audio_encoder_is_refused_before_the_data_loads(setup, capsys, tmp_path):
+    """--audio-encoder naming nothing: one line from the checks before work (jobs.preflight), before any split is
+    read or the base loaded, and no run folder."""
+    folder, data = setup
+    argv = train_flags(folder, data, tmp_path / "run")
+    argv[argv.index("--audio-encoder") + 1] = str(tmp_path / "nowhere")
+    capsys.readouterr()
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1, printed  # no "split train: loaded ..." before it
+    assert "--audio-encoder: audio encoder" in printed.err and "nowhere': no such folder" in printed.err
+    assert not (tmp_path / "run").exists()

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_adapter.encoders.config import VisualConfig
+from mm_adapter.encoders.config import ALLOW_DOWNLOAD_ENV, VisualConfig
 from mm_adapter.errors import MMAdapterError
 
 FEATURE_VERSION = 1  # bump when the feature recipe changes: it is part of the cache key
-ALLOW_DOWNLOAD_ENV = "MM_ADAPTER_ALLOW_DOWNLOAD"
 TINY_VIT = "mm-tiny-vit"  # a 2-block, width-64 ViT for fast tests and CPU smoke runs
 _TINY_CONFIG = {
     "embed_dim": 32,

@@ -12,6 +12,7 @@ from mm_adapter.fields import check, check_type, config_from_dict, option
 from mm_adapter.files.text import parse_json
 
 PROJECTIONS = ("mlp", "linear")
+ALLOW_DOWNLOAD_ENV = "MM_ADAPTER_ALLOW_DOWNLOAD"  # set to 1 to let an encoder spec download weights
 
 
 FRAME_ORDERS = ("ordered", "shuffled")

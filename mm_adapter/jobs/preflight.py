@@ -15,11 +15,17 @@ from typing import Any
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.data.peek import check_local_split, is_hub_dataset, peek_alpaca_file
 from mm_adapter.demo.question import check_question
+from mm_adapter.encoders.audio.source import resolve_source
 from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.fields import flag_name
 from mm_adapter.files.text import regular_file_size
 from mm_adapter.jobs.configs import (
-    DemoConfig, EvalScienceQAConfig, MainConfig, TrainAlpacaConfig, TrainScienceQAConfig,
+    DemoConfig,
+    EvalScienceQAConfig,
+    MainConfig,
+    ServeConfig,
+    TrainAlpacaConfig,
+    TrainScienceQAConfig,
 )
 from mm_adapter.scienceqa.data import read_split, require_file
 
@@ -37,12 +43,18 @@ def _check(config: Any) -> None:
         _alpaca_data(config.data, config.split)
     elif isinstance(config, TrainScienceQAConfig):  # AblateConfig too
         _scienceqa_source(config.source, {"--train-split": config.train_split, "--val-split": config.val_split})
+        _audio_encoder(config.sound.audio_encoder if config.audio else None)
     elif isinstance(config, EvalScienceQAConfig):
         _scienceqa_source(config.source, {"--split": config.split})
         _file("--reference", config.reference, "reference file")
+        _audio_encoder(config.audio_encoder)
     elif isinstance(config, DemoConfig):
         _question(config)
         _file("--image", config.image, "image file")
+        _file("--audio", config.audio, "sound file")
+        _audio_encoder(config.audio_encoder)
+    elif isinstance(config, ServeConfig):
+        _audio_encoder(config.audio_encoder)
     elif isinstance(config, MainConfig) and config.data is not None:
         _folder("--data", config.data)
     if isinstance(config, (TrainAlpacaConfig, TrainScienceQAConfig, EvalScienceQAConfig, MainConfig)):
@@ -101,6 +113,15 @@ def _file(flag: str, path: str | None, what: str = "file") -> None:
             regular_file_size(path, what)
         except MMAdapterError as error:
             raise MMAdapterError(f"{flag} {error}") from None
+
+
+def _audio_encoder(spec: str | None) -> None:
+    """A Whisper folder, model.bin part or package that is not there: before the data and the base load."""
+    if spec is not None:
+        try:
+            resolve_source(spec)
+        except MMAdapterError as error:
+            raise MMAdapterError(f"--audio-encoder: {error}") from None
 
 
 def _out(out: str | None) -> None:
