@@ -43,9 +43,10 @@ class Voice:
     pitch: int = 50
 
 
-def random_voice(rng: random.Random) -> Voice:
-    """A voice, speed and pitch drawn from the ranges above: the speech counterpart of the pictures' jitter."""
-    return Voice(f"{rng.choice(BASES)}+{rng.choice(VARIANTS)}", rng.randint(*RATES), rng.randint(*PITCHES))
+def random_voice(rng: random.Random, variants: tuple[str, ...] = VARIANTS) -> Voice:
+    """A voice (of ``variants``), speed and pitch drawn from the ranges above: the speech counterpart of the
+    pictures' jitter."""
+    return Voice(f"{rng.choice(BASES)}+{rng.choice(variants)}", rng.randint(*RATES), rng.randint(*PITCHES))
 
 
 def trim(samples: np.ndarray, floor: float = 0.02, margin: int = RATE // 100) -> np.ndarray:

@@ -95,6 +95,7 @@ def test_a_written_config_reproduces_the_run(tmp_path, command):
         "data synthetic-images": ["sets/images", "--n-train", "5", "--seed", "3"],
         "data synthetic-video": ["sets/clips", "--n-val", "2", "--overwrite"],
         "data synthetic-audio": ["sets/audio", "--n-test", "4", "--seed", "1"],
+        "data spoken-context": ["sqa", "sets/spoken", "--splits", "train", "test", "--seed", "2"],
     }[command.name]
     config = parse(command, argv)
     written = write_config(tmp_path, command.name, config)

@@ -52,3 +52,29 @@ class SyntheticDataConfig:
         check(self, "seed", low=0, integer=True)
         if not str(self.out).strip():
             raise ConfigError("out", "is empty")
+
+
+@dataclass
+class SpokenContextConfig:
+    """Real ScienceQA problems with a written context and no picture, written twice: with the context read aloud
+    into audio.wav (and taken out of the text), and unchanged — the real-data test of what sound carries."""
+
+    data: str = option(positional=True, metavar="DATA_DIR")
+    """official-layout ScienceQA folder to read (problems.json, pid_splits.json)"""
+    out: str = option(positional=True, metavar="OUT_DIR")
+    """the folder to write: spoken/, written/ and manifest.json (new or empty, unless --overwrite)"""
+    splits: list[str] = option(  # noqa: RUF009  (a field with its flag's settings)
+        default_factory=lambda: ["train", "val", "test"], nargs="*", metavar="SPLIT")
+    """splits of pid_splits.json to take"""
+    seed: int = 0
+    """seed of the voices: the same seed writes the same recordings"""
+    overwrite: bool = False
+    """write into a folder that is not empty"""
+
+    def __post_init__(self) -> None:
+        check(self, "seed", low=0, integer=True)
+        for name in ("data", "out"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(name, "is empty")
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ConfigError("splits", f"must name each split once (got {' '.join(self.splits) or 'none'})")

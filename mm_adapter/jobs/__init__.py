@@ -13,5 +13,6 @@ returning a result object. The ``mm-adapter`` command, tests and the benchmarks 
     ablate.ablate_scienceqa(AblateConfig) -> AblateResult
     plan.plan(PlanConfig) -> PlanResult
     push.push(PushConfig) -> str (the repository's URL)
-    synthetic_data.synthetic_images / synthetic_video(SyntheticDataConfig) -> SyntheticDataResult
+    synthetic_data.synthetic_images / synthetic_video / synthetic_audio(SyntheticDataConfig) -> SyntheticDataResult
+    synthetic_data.spoken_context(SpokenContextConfig) -> SyntheticDataResult
 """

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple
 
-from mm_adapter.data.config import ScienceQASource, SyntheticDataConfig  # noqa: F401  (data synthetic-*)
+from mm_adapter.data.config import (  # noqa: F401  (data synthetic-*, data spoken-context)
+    ScienceQASource, SpokenContextConfig, SyntheticDataConfig)
 from mm_adapter.encoders.audio.config import AudioConfig
 from mm_adapter.encoders.config import FRAME_ORDERS, MAX_FRAMES, VisualConfig, parse_depths
 from mm_adapter.errors import ConfigError, MMAdapterError

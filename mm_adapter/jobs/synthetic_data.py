@@ -1,5 +1,5 @@
 """Generated ScienceQA-format sets (``mm-adapter data synthetic-images``, ``... synthetic-video``,
-``... synthetic-audio``).
+``... synthetic-audio``, and ``... spoken-context``: real problems with their context read aloud).
 
 The generators live on the benchmark side (``mm_adapter.scienceqa.synthetic``, ``...synthetic_video``,
 ``...synthetic_audio``); these jobs are their one way in from the command line.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_adapter.data.config import SyntheticDataConfig
+from mm_adapter.data.config import SpokenContextConfig, SyntheticDataConfig
 from mm_adapter.scienceqa.synthetic import DrawProblem, draw_image_problem, generate
 from mm_adapter.scienceqa.synthetic_video import draw_clip_problem
 
@@ -45,3 +45,12 @@ def synthetic_audio(config: SyntheticDataConfig) -> SyntheticDataResult:
     draw = AudioDraw()
     draw.check()
     return _generate(config, draw)
+
+
+def spoken_context(config: SpokenContextConfig) -> SyntheticDataResult:
+    """Real ScienceQA text problems twice, context spoken (audio.wav) and written (``scienceqa.spoken_context``);
+    the source is read and checked and a word is said before anything is written."""
+    from mm_adapter.scienceqa.spoken_context import generate_spoken_context
+
+    sizes = generate_spoken_context(config.data, config.out, config.splits, config.seed, config.overwrite)
+    return SyntheticDataResult(Path(config.out), sizes)
