@@ -142,7 +142,7 @@ def resolve_sizes(model: nn.Module, tuning: TuningConfig, adapter: AdapterConfig
         v2 = tuning.adapter_v2()
         return {"adapter_len": adapter.adapter_len, "adapter_layers": adapter.adapter_layers,
                 "v2_targets": ",".join(v2.target_names), "v2_norms": v2.train_norms,
-                "v2_fusion_layers": v2.fusion_layers}
+                "v2_fusion_layers": v2.fusion_layers, **({"v2_head": True} if v2.head else {})}  # old runs: no key
     return {}
 
 

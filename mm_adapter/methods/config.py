@@ -26,8 +26,10 @@ DEFAULT_LORA_TARGETS = "q_proj,v_proj"
 # option -> the methods it sizes; set for any other method it is refused
 APPLIES_TO = {"lora_rank": (LORA,), "lora_alpha": (LORA,), "lora_targets": (LORA,),
               "num_virtual_tokens": VIRTUAL_TOKEN_METHODS,
-              **{name: (LLAMA_ADAPTER_V2,) for name in ("v2_targets", "v2_norms", "v2_fusion_layers", "v2_disjoint")}}
-V2_FLAGS = {"targets": "v2_targets", "train_norms": "v2_norms", "fusion_layers": "v2_fusion_layers"}  # ours -> V2's
+              **{name: (LLAMA_ADAPTER_V2,)
+                 for name in ("v2_targets", "v2_norms", "v2_fusion_layers", "v2_disjoint", "v2_head")}}
+V2_FLAGS = {"targets": "v2_targets", "train_norms": "v2_norms", "fusion_layers": "v2_fusion_layers",
+            "head": "v2_head"}  # V2 config field -> our flag
 
 
 def peft_installed() -> bool:
@@ -62,6 +64,9 @@ class TuningConfig:
     v2_fusion_layers: int | None = None
     """llama-adapter-v2 with --images only: the bottom N adapted layers get the images (early fusion), the rest
     only their own prompts (None: 1; --adapter-layers: into every adapted layer, as llama-adapter does)"""
+    v2_head: bool | None = None
+    """llama-adapter-v2 only: whether the output layer (lm_head) gets a bias and scale too, as litgpt's adapter_v2
+    trains them (None: no, as the paper and the official release)"""
     v2_disjoint: bool | None = None
     """llama-adapter-v2 with --images only: V2's joint training with disjoint parameters, problems with an image train
     only the projection and the early layers' prompts and gates, problems without one only the rest (None: yes)"""
