@@ -143,3 +143,50 @@ def test_the_shipped_alpaca_file_trains_on_the_first_try(shared_data, tmp_path, 
                                                                  "--max-steps", "1", "--max-seq-len", "64")], capsys)
     assert code == 0, err
     assert "skipped 1 of 2,400 records" in out and "record 2335: field 'output' is empty" in out, out
+
+
+def test_more_adapted_layers_than_the_base_has_is_refused_before_it_loads(tmp_path):
+    """--adapter-layers (and ablate's --layers) beyond the base's decoder layers, the paper's 30 on Gemma-3-270m's
+    18: counted from a GGUF's tensor names (one file or its parts) or a model folder's config, refused through the
+    real command before torch is imported. As many layers as the base has passes, and so does a method that adapts
+    no top layers (lora sizes itself from the count)."""
+    import gguf
+    import numpy as np
+
+    from mm_adapter.jobs.preflight import check_before_work
+
+    path = tmp_path / "three.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(30)  # metadata that lies: the tensors hold three layers
+    for block in range(3):
+        for name in ("attn_q", "ffn_up"):
+            writer.add_tensor(f"blk.{block}.{name}.weight", np.ones((4, 8), dtype=np.float32))
+    writer.add_tensor("token_embd.weight", np.ones((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    parts = [tmp_path / "three.gguf.part0", tmp_path / "three.gguf.part1"]
+    parts[0].write_bytes(data[:len(data) // 2])
+    parts[1].write_bytes(data[len(data) // 2:])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {"num_hidden_layers": 2}}))
+    sqa, out = scienceqa_folder(tmp_path / "sqa"), str(tmp_path / "out")
+    alpaca = str(write_records(tmp_path / "a.json", records(3)))
+    cases = [(["train", "scienceqa", "--data", str(sqa), "--base", str(path), "--adapter-layers", "4"],
+              "--adapter-layers: 4 adapted layers asked, but the base", "only 3 decoder layers: give 3 or fewer"),
+             (["train", "alpaca", "--data", alpaca, "--base", ",".join(map(str, parts))],
+              "--adapter-layers: 30 adapted layers asked", "only 3 decoder layers"),
+             (["ablate", "scienceqa", "--data", str(sqa), "--base", str(folder), "--adapter-layers", "2", "--layers",
+               "1", "8"], "--layers: 8 adapted layers asked", "only 2 decoder layers")]
+    for argv, *needles in cases:
+        result = refusal([*argv, "--out", out])
+        err = result["err"]
+        assert result["code"] == 2 and err.count("\n") == 1 and all(n in err for n in needles), (argv, err)
+        assert not result["torch"] and result["seconds"] < SANITY_S, result
+    scienceqa = BY_WORDS[("train", "scienceqa")]
+    for flags in (["--adapter-layers", "3"], ["--method", "lora"], ["--base", "org/name"]):
+        check_before_work(parse(scienceqa, ["--data", str(sqa), "--out", out, "--base", str(path), *flags]))
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.fields import flag_name
 from mm_adapter.files.text import regular_file_size
 from mm_adapter.jobs.configs import (
+    AblateConfig,
     DemoConfig,
     EvalScienceQAConfig,
     MainConfig,
@@ -27,7 +28,11 @@ from mm_adapter.jobs.configs import (
     TrainAlpacaConfig,
     TrainScienceQAConfig,
 )
+from mm_adapter.methods.config import LLAMA_ADAPTER, LLAMA_ADAPTER_V2, PEFT_ADAPTION_PROMPT
+from mm_adapter.model.base_spec import decoder_layers
 from mm_adapter.scienceqa.data import read_split, require_file
+
+PROMPT_METHODS = (LLAMA_ADAPTER, LLAMA_ADAPTER_V2, PEFT_ADAPTION_PROMPT)  # the methods that adapt top layers
 
 
 def check_before_work(config: Any) -> None:
@@ -41,9 +46,11 @@ def check_before_work(config: Any) -> None:
 def _check(config: Any) -> None:
     if isinstance(config, TrainAlpacaConfig):
         _alpaca_data(config.data, config.split)
+        _adapted_layers(config)
     elif isinstance(config, TrainScienceQAConfig):  # AblateConfig too
         _scienceqa_source(config.source, {"--train-split": config.train_split, "--val-split": config.val_split})
         _audio_encoder(config.sound.audio_encoder if config.audio else None)
+        _adapted_layers(config)
     elif isinstance(config, EvalScienceQAConfig):
         _scienceqa_source(config.source, {"--split": config.split})
         _file("--reference", config.reference, "reference file")
@@ -59,6 +66,22 @@ def _check(config: Any) -> None:
         _folder("--data", config.data)
     if isinstance(config, (TrainAlpacaConfig, TrainScienceQAConfig, EvalScienceQAConfig, MainConfig)):
         _out(config.out)
+
+
+def _adapted_layers(config: TrainAlpacaConfig | TrainScienceQAConfig) -> None:
+    """More adapted layers than the base has (the paper's 30 on Gemma-3-270m's 18): before the base loads."""
+    if config.tuning.method not in PROMPT_METHODS:
+        return
+    wanted = {"adapter_layers": config.adapter.adapter_layers}
+    if isinstance(config, AblateConfig) and config.layers:
+        wanted["layers"] = max(config.layers)
+    layers = None
+    for field, count in wanted.items():
+        if count > 1 and layers is None:
+            layers = decoder_layers(config.model.base)
+        if layers is not None and count > layers:
+            raise ConfigError(field, f"{count} adapted layers asked, but the base {config.model.base} has only "
+                                     f"{layers} decoder layers: give {layers} or fewer")
 
 
 def _question(config: DemoConfig) -> None:

