@@ -86,6 +86,7 @@ def test_an_old_config_file_reads_back_every_setting(path):
 # ``name`` is table's (--name), new there, while an eval's config always had one.
 ADDED_SINCE = {"train.max_steps": None, "strict": False, "name": None, "tuning.v2_targets": None,
                "tuning.v2_norms": None, "tuning.v2_fusion_layers": None, "tuning.v2_disjoint": None,
+               "tuning.v2_head": None,  # issue 25: no bias and scale on the output layer
                # issue 24: no sound unless asked for (the sound section's defaults are train scienceqa's)
                "audio": False, "skip_bad_audio": False, "blank_audio": False, "audio_encoder": None,
                "sound": config_dict(AudioConfig(audio_standardize=True))}

@@ -206,7 +206,7 @@ def test_the_command_refuses_over_long_text_in_one_line(tmp_path, files, capfd):
     base = ["--base", str(files.base), "--device", "cpu"]
     evaluate_argv = ["eval", "scienceqa", "--split", "test", "--out", str(out), *base, "--no-progress"]
     cases = [
-        (["train", "alpaca", "--data", str(data), "--out", str(out), *base, "--strict"], False,
+        (["train", "alpaca", "--data", str(data), "--out", str(out), *base, "--strict", "--adapter-layers", "2"], False,
          (str(data), "record 1", "field 'output'", "--strict")),
         ([*evaluate_argv, "--data", str(lecture)], False, ("problems.json", "pid 2", "field 'lecture'")),
         ([*evaluate_argv, "--data", str(wordy)], True, ("problem 2", "over the model's context of 256")),

@@ -86,7 +86,7 @@ def test_fsdp_without_a_distributed_launch_is_one_line(tiny_run, tmp_path, capsy
 def _bin_only(folder):
     """A transformers folder whose weights are a PyTorch pickle only."""
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 1}')
+    (folder / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 4}')
     (folder / "pytorch_model.bin").write_bytes(b"not read")
     return folder
 

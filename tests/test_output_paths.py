@@ -75,11 +75,12 @@ def symlink(target: Path, name: Path) -> Path:
 
 
 def train_alpaca(tmp: Path, base: Path, data: Path, *extra: str) -> list[str]:
-    return ["train", "alpaca", "--base", str(base), "--data", str(data), "--out", str(tmp / "run"), *extra]
+    return ["train", "alpaca", "--base", str(base), "--data", str(data), "--out", str(tmp / "run"),
+            "--adapter-layers", "2", *extra]
 
 
 def train_sqa(tmp: Path, base: Path, *source: str) -> list[str]:
-    return ["train", "scienceqa", "--base", str(base), *source, "--out", str(tmp / "run")]
+    return ["train", "scienceqa", "--base", str(base), *source, "--out", str(tmp / "run"), "--adapter-layers", "2"]
 
 
 def eval_sqa(tmp: Path, base: Path, data: Path, *extra: str) -> list[str]:
@@ -125,7 +126,7 @@ CASES: dict[str, Case] = {
         train_alpaca(t, b, alpaca_data(t / "run" / "metrics.jsonl"), "--resume"), "metrics.jsonl"),
     "alpaca --base inside checkpoints/": lambda t, b: (
         ["train", "alpaca", "--base", str(shutil.copytree(b, t / "run" / "checkpoints" / "base")), "--data",
-         str(alpaca_data(t / "data.json")), "--out", str(t / "run")], "--base"),
+         str(alpaca_data(t / "data.json")), "--out", str(t / "run"), "--adapter-layers", "2"], "--base"),
     "scienceqa --data inside checkpoints/": lambda t, b: (
         train_sqa(t, b, "--data", str(scienceqa_data(t / "run" / "checkpoints" / "sqa"))), "which --out replaces"),
     "scienceqa problems.json hard-linked as best.safetensors": lambda t, b: (

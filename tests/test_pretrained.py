@@ -186,10 +186,16 @@ def test_multimodal_folder_round_trip(tmp_path):
         expected = logits(model, projection(encoder(pixels)))
         fresh, _ = load_base(str(files.base))
         loaded = loaded_adapter(from_pretrained(fresh, folder))
-        assert torch.equal(logits(fresh, loaded.projection(loaded.encoder(pixels))), expected)
+        # every tensor comes back bit for bit; the forward is compared to float32 rounding, because the same values
+        # in a freshly loaded tensor may take another kernel path (1.4e-6 seen on the projection in some orders)
+        for part, back in ((projection, loaded.projection), (encoder, loaded.encoder)):
+            assert all(torch.equal(tensor, back.state_dict()[name]) for name, tensor in part.state_dict().items())
+        torch.testing.assert_close(logits(fresh, loaded.projection(loaded.encoder(pixels))), expected,
+                                   rtol=1e-5, atol=1e-5)
         other, _ = load_base(str(files.base))
         other_encoder, other_projection = load_multimodal_adapter(other, folder)
-        assert torch.equal(logits(other, other_projection(other_encoder(pixels))), expected)
+        torch.testing.assert_close(logits(other, other_projection(other_encoder(pixels))), expected,
+                                   rtol=1e-5, atol=1e-5)
     fresh.save_pretrained(tmp_path / "again")
     again = read_pretrained(tmp_path / "again")
     assert again.prompt_format == "QCM-T" and set(again.extra_tensors) == set(tensors)

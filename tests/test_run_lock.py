@@ -34,12 +34,13 @@ def base(tmp_path_factory) -> Path:
 def commands(tmp: Path, base: Path, out: Path) -> dict[str, list[str]]:
     """Every command that writes an output folder, pointed at ``out`` with inputs that would work."""
     sqa = ["--data", str(scienceqa_data(tmp / "sqa")), "--base", str(base)]
+    layers = ["--adapter-layers", "2"]  # of the tiny base's 4
     return {
         "train alpaca": ["train", "alpaca", "--data", str(alpaca_data(tmp / "a.json")), "--base", str(base),
-                         "--out", str(out)],
+                         "--out", str(out), *layers],
         "train alpaca --resume": ["train", "alpaca", "--data", str(tmp / "a.json"), "--base", str(base), "--out",
-                                  str(out), "--resume"],
-        "train scienceqa": ["train", "scienceqa", *sqa, "--out", str(out)],
+                                  str(out), "--resume", *layers],
+        "train scienceqa": ["train", "scienceqa", *sqa, "--out", str(out), *layers],
         "eval scienceqa": ["eval", "scienceqa", *sqa, "--split", "val", "--out", str(out)],
         "table --out": ["table", str(predictions(tmp / "p.json")), "--problems", str(tmp / "sqa"), "--out", str(out)],
         "main": ["main", "--no-hub", "--out", str(out)],
