@@ -91,8 +91,8 @@ class ScienceQATrainResult:
 
 
 @dataclass
-class ImageRun:
-    """What ``images`` changes in the training call."""
+class MediaRun:
+    """What a media part (the images, the sound) changes in the training call."""
 
     examples: list[Example]
     offsets: ImageOffsets
@@ -101,20 +101,29 @@ class ImageRun:
     lr_scales: dict[nn.Parameter, float]
 
 
+def _train_and_val_features(compute: Callable, train_problems: Sequence[Problem], val_problems: Sequence[Problem],
+                            split_names: tuple[str, str]) -> tuple:
+    """``compute``'s features of the train problems, then of the val problems (each split's skipped files reported
+    under its name), as one table; with the train rows and which of them have a feature (the projection's
+    standardisation statistics come from those)."""
+    features = compute(train_problems)
+    report_skipped(features, split_names[0])
+    train_rows, train_mask = features.rows(train_problems)
+    val_features = compute(val_problems)
+    report_skipped(val_features, split_names[1])
+    features.by_pid |= val_features.by_pid
+    return features, train_rows, train_mask
+
+
 def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
                    train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
-                   say: Callable[[str], None]) -> ImageRun:
+                   say: Callable[[str], None]) -> MediaRun:
     """Encoder, features of train and val problems (once, through the cache), projection on the model."""
     encoder = build_encoder(config.visual, device)
-    root = config.source.data
-    features = compute_features(encoder, train_problems, root, config.skip_bad_images, config.feature_batch_size,
-                                blank=config.blank_images)
-    report_skipped(features, config.train_split)
-    train_rows, train_mask = features.rows(train_problems)
-    val_features = compute_features(encoder, val_problems, root, config.skip_bad_images, config.feature_batch_size,
-                                    blank=config.blank_images)
-    report_skipped(val_features, config.val_split)
-    features.by_pid |= val_features.by_pid
+    features, train_rows, train_mask = _train_and_val_features(
+        lambda problems: compute_features(encoder, problems, config.source.data, config.skip_bad_images,
+                                          config.feature_batch_size, blank=config.blank_images),
+        train_problems, val_problems, (config.train_split, config.val_split))
     say(f"image features: {len(features.by_pid)} problems with an image, encoder {config.visual.clip_model} depths "
         f"{encoder.depths} ({encoder.feature_dim} features){frames_note(config.visual)}")
     hidden = model.config.get_text_config().hidden_size
@@ -125,26 +134,21 @@ def prepare_images(config: TrainScienceQAConfig, model: nn.Module, examples: lis
     attach_projection(model, projection)
     identity = {"visual": config.visual.to_dict(), "encoder": encoder.identity,
                 "visual_lr_scale": config.visual_lr_scale, "image_features": features.fingerprint(train_problems)}
-    return ImageRun(with_features(examples, train_problems, features), ImageOffsets(projection, features),
+    return MediaRun(with_features(examples, train_problems, features), ImageOffsets(projection, features),
                     PartExport(config.visual, projection, encoder), identity,
                     projection_lr_scales(projection, config.visual_lr_scale))
 
 
 def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
                   train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
-                  say: Callable[[str], None]) -> ImageRun:
+                  say: Callable[[str], None]) -> MediaRun:
     """Whisper encoder, features of train and val sounds (once, through the cache), the audio projection on the
     model: the image path's steps for sound."""
     encoder = build_audio_encoder(config.sound, device)
-    root = config.source.data
-    features = compute_audio_features(encoder, train_problems, root, config.skip_bad_audio, config.feature_batch_size,
-                                      blank=config.blank_audio)
-    report_skipped(features, f"{config.train_split} (sound)")
-    train_rows, train_mask = features.rows(train_problems)
-    val_features = compute_audio_features(encoder, val_problems, root, config.skip_bad_audio,
-                                          config.feature_batch_size, blank=config.blank_audio)
-    report_skipped(val_features, f"{config.val_split} (sound)")
-    features.by_pid |= val_features.by_pid
+    features, train_rows, train_mask = _train_and_val_features(
+        lambda problems: compute_audio_features(encoder, problems, config.source.data, config.skip_bad_audio,
+                                                config.feature_batch_size, blank=config.blank_audio),
+        train_problems, val_problems, (f"{config.train_split} (sound)", f"{config.val_split} (sound)"))
     blanked = ", every one blanked to silence" if config.blank_audio else ""
     say(f"audio features: {len(features.by_pid)} problems with a sound{blanked}, {encoder.describe()} "
         f"({encoder.feature_dim} features)")
@@ -157,7 +161,7 @@ def prepare_audio(config: TrainScienceQAConfig, model: nn.Module, examples: list
                 "audio_features": features.fingerprint(train_problems)}
     if config.blank_audio:
         identity["audio_blanked"] = True  # absent otherwise: the identity of every run before the flag is unchanged
-    return ImageRun(with_audio_features(examples, train_problems, features), ImageOffsets(projection, features),
+    return MediaRun(with_audio_features(examples, train_problems, features), ImageOffsets(projection, features),
                     PartExport(config.sound, projection, encoder, audio_extras), identity,
                     projection_lr_scales(projection, config.visual_lr_scale))
 
@@ -176,8 +180,8 @@ class _Exports(list):
 
 def media_run(config: TrainScienceQAConfig, model: nn.Module, examples: list[Example],
               train_problems: Sequence[Problem], val_problems: Sequence[Problem], device: torch.device,
-              say: Callable[[str], None]) -> ImageRun | None:
-    """The image part (--images), the sound part (--audio), both, or None: one ``ImageRun`` whose examples carry
+              say: Callable[[str], None]) -> MediaRun | None:
+    """The image part (--images), the sound part (--audio), both, or None: one ``MediaRun`` whose examples carry
     every part's features, whose offsets and file extras are the parts' together."""
     runs = []
     if config.images:
@@ -190,7 +194,7 @@ def media_run(config: TrainScienceQAConfig, model: nn.Module, examples: list[Exa
     image, audio = runs
     projection = getattr(model, AUDIO_PROJECTION_ATTR)
     say(f"trainable parameters of the audio projection: {sum(p.numel() for p in projection.parameters()):,}")
-    return ImageRun(audio.examples, OffsetSum([image.offsets, audio.offsets]), _Exports([image.export, audio.export]),
+    return MediaRun(audio.examples, OffsetSum([image.offsets, audio.offsets]), _Exports([image.export, audio.export]),
                     image.identity | audio.identity, image.lr_scales | audio.lr_scales)
 
 
