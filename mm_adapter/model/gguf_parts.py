@@ -90,15 +90,22 @@ def _part(number: int, path: Path) -> str:
     return f"part {number} ({path})"
 
 
-def packaged_parts(entry: PackagedGGUF) -> list[Path]:
-    """The installed part files of ``entry``, in order (found without importing the packages)."""
+def installed_files(what: str, files: list[tuple[str, str]], install: str) -> list[Path]:
+    """Each (package, file inside it) as a path, found without importing the packages (pip-installed model parts:
+    GGUF parts here, Whisper's model.bin parts in ``encoders.audio.source``); a missing package is one line naming
+    it and ``install``."""
     paths = []
-    for package, name, _ in entry.parts:
+    for package, name in files:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise MMAdapterError(f"{entry.name} needs the package {package.replace('_', '-')}: {entry.install}")
+            raise MMAdapterError(f"{what} needs the package {package.replace('_', '-')}: {install}")
         paths.append(Path(spec.submodule_search_locations[0]) / name)
     return paths
+
+
+def packaged_parts(entry: PackagedGGUF) -> list[Path]:
+    """The installed part files of ``entry``, in order."""
+    return installed_files(entry.name, [(package, name) for package, name, _ in entry.parts], entry.install)
 
 
 def listed_parts(spec: str) -> list[Path]:

@@ -6,7 +6,6 @@ second, not after the data and the base have loaded; :mod:`.whisper` loads what 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from mm_adapter.encoders.config import ALLOW_DOWNLOAD_ENV
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.text import read_bytes
-from mm_adapter.model.gguf_parts import PART_SEPARATOR
+from mm_adapter.model.gguf_parts import PART_SEPARATOR, installed_files
 
 HUB_PATTERNS = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json", "model.bin"]
 
@@ -49,12 +48,7 @@ class WhisperSource:
 
 def _packaged(spec: str) -> WhisperSource:
     entry = PACKAGED[spec]
-    paths = []
-    for package, name in entry.parts:
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise MMAdapterError(f"audio encoder {spec} needs the package {package.replace('_', '-')}: {entry.install}")
-        paths.append(Path(found.submodule_search_locations[0]) / name)
+    paths = installed_files(f"audio encoder {spec}", list(entry.parts), entry.install)
     return WhisperSource(spec, "ctranslate2", paths[0].parent, tuple(paths))
 
 
