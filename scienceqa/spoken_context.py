@@ -28,6 +28,7 @@ from mm_adapter.errors import ScienceQAError, fail
 from mm_adapter.files.atomic import atomic_write_json
 from mm_adapter.scienceqa.data import read_benchmark_json, read_problems, read_split
 from mm_adapter.scienceqa.speech import RATE, Speaker, Voice, random_voice
+from mm_adapter.scienceqa.synthetic import refuse_non_empty
 from mm_adapter.scienceqa.synthetic_audio import AUDIO_NAME, wav_bytes
 
 MAX_SECONDS = 29.5  # under the decoder's 30 s bound (encoders.audio.decode.MAX_AUDIO_SECONDS), with the lead-in
@@ -107,13 +108,6 @@ def _voice(seed: int, pid: str) -> Voice:
     return random_voice(random.Random(f"{seed}:{pid}"), CLEAR_VARIANTS)
 
 
-def _refuse_non_empty(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ScienceQAError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ScienceQAError(f"{out}: folder is not empty; pass --overwrite to write into it")
-
-
 def select(data: str | Path, splits: Iterable[str]) -> dict[str, list[str]]:
     """Per split, in pid_splits.json order, the pids of problems with a written context and no picture (the
     benchmark's TXT problems without IMG); read and checked before anything is said or written."""
@@ -137,7 +131,7 @@ def generate_spoken_context(data: str | Path, out_dir: str | Path, splits: Itera
     """Write ``out_dir/spoken``, ``out_dir/written`` and ``out_dir/manifest.json``; return problems per split.
     Everything is checked (the source read, the folder empty, a word said) before the first file is written."""
     root, out = Path(data), Path(out_dir)
-    _refuse_non_empty(out, overwrite)
+    refuse_non_empty(out, overwrite)
     chosen = select(root, splits)
     raw = read_benchmark_json(root / "problems.json")
     speaker = speaker or Speaker()

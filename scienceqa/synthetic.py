@@ -259,16 +259,21 @@ def draw_image_problem(rng: random.Random) -> tuple[dict, SaveMedia | None]:
     return record, lambda folder: image.save(folder / "image.png", optimize=False, compress_level=1)
 
 
+def refuse_non_empty(out: Path, overwrite: bool) -> None:
+    """A generated set goes into a new or empty folder, or, with ``overwrite``, any folder (one line otherwise)."""
+    if out.exists() and not out.is_dir():
+        raise ScienceQAError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ScienceQAError(f"{out}: folder is not empty; pass --overwrite to write into it")
+
+
 def generate(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, overwrite: bool = False,
              draw: DrawProblem = draw_image_problem) -> Path:
     """Write problems.json, pid_splits.json and each problem's media (images/<split>/<pid>/image.png) under
     ``out_dir``; ``draw`` makes the problems (another set, e.g. ``synthetic_video``, passes its own). A record's
     ``caption`` key, where a set gives one, goes to captions.json (the official file) instead of problems.json."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ScienceQAError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ScienceQAError(f"{out}: folder is not empty; pass --overwrite to write into it")
+    refuse_non_empty(out, overwrite)
     rng = random.Random(seed)
     problems, splits, captions, pid = {}, {}, {}, 0
     for split, count in sizes.items():

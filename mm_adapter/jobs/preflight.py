@@ -75,10 +75,8 @@ def _adapted_layers(config: TrainAlpacaConfig | TrainScienceQAConfig) -> None:
     wanted = {"adapter_layers": config.adapter.adapter_layers}
     if isinstance(config, AblateConfig) and config.layers:
         wanted["layers"] = max(config.layers)
-    layers = None
+    layers = decoder_layers(config.model.base) if max(wanted.values()) > 1 else None
     for field, count in wanted.items():
-        if count > 1 and layers is None:
-            layers = decoder_layers(config.model.base)
         if layers is not None and count > layers:
             raise ConfigError(field, f"{count} adapted layers asked, but the base {config.model.base} has only "
                                      f"{layers} decoder layers: give {layers} or fewer")

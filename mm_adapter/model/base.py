@@ -21,8 +21,8 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_dir
 from mm_adapter.files.safe_load import foreign_errors, open_safetensors
 from mm_adapter.files.text import read_json, regular_file_size
-from mm_adapter.model.base_spec import CONFIG_NAME, DEFAULT_SPEC, smollm2_gguf_path
-from mm_adapter.model.gguf_parts import PART_SEPARATOR, check_parts, is_parts_spec
+from mm_adapter.model.base_spec import CONFIG_NAME, DEFAULT_SPEC, names_gguf_parts, smollm2_gguf_path
+from mm_adapter.model.gguf_parts import PART_SEPARATOR, check_parts
 from mm_adapter.model.meta_format import is_meta_folder, load_meta_model, load_meta_tokenizer
 
 GGUF_MAGIC = b"GGUF"
@@ -122,7 +122,7 @@ def converted_folder(spec: str) -> Path | None:
     converting it on first use; None for every other spec."""
     if spec == DEFAULT_SPEC:
         return smollm2_folder()
-    if is_parts_spec(spec) and not os.path.lexists(Path(spec).expanduser()):  # a folder named with a comma is a folder
+    if names_gguf_parts(spec):
         return gguf_parts_folder(spec)
     return None
 

@@ -29,11 +29,17 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def names_gguf_parts(spec: str) -> bool:
+    """Whether ``spec`` is a GGUF in parts (a packaged name or files joined by commas): a folder or file that exists
+    under that name, commas and all, is that folder or file."""
+    return is_parts_spec(spec) and not os.path.lexists(Path(spec).expanduser())
+
+
 def _gguf_files(spec: str) -> list[Path] | None:
     path = Path(spec).expanduser()
     if spec == DEFAULT_SPEC:
         return [smollm2_gguf_path()]
-    if is_parts_spec(spec) and not os.path.lexists(path):
+    if names_gguf_parts(spec):
         return packaged_parts(PACKAGED[spec]) if spec in PACKAGED else listed_parts(spec)
     if path.suffix == ".gguf" and path.is_file():
         return [path]
