@@ -25,7 +25,8 @@ from test_train_resume import same_layers
 
 from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_base
 from mm_adapter.jobs.validation import LOG_NAME, ValidationSelector, best_logged
-from mm_adapter.training.checkpoints import STATE, TENSORS, CorruptCheckpoint, load_checkpoint, restore_checkpoint
+from mm_adapter.training.checkpoints.format import STATE, TENSORS, CorruptCheckpoint, load_checkpoint
+from mm_adapter.training.checkpoints.resume import restore_checkpoint
 from mm_adapter.training.trainer import build_optimizer
 from tiny_text import (
     REPO, alpaca_config, arguments, command_here, finetune_here, one_thread, records, tiny_base_folder,

@@ -38,7 +38,7 @@ from mm_adapter.model.config import AdapterV2Config, ModelOptions
 from mm_adapter.pretrained import load_multimodal_adapter
 from mm_adapter.scienceqa.data import Problem, read_official
 from mm_adapter.scienceqa.prompts import build_prompt, option_letters
-from mm_adapter.training.checkpoints import load_checkpoint
+from mm_adapter.training.checkpoints.format import load_checkpoint
 from mm_adapter.training.multimodal import PROJECTION_ATTR, attach_projection, disjoint_loss, projection_lr_scales
 from mm_adapter.training.trainer import build_optimizer
 from tiny import tiny_model

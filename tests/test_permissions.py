@@ -14,7 +14,7 @@ from mm_adapter import AdapterConfig, attach_adapter, save_adapter
 from mm_adapter.encoders.feature_cache import FeatureCache
 from mm_adapter.files.output_folder import write_config
 from mm_adapter.interop.peft import export_peft
-from mm_adapter.training.checkpoints import save_checkpoint
+from mm_adapter.training.checkpoints.format import save_checkpoint
 from mm_adapter.training.config import TrainConfig
 from mm_adapter.training.metrics_log import MetricsLog
 from tiny import tiny_model

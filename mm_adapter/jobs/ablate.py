@@ -34,7 +34,7 @@ from mm_adapter.jobs.configs import NOTHING_TO_ABLATE, AblateConfig, TrainScienc
 from mm_adapter.jobs.runtime import job_folder, source_inputs
 from mm_adapter.jobs.train_scienceqa import scienceqa_outputs, train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
-from mm_adapter.training.checkpoints import checkpoint_dirs
+from mm_adapter.training.checkpoints.format import checkpoint_dirs
 from mm_adapter.training.config import TrainConfig
 from mm_adapter.training.trainer import ADAPTER_NAME, CHECKPOINTS
 

@@ -43,9 +43,8 @@ from mm_adapter.files.progress import progress
 from mm_adapter.model.adapter import adapter_config, has_adapter
 from mm_adapter.model.adapter_file import BaseIdentity, save_adapter
 from mm_adapter.training.batches import IGNORE_INDEX, BatchPlan, Example, labelled_positions
-from mm_adapter.training.checkpoints import (
-    checkpoint_dirs, resume_checkpoint, save_checkpoint, saved_identity, step_dir,
-)
+from mm_adapter.training.checkpoints.format import checkpoint_dirs, save_checkpoint, step_dir
+from mm_adapter.training.checkpoints.resume import resume_checkpoint, saved_identity
 from mm_adapter.training.config import TrainConfig
 from mm_adapter.training.fsdp import ShardedRun, place_model
 from mm_adapter.training.metrics_log import METRICS_NAME, PLOT_NAME, MetricsLog
