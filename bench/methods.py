@@ -42,7 +42,8 @@ from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.record import eval_record
 from mm_adapter.eval.table import build_table
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
-from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.methods.config import TuningConfig

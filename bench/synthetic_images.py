@@ -36,7 +36,8 @@ from mm_adapter.data.config import ScienceQASource
 from mm_adapter.encoders.config import VisualConfig, parse_depths
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.files.atomic import atomic_dir
-from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.model.base import cache_root

@@ -33,7 +33,8 @@ from mm_adapter.encoders.config import VisualConfig
 from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.table import build_table
 from mm_adapter.jobs.ablate import ablate_scienceqa
-from mm_adapter.jobs.configs import AblateConfig, EvalScienceQAConfig
+from mm_adapter.jobs.configs.ablation import AblateConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.model.base import DEFAULT_SPEC
 from mm_adapter.model.config import AdapterConfig, ModelOptions

@@ -56,6 +56,12 @@ def check(config: Any, field: str, *, low: float | None = None, high: float | No
         raise ConfigError(field, f"must be <= {_number(high)}, got {value!r}")
 
 
+def check_positive(config: Any, *fields: str) -> None:
+    """Refuse any of ``fields`` that is not a whole number >= 1 (``None`` passes: "not set")."""
+    for field in fields:
+        check(config, field, low=1, integer=True, optional=True)
+
+
 def _number(bound: float) -> str:
     """A bound as people write it: 1048576, not 1.04858e+06; 0.5 as 0.5."""
     return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else f"{bound:g}"

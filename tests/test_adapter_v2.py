@@ -447,7 +447,7 @@ def test_disjoint_parameters_on_several_processes_are_refused_before_any_work(tm
     the language group none. So --v2-disjoint with a world size over 1 is one line, and nothing is written."""
     from mm_adapter.data.config import ScienceQASource
     from mm_adapter.jobs import train_scienceqa as job
-    from mm_adapter.jobs.configs import TrainScienceQAConfig
+    from mm_adapter.jobs.configs.training import TrainScienceQAConfig
     from mm_adapter.training.process import DistInfo
 
     (tmp_path / "data").mkdir()

@@ -10,7 +10,7 @@ from mm_adapter import AdapterConfig, MMAdapterError, attach_adapter, load_adapt
 from mm_adapter.data.alpaca import prompt_text
 from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
-from mm_adapter.jobs.configs import GenerateConfig
+from mm_adapter.jobs.configs.answering import GenerateConfig
 from mm_adapter.jobs.generate import empty_answer_note, generate
 from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model

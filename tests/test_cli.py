@@ -14,7 +14,7 @@ from mm_adapter.cli import main
 from mm_adapter.cli.commands import BY_WORDS, COMMANDS
 from mm_adapter.cli.parse import build_parser, parse
 from mm_adapter.files.output_folder import output_folder, write_config
-from mm_adapter.jobs.configs import TrainAlpacaConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig, TrainScienceQAConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ALPACA, TRAIN_SQA = BY_WORDS[("train", "alpaca")], BY_WORDS[("train", "scienceqa")]

@@ -19,7 +19,7 @@ from test_special_files import ENV, assert_refused, command, refuses
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.config_file import MAX_CONFIG_BYTES, check_settings, read_config_file
-from mm_adapter.jobs.configs import TrainAlpacaConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig
 from mm_adapter.recipes import FOLDER
 
 # A valid setting whose value is 10 nested lists of 9 references each: ~100 bytes per level, 9**10 items once
@@ -114,7 +114,7 @@ def test_the_shipped_recipes_pass_the_typed_reader():
 
 def test_list_settings_are_bounded_and_typed_item_by_item():
     """An ablation's value lists: 5,000 layer counts, or a string among them, are refused naming the setting."""
-    from mm_adapter.jobs.configs import AblateConfig
+    from mm_adapter.jobs.configs.ablation import AblateConfig
 
     refuses(MMAdapterError, lambda: check_settings(AblateConfig, {"layers": [8] * 5_000}, "a.yaml"),
             "a.yaml: setting layers", "at most 4096 items")

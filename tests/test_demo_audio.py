@@ -25,7 +25,7 @@ from mm_adapter.cli import main
 from mm_adapter.demo.predictor import Predictor
 from mm_adapter.demo.server import MAX_BODY, build_server
 from mm_adapter.encoders.audio.decode import MAX_AUDIO_SECONDS, SAMPLE_RATE, audio_kind, decode_audio
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs.answering import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.config import ModelOptions
 

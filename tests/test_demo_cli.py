@@ -26,7 +26,7 @@ from mm_adapter.cli import main
 from mm_adapter.cli.reports import format_prediction
 from mm_adapter.demo.predictor import Predictor
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
-from mm_adapter.jobs.configs import DemoConfig
+from mm_adapter.jobs.configs.answering import DemoConfig
 from mm_adapter.jobs.demo import demo
 from mm_adapter.model.config import ModelOptions
 

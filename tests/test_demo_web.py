@@ -31,7 +31,7 @@ from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 
 from mm_adapter.cli import main
 from mm_adapter.demo.server import MAX_BODY, PAGE, build_server, parse_choices
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs.answering import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.config import ModelOptions
 

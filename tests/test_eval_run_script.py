@@ -19,7 +19,7 @@ from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate, partial_path
 from mm_adapter.inference.scoring import encode_scored
-from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.model.config import ModelOptions
 from mm_adapter.scienceqa.data import load_official

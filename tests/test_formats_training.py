@@ -23,7 +23,7 @@ from mm_adapter.errors import ConfigError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import accuracy, evaluate
 from mm_adapter.inference.scoring import encode_scored
-from mm_adapter.jobs.configs import TrainScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged
 from mm_adapter.model.config import ModelOptions

@@ -17,7 +17,7 @@ from mm_adapter.cli import main
 from mm_adapter.errors import ConfigError
 from mm_adapter.interop import load_foreign_adapter
 from mm_adapter.interop.litgpt import LAYOUTS, import_litgpt
-from mm_adapter.jobs.configs import LITGPT_LAYOUTS, ConvertConfig
+from mm_adapter.jobs.configs.interop import LITGPT_LAYOUTS, ConvertConfig
 from mm_adapter.jobs.convert import convert as convert_job
 from mm_adapter.model.config import ModelOptions
 from tiny_text import tiny_base_folder

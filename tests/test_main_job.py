@@ -21,7 +21,7 @@ from test_eval_run import make_tokenizer
 from mm_adapter import read_adapter
 from mm_adapter.cli import reports
 from mm_adapter.encoders.clip import TINY_VIT
-from mm_adapter.jobs.configs import MainConfig
+from mm_adapter.jobs.configs.main_job import MainConfig
 from mm_adapter.jobs.main_job import main_job
 from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model

@@ -28,7 +28,9 @@ from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
 from mm_adapter.inference.scoring import option_log_probs, option_text_log_probs
-from mm_adapter.jobs.configs import EvalScienceQAConfig, GenerateConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.answering import GenerateConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.generate import generate
 from mm_adapter.jobs.train_scienceqa import train_scienceqa

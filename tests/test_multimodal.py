@@ -29,7 +29,8 @@ from mm_adapter.encoders.projection import VisualProjection, visual_extras
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import evaluate
 from mm_adapter.inference.scoring import option_log_probs
-from mm_adapter.jobs.configs import EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.methods.config import TuningConfig

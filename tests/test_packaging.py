@@ -85,7 +85,7 @@ def test_the_wheel_installs_one_top_level_name(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"mm_adapter"}
-    for expected in ("mm_adapter/scienceqa/metrics.py", "mm_adapter/eval/run.py", "mm_adapter/jobs/configs.py",
+    for expected in ("mm_adapter/scienceqa/metrics.py", "mm_adapter/eval/run.py", "mm_adapter/jobs/configs/training.py",
                      "mm_adapter/cli/__init__.py", "mm_adapter/demo/page.html",
                      "mm_adapter/recipes/alpaca-smollm2-cpu.yaml", "mm_adapter/__main__.py"):
         assert expected in names, expected

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mm_adapter import AdapterConfig, VisualConfig, attach_adapter
-from mm_adapter.jobs.configs import PlanConfig
+from mm_adapter.jobs.configs.plan import PlanConfig
 from mm_adapter.jobs.plan import find_recipe, plan
 from mm_adapter.model import attention
 from mm_adapter.training import memory_plan as model_plan

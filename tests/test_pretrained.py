@@ -26,7 +26,7 @@ from mm_adapter import (
 )
 from mm_adapter.encoders.clip import build_encoder
 from mm_adapter.encoders.projection import VisualProjection, visual_extras
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs.answering import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.adapter import prompt_offset
 from mm_adapter.model.adapter_file import PROMPT_FORMAT_KEY

@@ -9,7 +9,7 @@ import pytest
 
 from mm_adapter.cli.commands import BY_WORDS
 from mm_adapter.cli.parse import parse
-from mm_adapter.jobs.configs import PlanConfig
+from mm_adapter.jobs.configs.plan import PlanConfig
 from mm_adapter.jobs.plan import RECIPE_COMMANDS, plan, read_recipe
 from mm_adapter.recipes import FOLDER
 

@@ -27,7 +27,7 @@ from test_eval_run import single_thread  # noqa: F401 (autouse fixture)
 from test_special_files import ENV, finishes
 
 from mm_adapter.demo.server import DRAIN_LIMIT, MAX_BODY, build_server
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs.answering import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 from mm_adapter.model.config import ModelOptions
 

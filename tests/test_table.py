@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from mm_adapter.cli import main
+from mm_adapter.eval.config import TableConfig
 from mm_adapter.eval.table import build_table
-from mm_adapter.jobs.configs import TableConfig
 from mm_adapter.scienceqa.data import read_problems
 from mm_adapter.scienceqa.metrics import COLUMN_NAMES, score
 from mm_adapter.scienceqa.predictions import load_predictions

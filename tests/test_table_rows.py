@@ -26,7 +26,7 @@ from mm_adapter.cli import main
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.table import build_table
-from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.methods.config import LLAMA_ADAPTER, LORA

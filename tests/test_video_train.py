@@ -26,7 +26,9 @@ from mm_adapter.cli.parse import parse
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.encoders.clip import TINY_VIT, VisualConfig
 from mm_adapter.jobs.ablate import ablate_scienceqa
-from mm_adapter.jobs.configs import AblateConfig, EvalScienceQAConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.ablation import AblateConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.model.config import ModelOptions
 from mm_adapter.scienceqa.data import read_official

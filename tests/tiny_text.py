@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mm_adapter import AdapterConfig, TrainConfig
 from mm_adapter.data.alpaca import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
-from mm_adapter.jobs.configs import TrainAlpacaConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig
 from mm_adapter.model.config import ModelOptions
 from tiny import tiny_model
 

@@ -1,5 +1,5 @@
-"""The jobs: one library function per task, each taking a config dataclass (``configs.py``) and
-returning a result object. The ``mm-adapter`` command, tests and the benchmarks call these.
+"""The jobs: one library function per task, each taking a config dataclass (``configs/``, one module per
+concern) and returning a result object. The ``mm-adapter`` command, tests and the benchmarks call these.
 
     train_alpaca.train_alpaca(TrainAlpacaConfig) -> TrainResult
     train_scienceqa.train_scienceqa(TrainScienceQAConfig) -> ScienceQATrainResult

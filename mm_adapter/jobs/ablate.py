@@ -30,7 +30,8 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.atomic import atomic_path, atomic_write_text
 from mm_adapter.files.config_file import read_config_file
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
-from mm_adapter.jobs.configs import NOTHING_TO_ABLATE, AblateConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.ablation import NOTHING_TO_ABLATE, AblateConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, source_inputs
 from mm_adapter.jobs.train_scienceqa import scienceqa_outputs, train_scienceqa
 from mm_adapter.jobs.validation import LOG_NAME, best_logged

@@ -19,7 +19,7 @@ from mm_adapter.files.output_folder import Output, check_no_overlap
 from mm_adapter.interop import OURS, check_output
 from mm_adapter.interop import convert as convert_adapter
 from mm_adapter.interop.merged import export_merged
-from mm_adapter.jobs.configs import ConvertConfig
+from mm_adapter.jobs.configs.interop import ConvertConfig
 from mm_adapter.jobs.runtime import prepare
 from mm_adapter.model.adapter_file import load_adapter, read_adapter
 from mm_adapter.model.base import load_base

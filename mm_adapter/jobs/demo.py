@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from mm_adapter.demo.predictor import Prediction, Predictor, check_audio, check_image, check_question
-from mm_adapter.jobs.configs import DemoConfig, ServeConfig
+from mm_adapter.jobs.configs.answering import DemoConfig, ServeConfig
 from mm_adapter.jobs.runtime import precision_line, prepare
 
 

@@ -27,7 +27,7 @@ from mm_adapter.eval.run import RunSummary, check_fit, partial_path, refuse_fini
 from mm_adapter.files.atomic import atomic_write_json, atomic_write_text
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, config_dict, outputs_in, write_config
 from mm_adapter.inference.loading import answering_method, identity_of, load_answering, load_hearing
-from mm_adapter.jobs.configs import EvalScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
 from mm_adapter.jobs.runtime import job_folder, precision_line, prepare, source_inputs
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.methods.folders import adapter_digest

@@ -24,7 +24,7 @@ from mm_adapter.inference.config import SamplingConfig
 from mm_adapter.inference.generate import generate_text
 from mm_adapter.inference.loading import load_answering
 from mm_adapter.inference.precision import precision
-from mm_adapter.jobs.configs import GenerateConfig
+from mm_adapter.jobs.configs.answering import GenerateConfig
 from mm_adapter.jobs.runtime import precision_line, prepare
 from mm_adapter.methods.config import LLAMA_ADAPTER
 from mm_adapter.model.adapter_file import AdapterFile, BaseIdentity, apply_adapter

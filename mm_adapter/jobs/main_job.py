@@ -17,10 +17,12 @@ from pathlib import Path
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.demo.predictor import Prediction, Predictor
 from mm_adapter.encoders.config import VisualConfig
-from mm_adapter.eval.config import EvalConfig
+from mm_adapter.eval.config import EvalConfig, TableConfig
 from mm_adapter.eval.table import TableResult, build_table
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.jobs.configs import EvalScienceQAConfig, MainConfig, TableConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.main_job import MainConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import EvalResult, eval_outputs, eval_scienceqa
 from mm_adapter.jobs.runtime import job_folder, resolve_device, use_threads
 from mm_adapter.jobs.train_scienceqa import ScienceQATrainResult, scienceqa_outputs, train_scienceqa

@@ -17,7 +17,8 @@ from typing import Any
 
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.config_file import check_settings, read_config_file
-from mm_adapter.jobs.configs import PlanConfig, TrainAlpacaConfig, TrainScienceQAConfig
+from mm_adapter.jobs.configs.plan import PlanConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig, TrainScienceQAConfig
 from mm_adapter.model.family import text_config
 from mm_adapter.recipes import find_recipe as shipped_recipe
 from mm_adapter.training import memory_plan as model_plan

@@ -19,15 +19,11 @@ from mm_adapter.encoders.audio.source import resolve_source
 from mm_adapter.errors import ConfigError, MMAdapterError
 from mm_adapter.fields import flag_name
 from mm_adapter.files.text import regular_file_size
-from mm_adapter.jobs.configs import (
-    AblateConfig,
-    DemoConfig,
-    EvalScienceQAConfig,
-    MainConfig,
-    ServeConfig,
-    TrainAlpacaConfig,
-    TrainScienceQAConfig,
-)
+from mm_adapter.jobs.configs.ablation import AblateConfig
+from mm_adapter.jobs.configs.answering import DemoConfig, ServeConfig
+from mm_adapter.jobs.configs.evaluation import EvalScienceQAConfig
+from mm_adapter.jobs.configs.main_job import MainConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig, TrainScienceQAConfig
 from mm_adapter.methods.config import LLAMA_ADAPTER, LLAMA_ADAPTER_V2, PEFT_ADAPTION_PROMPT
 from mm_adapter.model.base_spec import decoder_layers
 from mm_adapter.scienceqa.data import read_split, require_file

@@ -7,7 +7,7 @@ line before any network call. Only the folder's three files are uploaded.
 
 from __future__ import annotations
 
-from mm_adapter.jobs.configs import PushConfig
+from mm_adapter.jobs.configs.interop import PushConfig
 from mm_adapter.pretrained import push_to_hub
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mm_adapter.demo.server import build_server
-from mm_adapter.jobs.configs import ServeConfig
+from mm_adapter.jobs.configs.answering import ServeConfig
 from mm_adapter.jobs.demo import load_predictor
 
 

@@ -15,7 +15,7 @@ import torch
 from mm_adapter.data.alpaca import encode_alpaca, read_alpaca
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.jobs.configs import TrainAlpacaConfig
+from mm_adapter.jobs.configs.training import TrainAlpacaConfig
 from mm_adapter.jobs.recording import record_run
 from mm_adapter.jobs.runtime import finish_distributed, job_folder, precision_line, prepare, rank_zero_print
 from mm_adapter.methods.attach import Tuned, attach_method

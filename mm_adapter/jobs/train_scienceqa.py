@@ -37,7 +37,7 @@ from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import EvalConfig
 from mm_adapter.eval.run import check_fit
 from mm_adapter.files.output_folder import CONFIG_NAME, Output, outputs_in, write_config
-from mm_adapter.jobs.configs import TrainScienceQAConfig
+from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.recording import record_run
 from mm_adapter.jobs.runtime import (
     finish_distributed,
