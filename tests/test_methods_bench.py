@@ -1,4 +1,4 @@
-"""bench/methods.py on a tiny Llama and a tiny generated ScienceQA set: each method's learning rates are trained, the
+"""bench/methods/ on a tiny Llama and a tiny generated ScienceQA set: each method's learning rates are trained, the
 best on val is evaluated on test once, and the comparison table (bootstrap intervals, McNemar against llama-adapter,
 cost columns, chart) is written; a second call trains and evaluates nothing again. Issue 25's protocol: grids whose
 choice is reported interior or at an edge, further seeds of the chosen lr, the seeds summary and its targets."""
@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 from test_formats_training import tiny_sqa_folder, tiny_train_config
 
-from bench import methods, seeds
+from bench import seeds
+from bench.methods import cli, grid, lr_search, reports
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.scienceqa.data import read_problems
 
@@ -32,13 +33,13 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
     base, data = tiny_set
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter",
             "lora", "--adapter-len", "4", "--adapter-layers", "2", "--quiet", "--grid", "5e-4,5e-3"]
-    assert methods.main(argv) == 0
+    assert cli.main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     runs = [(row["method"], row["lr"]) for row in lines if "lr" in row]
     assert runs == [("llama-adapter", 5e-4), ("llama-adapter", 5e-3), ("lora", 5e-4), ("lora", 5e-3)]
     tested = {row["method"]: row for row in lines if "chosen_lr" in row}
     for name, row in tested.items():
-        scores = {lr: methods.best_val(tmp_path / "out" / f"{name}-lr{lr:g}")[0] for lr in (r[1] for r in runs
+        scores = {lr: lr_search.best_val(tmp_path / "out" / f"{name}-lr{lr:g}")[0] for lr in (r[1] for r in runs
                                                                                           if r[0] == name)}
         assert row["val"] == max(scores.values()) and scores[row["chosen_lr"]] == row["val"]
     assert set(tested) == {"llama-adapter", "lora"}
@@ -59,7 +60,7 @@ def test_methods_are_searched_on_val_tested_once_and_tabled(tiny_set, tmp_path, 
         assert f"{chosen}: **{100 * row['val']:.2f}**" in line and line.endswith(f"| {chosen} | edge: widen |")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.suffix in (".safetensors", ".json")
               and "table" not in p.name and "seeds" not in p.name}  # the summaries are rewritten, the same
-    assert methods.main(argv) == 0
+    assert cli.main(argv) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -71,7 +72,7 @@ def test_llama_adapter_v2_is_searched_tested_and_tabled_with_its_count(tiny_set,
     base, data = tiny_set
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter-v2",
             "--adapter-len", "4", "--adapter-layers", "2", "--quiet", "--grid", "5e-3,1e-2"]
-    assert methods.main(argv) == 0
+    assert cli.main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [row.get("lr", "test") for row in lines] == [5e-3, 1e-2, "test"]
     rows = {row["method"]: row["costs"] for row in json.loads((tmp_path / "out" / "table.json").read_text())["rows"]}
@@ -84,13 +85,13 @@ def test_two_workers_split_one_search_with_lr_and_the_last_one_tests(tiny_set, t
     base, data = tiny_set
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter",
             "--adapter-len", "4", "--adapter-layers", "2", "--quiet", "--grid", "5e-3,1e-2"]
-    assert methods.main([*argv, "--lr", "0.01"]) == 0
+    assert cli.main([*argv, "--lr", "0.01"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(row["method"], row["lr"]) for row in lines] == [("llama-adapter", 1e-2)]  # 5e-3 untrained: no test
     assert not (tmp_path / "out" / "llama-adapter-test").exists()
     assert "| llama-adapter | 0.005: (not trained), 0.01: " in (tmp_path / "out" / "search.md").read_text()
     assert "| search not finished |" in (tmp_path / "out" / "search.md").read_text()
-    assert methods.main([*argv, "--lr", "0.005"]) == 0
+    assert cli.main([*argv, "--lr", "0.005"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [row.get("lr", "test") for row in lines] == [5e-3, "test"]
     assert (tmp_path / "out" / "llama-adapter-test" / "predictions.json").is_file()
@@ -99,7 +100,7 @@ def test_two_workers_split_one_search_with_lr_and_the_last_one_tests(tiny_set, t
 def test_an_lr_outside_the_grids_is_one_line_and_exit_2(tiny_set, tmp_path, capsys):
     _, data = tiny_set
     with pytest.raises(SystemExit) as stopped:
-        methods.main(["--data", str(data), "--out", str(tmp_path / "out"), "--only", "lora", "--lr", "0.02"])
+        cli.main(["--data", str(data), "--out", str(tmp_path / "out"), "--only", "lora", "--lr", "0.02"])
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("--lr 0.02 is in no chosen method's grid (0.0005, 0.002, 0.005, 0.01)")
@@ -127,13 +128,13 @@ def test_the_search_says_whether_the_choice_is_interior_or_at_an_edge(tmp_path):
     _fake_run(out, "lora-lr0.002-seed1", 0.9)  # a further seed: not the search
     _fake_run(out, "full-lr1e-05", 0.2)
     _fake_run(out, "full-lr5e-05", 0.3, finished=False)
-    grid = methods.Method("llama-adapter", None, (5e-3, 1e-2, 2e-2))
-    found = methods.search(out, dataclasses.replace(grid, tuning=methods.METHODS[1].tuning))
+    prompts = grid.Method("llama-adapter", None, (5e-3, 1e-2, 2e-2))
+    found = lr_search.search(out, dataclasses.replace(prompts, tuning=grid.METHODS[1].tuning))
     assert (found.chosen, found.position) == (1e-2, "interior")
-    lora = methods.search(out, dataclasses.replace(methods.METHODS[4], lrs=(5e-4, 2e-3)))
+    lora = lr_search.search(out, dataclasses.replace(grid.METHODS[4], lrs=(5e-4, 2e-3)))
     assert lora.lrs == (5e-4, 2e-3) and (lora.chosen, lora.position) == (2e-3, "edge: widen")
     (out / "grids.json").write_text(json.dumps({"llama-adapter": [5e-3, 1e-2, 2e-2], "lora": [5e-4, 2e-3]}))
-    table = methods.search_table(out)
+    table = reports.search_table(out)
     assert "| llama-adapter | 0.005: 40.00, 0.01: **50.00**, 0.02: 45.00 | 0.01 | interior |" in table
     assert "| lora | 0.0005: 30.00, 0.002: **35.00** | 0.002 | edge: widen |" in table
     assert "| lora-r16-all | 0.0005: (not trained), 0.002: **90.00**" not in table  # its default grid is unfinished
@@ -142,13 +143,13 @@ def test_the_search_says_whether_the_choice_is_interior_or_at_an_edge(tmp_path):
 
 def test_a_grid_given_once_is_recorded_and_only_ever_widened(tmp_path):
     """The other worker and later calls search what --grid widened the grid to (OUT/grids.json), not GRIDS."""
-    lora = methods.METHODS[4]
-    assert [m.lrs for m in methods.with_grids(tmp_path, [lora], None)] == [methods.GRIDS["lora"]]
-    methods.record_grids(tmp_path, methods.with_grids(tmp_path, [lora], (1e-4, 1e-3)))
-    assert [m.lrs for m in methods.with_grids(tmp_path, [lora], None)] == [(1e-4, 1e-3)]
-    methods.record_grids(tmp_path, methods.with_grids(tmp_path, [lora], (3e-3,)))
-    assert [m.lrs for m in methods.with_grids(tmp_path, [lora], None)] == [(1e-4, 1e-3, 3e-3)]
-    assert all(len(grid) >= 3 for grid in methods.GRIDS.values())  # a default choice can be interior
+    lora = grid.METHODS[4]
+    assert [m.lrs for m in grid.with_grids(tmp_path, [lora], None)] == [grid.GRIDS["lora"]]
+    grid.record_grids(tmp_path, grid.with_grids(tmp_path, [lora], (1e-4, 1e-3)))
+    assert [m.lrs for m in grid.with_grids(tmp_path, [lora], None)] == [(1e-4, 1e-3)]
+    grid.record_grids(tmp_path, grid.with_grids(tmp_path, [lora], (3e-3,)))
+    assert [m.lrs for m in grid.with_grids(tmp_path, [lora], None)] == [(1e-4, 1e-3, 3e-3)]
+    assert all(len(lrs) >= 3 for lrs in grid.GRIDS.values())  # a default choice can be interior
 
 
 def _lines(capsys) -> list[dict]:
@@ -164,21 +165,21 @@ def test_further_seeds_retrain_the_chosen_lr_and_workers_split_them(tiny_set, tm
     out = tmp_path / "out"
     argv = ["--data", str(data), "--out", str(out), "--base", str(base), "--only", "llama-adapter",
             "--adapter-len", "4", "--adapter-layers", "2", "--quiet", "--grid", "5e-3,1e-2", "--seeds", "0", "1", "2"]
-    assert methods.main([*argv, "--seed", "2"]) == 0  # no search yet: a seed worker has nothing to do
+    assert cli.main([*argv, "--seed", "2"]) == 0  # no search yet: a seed worker has nothing to do
     assert _lines(capsys) == [] and not list(out.glob("llama-adapter-lr*"))
-    assert methods.main([*argv, "--seed", "0"]) == 0
+    assert cli.main([*argv, "--seed", "0"]) == 0
     lines = _lines(capsys)
     assert [(row.get("lr"), row["seed"]) for row in lines] == [(5e-3, 0), (1e-2, 0), (None, 0)]
     chosen = lines[-1]["chosen_lr"]
     seed0 = out / f"llama-adapter-lr{chosen:g}"
     stamps = {p: p.stat().st_mtime_ns for p in seed0.rglob("*.safetensors")}
-    assert methods.main([*argv, "--seed", "2"]) == 0
+    assert cli.main([*argv, "--seed", "2"]) == 0
     assert [(row.get("lr"), row["seed"]) for row in _lines(capsys)] == [(chosen, 2), (None, 2)]
-    assert methods.main(argv) == 0  # seed 2 finished: only seed 1 is left
+    assert cli.main(argv) == 0  # seed 2 finished: only seed 1 is left
     assert [(row.get("lr"), row["seed"]) for row in _lines(capsys)] == [(chosen, 1), (None, 1)]
-    assert methods.main(argv) == 0
+    assert cli.main(argv) == 0
     assert _lines(capsys) == []
-    assert methods.main([*argv, "--epochs", "2"]) == 2  # finished at 1 epoch: not this call's run, never reported
+    assert cli.main([*argv, "--epochs", "2"]) == 2  # finished at 1 epoch: not this call's run, never reported
     assert capsys.readouterr().err.strip() == (f"error: {out / 'llama-adapter-lr0.005'}: finished with train.epochs "
                                                "1, but this call trains 2; give the flags it was trained with, or "
                                                "another --out")
@@ -278,10 +279,10 @@ def test_adapter_layers_default_to_the_bases_depth_and_more_is_one_line(tiny_set
     it has is refused before anything is trained or written."""
     base, data = tiny_set
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), "--only", "llama-adapter"]
-    assert methods.parse(argv).adapter_layers == 4  # the tiny Llama's depth
-    assert methods.parse([*argv, "--adapter-layers", "3"]).adapter_layers == 3
+    assert cli.parse(argv).adapter_layers == 4  # the tiny Llama's depth
+    assert cli.parse([*argv, "--adapter-layers", "3"]).adapter_layers == 3
     with pytest.raises(SystemExit) as stopped:
-        methods.main([*argv, "--adapter-layers", "5"])
+        cli.main([*argv, "--adapter-layers", "5"])
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].endswith(f"--adapter-layers 5: the base {base} has 4 decoder layers")
@@ -304,7 +305,7 @@ def test_adapter_layers_default_to_the_bases_depth_and_more_is_one_line(tiny_set
 def test_bad_protocol_flags_are_one_line_and_exit_2(tiny_set, tmp_path, capsys, flags, message):
     base, data = tiny_set
     with pytest.raises(SystemExit) as stopped:
-        methods.main(["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), *flags])
+        cli.main(["--data", str(data), "--out", str(tmp_path / "out"), "--base", str(base), *flags])
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].endswith(message)
@@ -319,14 +320,14 @@ def test_a_test_of_another_choice_than_the_searchs_is_refused_not_kept(tiny_set,
     out = tmp_path / "out"
     argv = ["--data", str(data), "--out", str(out), "--base", str(base), "--only", "llama-adapter",
             "--adapter-len", "4", "--adapter-layers", "2", "--quiet", "--grid"]
-    assert methods.main([*argv, "5e-3"]) == 0
+    assert cli.main([*argv, "5e-3"]) == 0
     shutil.copytree(out / "llama-adapter-lr0.005", out / "llama-adapter-lr0.01")  # a better lr, as if trained
     (out / "llama-adapter-lr0.01" / "validation.jsonl").write_text(json.dumps({"step": 1, "val_acc": 1.0}) + "\n")
     recipe = out / "llama-adapter-lr0.01" / "config.yaml"
     recipe.write_text(recipe.read_text().replace("\n  lr: 0.005\n", "\n  lr: 0.01\n"))
     before = (out / "llama-adapter-test" / "predictions.json").read_bytes()
     capsys.readouterr()
-    assert methods.main([*argv, "5e-3,1e-2"]) == 2
+    assert cli.main([*argv, "5e-3,1e-2"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"error: {out / 'llama-adapter-test'}: it evaluated ")
     assert error[0].endswith("move the folder aside to test the new choice")
@@ -345,6 +346,6 @@ def test_the_documented_protocol_commands_parse(tiny_set, tmp_path):
         assert words[:3] == ["python", "-m", "bench.methods"]
         swapped = {"--data": str(data), "--out": str(tmp_path / "out"), "--base": str(base)}
         argv = [swapped.get(before, word) for before, word in zip(["", *words[3:]], words[3:])]
-        args = methods.parse([*argv, "--base", str(base)] if "--base" not in argv else argv)
+        args = cli.parse([*argv, "--base", str(base)] if "--base" not in argv else argv)
         assert args.epochs == 2 and args.seeds == [0, 1, 2]
     assert not (tmp_path / "out").exists()
