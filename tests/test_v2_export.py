@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from test_adapter_v2 import randomise_v2
 from test_v2_merge import TOLERANCE
 from transformers import AutoModelForCausalLM
 
@@ -18,7 +17,7 @@ from mm_adapter import attach_adapter, load_adapter, load_base, save_adapter
 from mm_adapter.cli import main
 from mm_adapter.interop.merged import PROMPT_ADAPTER
 from mm_adapter.model.config import AdapterConfig, AdapterV2Config
-from tiny import randomise_adapter, tiny_model
+from tiny import randomise_adapter, randomise_v2, tiny_model
 from tiny_text import tiny_base_folder, tiny_tokenizer
 
 IDS = torch.tensor([[3, 9, 4, 17, 8, 22, 5, 11]])

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_adapter_v2 import logits, randomise_v2, v2_model
 
 from mm_adapter import attach_adapter, detach_adapter
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.model.adapter import adapter_v2_state
 from mm_adapter.model.config import AdapterConfig
 from mm_adapter.model.v2_merge import merge_v2, unmerge_v2, v2_state_to_merge
-from tiny import left_padded_batch, randomise_adapter, tiny_model
+from tiny import left_padded_batch, logits, randomise_adapter, randomise_v2, tiny_model, v2_model
 
 # fp32: merged, s * (W x) becomes (s W) x and s * (b_W + b) one bias, so only the order of float32 roundings changes
 # (float32 eps 1.2e-7 per product); through the tiny models' layers that stays under 1e-5 of the logits' size

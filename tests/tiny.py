@@ -1,4 +1,5 @@
-"""Tiny random models of several families, built in milliseconds for CPU tests."""
+"""Tiny random models of several families, built in milliseconds for CPU tests, and adapters on them with
+non-trivial values (a fresh adapter is the base itself, which would hide most mistakes)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,41 @@ def left_padded_batch(vocab_size: int = 97, lengths=(12, 7, 9), seed: int = 1):
         ids[row, : width - length] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions
+
+
+# The linear layers of a decoder layer in every tiny family: what LLaMA-Adapter V2's targets "all" adapts.
+ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def logits(model, ids, mask, positions):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+
+
+def v2_model(family="llama-gqa", v2=None, attn="sdpa", **adapter):
+    """A tiny model with a fresh LLaMA-Adapter V2 (3 prompts on the top 2 layers unless ``adapter`` says otherwise)."""
+    from mm_adapter import AdapterConfig, attach_adapter
+    from mm_adapter.model.config import AdapterV2Config
+
+    model = tiny_model(family, attn_implementation=attn)
+    attach_adapter(model, AdapterConfig(**{"adapter_len": 3, "adapter_layers": 2, **adapter}), v2 or AdapterV2Config())
+    return model
+
+
+def randomise_v2(model, seed=5):
+    """Non-trivial biases (N(0, 0.1)), scales (1 + N(0, 0.1)) and norm weights (1 + N(0, 0.1)): with b = 0, s = 1 the
+    V2 path would be invisible."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad or name.endswith((".prompt", ".gate")):
+                continue
+            base = 0.0 if name.endswith(".bias") else 1.0
+            parameter.copy_(base + 0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def bias_scale(model) -> dict:
+    """{linear module: (b, s)} as the reference takes it, read off the modules that have a V2 child."""
+    return {module: (module.adapter.bias.detach(), module.adapter.scale.detach())
+            for module in model.modules() if isinstance(module, torch.nn.Linear) and hasattr(module, "adapter")}
