@@ -18,7 +18,7 @@ from mm_adapter.model.family import text_config
 from mm_adapter.training.memory_plan import architecture
 
 MAX_ADAPTER_LAYERS = 30  # all of SmolLM2-135M's layers; a shallower base gets all of its own
-PROG = "methods.py"  # the name its usage and error lines have shown since it was one file, bench/methods.py
+PROG = "python -m bench.methods"  # how it is run: its usage and error lines say so
 
 
 def lr_grid(text: str) -> tuple[float, ...]:

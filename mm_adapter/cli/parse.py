@@ -168,10 +168,13 @@ def _polish(parser: argparse.ArgumentParser) -> None:
     bools spelled ``--x``/``--no-x`` (simple_parsing says ``--nox``) and shown without a value; a PATH/DIR/FILE/N
     metavar instead of a type name; an optional number that takes exactly one value; choices in any case;
     headings that say what the flags are about, the command's main flags first. A positional argument that a
-    config file gives becomes optional."""
+    config file gives becomes optional. Flags of one length are listed the field's own name first, the same in every
+    process (simple_parsing builds them from a set)."""
     given = getattr(parser, "given_by_file", set())
     fields = _field_hints(parser.config_class) if hasattr(parser, "config_class") else {}
     for action in parser._actions:
+        primary = "--" + action.dest.rsplit(".", 1)[-1].replace("_", "-")  # simple_parsing orders by length only,
+        action.option_strings = sorted(action.option_strings, key=lambda o: (len(o), o != primary, o))  # from a set
         if not action.option_strings and action.dest.removeprefix("job.") in given:
             action.nargs, action.required = ("*" if action.nargs in ("+", "*") else "?"), False
         if action.help:
