@@ -14,7 +14,7 @@ or by seed (`--seed N`: only seed N's run and test; `--seed 0`: only the search)
 Prints one JSON line per run (method, lr, seed, best val accuracy, train seconds) and per test evaluation, then the
 table of every method's seed-0 test so far (OUT/table.md, .json, .png, and costs.png: Avg against trainable
 parameters), the same as the command below; the val of each lr tried, with whether the choice is interior to its
-grid (OUT/search.md); and the seeds summary (OUT/seeds.md, .json: `bench/seeds.py`):
+grid (OUT/search.md); and the seeds summary (OUT/seeds.md, .json: `bench/methods/seeds.py`):
 
     mm-adapter table runs/methods/*-test --problems ../shared/data/scienceqa/problems.json --bootstrap 1000 \\
         --mcnemar-against llama-adapter --costs --plot runs/methods/table.png --json runs/methods/table.json \\

@@ -1,6 +1,6 @@
 """What the comparison writes to OUT after its runs, every number read from the run folders: the learning-rate search
 (search.md), the comparison table of every method's seed-0 test (table.md, .json, .png, costs.png) and the seeds
-summary (seeds.md, .json, through ``bench/seeds.py``)."""
+summary (seeds.md, .json, through ``seeds``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.methods.grid import METHODS, with_grids
 from bench.methods.lr_search import best_val, run_folder, search, test_folder, tested
-from bench.seeds import MethodSeeds, SeedRun, write_seeds
+from bench.methods.seeds import MethodSeeds, SeedRun, write_seeds
 from mm_adapter.eval.config import TableConfig
 from mm_adapter.eval.table import build_table
 from mm_adapter.files.atomic import atomic_write_text
