@@ -6,12 +6,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from mm_adapter import AdapterConfig, adapter_parameters, attach_adapter, detach_adapter
 from reference import reference_logits
-from tiny import FAMILIES, left_padded_batch, randomise_adapter, tiny_model
-
-
-def logits(model, ids, mask, positions):
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+from tiny import FAMILIES, left_padded_batch, logits, randomise_adapter, tiny_model
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
