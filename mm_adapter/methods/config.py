@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from mm_adapter.errors import ConfigError
-from mm_adapter.fields import check, option
+from mm_adapter.fields import check, check_positive, option
 from mm_adapter.model.config import AdapterV2Config
 
 LLAMA_ADAPTER, LLAMA_ADAPTER_V2 = "llama-adapter", "llama-adapter-v2"
@@ -73,8 +73,7 @@ class TuningConfig:
 
     def __post_init__(self) -> None:
         check(self, "method", choices=METHODS)
-        for name in ("lora_rank", "num_virtual_tokens"):
-            check(self, name, low=1, integer=True, optional=True)
+        check_positive(self, "lora_rank", "num_virtual_tokens")
         check(self, "lora_alpha", low=0, low_open=True, optional=True)
         if self.lora_targets is not None and not self.targets:
             raise ConfigError("lora_targets", "names no module; give a comma list such as q_proj,v_proj")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm_adapter.errors import ConfigError
-from mm_adapter.fields import check, check_type, config_from_dict, option
+from mm_adapter.fields import check, check_positive, check_type, config_from_dict, option
 
 GATE_ACTIVATIONS = ("tanh", "identity")
 GATE_GRANULARITIES = ("head", "layer")
@@ -147,6 +147,6 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         check(self, "dtype", choices=(None, *DTYPES))
-        check(self, "threads", low=1, integer=True, optional=True)
+        check_positive(self, "threads")
         if not str(self.base).strip():
             raise ConfigError("base", "is empty")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mm_adapter.errors import ConfigError
-from mm_adapter.fields import check, check_type, option
+from mm_adapter.fields import check, check_positive, check_type, option
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
@@ -72,7 +72,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         for name in ("epochs", "batch_size", "accum_steps", "group_batches", "checkpoint_every", "keep_checkpoints"):
             check(self, name, low=1, high=MAX_COUNTS.get(name), integer=True)
-        check(self, "max_steps", low=1, integer=True, optional=True)
+        check_positive(self, "max_steps")
         check(self, "warmup_epochs", low=0)
         check(self, "lr", low=0, low_open=True, optional=True)
         check(self, "base_lr", low=0, low_open=True)
