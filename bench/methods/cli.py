@@ -13,7 +13,8 @@ from bench.methods.grid import METHODS, record_grids, with_grids
 from bench.methods.reports import write_tables
 from bench.methods.runs import run_method
 from mm_adapter.errors import MMAdapterError
-from mm_adapter.model.base import DEFAULT_SPEC, converted_folder
+from mm_adapter.model.base import DEFAULT_SPEC
+from mm_adapter.model.base_spec import decoder_layers
 from mm_adapter.model.family import text_config
 from mm_adapter.training.memory_plan import architecture
 
@@ -49,10 +50,10 @@ def seed_number(text: str) -> int:
 
 
 def base_layers(spec: str) -> int:
-    """Decoder layers of the base, from its config.json (no weights loaded; a GGUF spec is converted once, as
-    training would first do anyway)."""
-    folder = converted_folder(spec)
-    return text_config(architecture(str(folder) if folder else spec).config).num_hidden_layers
+    """Decoder layers of the base, counted as `train scienceqa` counts them before loading (``decoder_layers``: a
+    GGUF's tensor names, a folder's config); a hub id or Meta folder from its config (no weights loaded)."""
+    layers = decoder_layers(spec)
+    return layers if layers is not None else text_config(architecture(spec).config).num_hidden_layers
 
 
 class OneLineParser(argparse.ArgumentParser):
