@@ -23,7 +23,9 @@ from mm_adapter.jobs.configs.training import TrainScienceQAConfig
 from mm_adapter.jobs.eval_scienceqa import eval_scienceqa
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.model.config import AdapterConfig, ModelOptions
+from mm_adapter.training.checkpoints.format import checkpoint_dirs
 from mm_adapter.training.config import TrainConfig
+from mm_adapter.training.trainer import CHECKPOINTS
 
 TRAIN_FORMAT = {f.name: f.default for f in dataclasses.fields(TrainScienceQAConfig)}["format"]
 
@@ -37,7 +39,7 @@ def train_config(args: argparse.Namespace, method: Method, lr: float, seed: int)
                               prompt_init="norm_scaled"),
         tuning=method.tuning,
         train=TrainConfig(epochs=args.epochs, warmup_epochs=0.3, lr=lr, batch_size=args.batch_size, seed=seed,
-                          progress=not args.quiet, resume=any((folder / "checkpoints").glob("step-*"))))
+                          progress=not args.quiet, resume=bool(checkpoint_dirs(folder / CHECKPOINTS))))
 
 
 # What makes two runs of one folder name the same run: a finished run trained otherwise (another --epochs, base,
