@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file
 from test_formats_training import tiny_sqa_folder, tiny_train_config
 
-from bench.methods import seeds
-from bench.methods import cli, grid, lr_search, reports
+from bench.methods import cli, grid, lr_search, reports, seeds
 from mm_adapter.jobs.train_scienceqa import train_scienceqa
 from mm_adapter.scienceqa.data import read_problems
 
