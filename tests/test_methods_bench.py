@@ -128,12 +128,12 @@ def test_the_search_says_whether_the_choice_is_interior_or_at_an_edge(tmp_path):
     _fake_run(out, "full-lr1e-05", 0.2)
     _fake_run(out, "full-lr5e-05", 0.3, finished=False)
     prompts = grid.Method("llama-adapter", None, (5e-3, 1e-2, 2e-2))
-    found = lr_search.search(out, dataclasses.replace(prompts, tuning=grid.METHODS[1].tuning))
+    found = lr_search.search(lr_search.Places(out), dataclasses.replace(prompts, tuning=grid.METHODS[1].tuning))
     assert (found.chosen, found.position) == (1e-2, "interior")
-    lora = lr_search.search(out, dataclasses.replace(grid.METHODS[4], lrs=(5e-4, 2e-3)))
+    lora = lr_search.search(lr_search.Places(out), dataclasses.replace(grid.METHODS[4], lrs=(5e-4, 2e-3)))
     assert lora.lrs == (5e-4, 2e-3) and (lora.chosen, lora.position) == (2e-3, "edge: widen")
     (out / "grids.json").write_text(json.dumps({"llama-adapter": [5e-3, 1e-2, 2e-2], "lora": [5e-4, 2e-3]}))
-    table = reports.search_table(out)
+    table = reports.search_table(lr_search.Places(out))
     assert "| llama-adapter | 0.005: 40.00, 0.01: **50.00**, 0.02: 45.00 | 0.01 | interior |" in table
     assert "| lora | 0.0005: 30.00, 0.002: **35.00** | 0.002 | edge: widen |" in table
     assert "| lora-r16-all | 0.0005: (not trained), 0.002: **90.00**" not in table  # its default grid is unfinished

@@ -1,30 +1,37 @@
 """bench/methods/records.py: a comparison's records (each finished run's logs and config, each finished test's
 predictions, OUT's reports) copied without weights into a folder that can be committed, so the docs' numbers outlive
-the machine; a run recorded with other content is refused, never overwritten."""
+the machine; a run recorded with other content is refused, never overwritten. And `bench.methods --records`: a later
+OUT goes on from them (the search is not trained again, a recorded test is not redone, further seeds train at the
+recorded choice), and a chosen run whose test is missing is trained again, repeating its recorded val log."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from test_formats_training import tiny_sqa_folder
 
-from bench.methods import cli, lr_search, records
+from bench.methods import cli, grid, lr_search, records
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory) -> Path:
-    """A tiny comparison's OUT: ours trained at one lr, tested, tabled."""
+def world(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A tiny comparison's OUT (ours trained at two lrs, the better tested, tabled) and its flags but --out."""
     root = tmp_path_factory.mktemp("records")
     base, data = tiny_sqa_folder(root, {"train": 8, "val": 4, "test": 4})
-    out = root / "out"
-    argv = ["--data", str(data), "--out", str(out), "--base", str(base), "--only", "llama-adapter",
-            "--adapter-len", "2", "--adapter-layers", "1", "--quiet", "--grid", "5e-3"]
+    flags = ["--data", str(data), "--base", str(base), "--only", "llama-adapter", "--adapter-len", "2",
+             "--adapter-layers", "1", "--quiet", "--grid", "5e-3,5e-2"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MM_ADAPTER_CACHE", str(root / "cache"))
-        assert cli.main(argv) == 0
-    return out
+        assert cli.main([*flags, "--out", str(root / "out")]) == 0
+    return root / "out", flags
+
+
+@pytest.fixture
+def comparison(world) -> Path:
+    return world[0]
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -91,3 +98,68 @@ def test_an_oversized_file_is_not_a_record(comparison, tmp_path, monkeypatch, ca
     assert records.main([str(comparison), str(tmp_path / "records")]) == 2
     assert "over the 10 a record may hold" in capsys.readouterr().err
     assert not (tmp_path / "records").exists()
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_a_later_out_goes_on_from_the_records(world, tmp_path, capsys, monkeypatch):
+    """The machine is gone: a new OUT with --records trains no search run and redoes no test, writes the same search,
+    and trains a further seed at the recorded choice."""
+    out, flags = world
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(out.parent / "cache"))
+    kept = tmp_path / "records"
+    assert records.main([str(out), str(kept)]) == 0
+    later = tmp_path / "later"
+    capsys.readouterr()
+    assert cli.main([*flags, "--out", str(later), "--records", str(kept)]) == 0
+    assert json_lines(capsys.readouterr().out) == []  # nothing trained, nothing evaluated
+    assert (later / "search.md").read_text() == (out / "search.md").read_text()
+    assert not [p for p in later.iterdir() if p.is_dir()]
+    assert cli.main([*flags, "--out", str(later), "--records", str(kept), "--seeds", "0", "1", "--seed", "1"]) == 0
+    lines = json_lines(capsys.readouterr().out)
+    ours = grid.with_grids(out, [grid.METHODS[1]], None)[0]
+    chosen = lr_search.search(lr_search.Places(out), ours).chosen
+    assert [(row.get("lr", row.get("chosen_lr")), row["seed"]) for row in lines] == [(chosen, 1), (chosen, 1)]
+    assert sorted(p.name for p in later.iterdir() if p.is_dir()) == [f"llama-adapter-lr{chosen:g}-seed1",
+                                                                     "llama-adapter-test-seed1"]
+    row = next(line for line in (later / "seeds.md").read_text().splitlines() if line.startswith("| llama-adapter |"))
+    assert row.split(" | ")[1:2] == [f"{chosen:g}"] and row.split(" | ")[7] == "2"  # seed 0 recorded, seed 1 here
+
+
+def test_a_chosen_run_without_its_test_is_trained_again_and_repeats_its_val_log(world, tmp_path, capsys,
+                                                                                monkeypatch):
+    out, flags = world
+    monkeypatch.setenv("MM_ADAPTER_CACHE", str(out.parent / "cache"))
+    kept = tmp_path / "records"
+    assert records.main([str(out), str(kept)]) == 0
+    shutil.rmtree(kept / "llama-adapter-test")  # lost before its test was recorded
+    later = tmp_path / "later"
+    capsys.readouterr()
+    assert cli.main([*flags, "--out", str(later), "--records", str(kept)]) == 0
+    trained, tested = json_lines(capsys.readouterr().out)
+    chosen = tested["chosen_lr"]
+    assert trained["lr"] == chosen and trained["recorded"] == str(kept / f"llama-adapter-lr{chosen:g}")
+    assert trained["same_val_log"] is True  # one thread, the same seed: training repeats exactly
+    assert tested["test_avg"] == json.loads((out / "llama-adapter-test" / "summary.json").read_text())["Avg"]
+
+
+def test_a_recorded_run_trained_with_other_flags_is_refused(world, tmp_path, capsys):
+    out, flags = world
+    kept = tmp_path / "records"
+    assert records.main([str(out), str(kept)]) == 0
+    capsys.readouterr()
+    assert cli.main([*flags, "--epochs", "2", "--out", str(tmp_path / "later"), "--records", str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "finished with train.epochs 1, but this call trains 2" in err
+    assert str(kept / "llama-adapter-lr0.005") in err
+
+
+def test_records_that_are_no_folder_are_refused(world, tmp_path, capsys):
+    _, flags = world
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*flags, "--out", str(tmp_path / "later"), "--records", str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"--records {tmp_path / 'nowhere'}: not a folder")
+    assert not (tmp_path / "later").exists()

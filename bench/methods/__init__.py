@@ -7,7 +7,9 @@ test with no training. With `--seeds 0 1 2` the chosen lr is then trained again 
 the search run itself) and each seed's run is evaluated on test once. Resumable: a run whose final adapter exists
 is not trained again, a finished test evaluation is not redone. Two workers share the work on two cores: by
 method (`--only`), by search lr (`--lr`: this value of the grid only; whoever finishes the search last tests it)
-or by seed (`--seed N`: only seed N's run and test; `--seed 0`: only the search).
+or by seed (`--seed N`: only seed N's run and test; `--seed 0`: only the search). `--records DIR` goes on from an
+earlier machine's records (``records``: its runs' logs and tests' predictions, without weights): what they hold is
+not trained or evaluated again.
 
     python -m bench.methods --data ../shared/data/scienceqa --out runs/methods --threads 1 --only llama-adapter lora
 
@@ -21,5 +23,6 @@ grid (OUT/search.md); and the seeds summary (OUT/seeds.md, .json: `bench/methods
         --cost-plot runs/methods/costs.png
 
 The parts: the methods and their grids (``grid``), the search as it stands in OUT (``lr_search``), training and
-testing each run (``runs``), the tables written to OUT (``reports``), the flags and the order of the work (``cli``).
+testing each run (``runs``), the tables written to OUT (``reports``), the flags and the order of the work (``cli``),
+the records kept of OUT (``records``).
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import bench.methods as package
 from bench.methods.grid import METHODS, record_grids, with_grids
+from bench.methods.lr_search import Places
 from bench.methods.reports import write_tables
 from bench.methods.runs import run_method
 from mm_adapter.errors import MMAdapterError
@@ -67,6 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=package.__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="official-layout ScienceQA folder")
     parser.add_argument("--out", type=Path, required=True, help="folder of every run and test evaluation")
+    parser.add_argument("--records", type=Path, nargs="+", default=[],
+                        help="folders of earlier runs' records (python -m bench.methods.records), read in order for "
+                             "the runs and tests OUT lacks; a recorded run is trained again only for its test")
     parser.add_argument("--only", nargs="+", choices=[m.name for m in METHODS], help="run these methods only")
     parser.add_argument("--base", default=DEFAULT_SPEC, help="base model (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--epochs", type=int, default=1)
@@ -94,7 +98,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--seed {args.seed} is not one of --seeds ({' '.join(map(str, args.seeds))})")
     if args.seed and args.lr is not None:
         parser.error(f"--lr trains a search lr at seed 0; --seed {args.seed} trains the chosen lr: give one of them")
-    args.methods = with_grids(args.out, [m for m in METHODS if not args.only or m.name in args.only], args.grid)
+    for folder in args.records:
+        if not folder.is_dir():
+            parser.error(f"--records {folder}: not a folder")
+        if folder.resolve() == args.out.resolve():
+            parser.error(f"--records {folder}: is --out itself; records are a folder of their own")
+    args.places = Places(args.out, tuple(args.records))
+    args.methods = with_grids(args.out, [m for m in METHODS if not args.only or m.name in args.only], args.grid,
+                              args.records)
     if args.grid and not any(m.tuning for m in args.methods):
         parser.error("--grid: none of the chosen methods trains (zero-shot has no learning rate)")
     if args.lr is not None and not any(args.lr in m.lrs for m in args.methods):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,14 @@ def recorded_grids(out: Path) -> dict[str, list[float]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def with_grids(out: Path, chosen: list[Method], given: tuple[float, ...] | None) -> list[Method]:
-    """``chosen`` with each trained method's grid: `--grid` (else the one OUT records, else GRIDS), joined with the
-    one OUT records, so a grid can be widened and never narrowed by a later call or the other worker."""
-    recorded = recorded_grids(out)
+def with_grids(out: Path, chosen: list[Method], given: tuple[float, ...] | None,
+               records: Sequence[Path] = ()) -> list[Method]:
+    """``chosen`` with each trained method's grid: `--grid` (else the one OUT and its records record, else GRIDS),
+    joined with the recorded ones, so a grid can be widened and never narrowed by a later call or the other worker."""
+    recorded: dict[str, list[float]] = {}
+    for root in (out, *records):
+        for name, lrs in recorded_grids(root).items():
+            recorded[name] = sorted(set(recorded.get(name, ())) | set(lrs))
     return [dataclasses.replace(m, lrs=tuple(sorted(set(given or recorded.get(m.name) or m.lrs)
                                                     | set(recorded.get(m.name, ())))))
             if m.tuning else m for m in chosen]

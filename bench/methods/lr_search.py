@@ -1,6 +1,6 @@
-"""The learning-rate search as it stands in OUT, read from the run folders alone (no state of its own, so two workers
-and a later call see the same): where each run and test lives, which are finished, each lr's best val, and the
-choice with whether it is interior to its grid."""
+"""The learning-rate search as it stands in OUT and its records, read from the run folders alone (no state of its
+own, so two workers and a later call see the same): where each run and test lives, which are finished, each lr's
+best val, and the choice with whether it is interior to its grid."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.methods.grid import Method
 
 INTERIOR, EDGE = "interior", "edge: widen"
+VAL_LOG, PREDICTIONS = "validation.jsonl", "predictions.json"  # a run's val per validation; a test's answers
 _LR_TEXT = r"(?P<lr>\d[\d.]*(?:e[-+]\d+)?)"
 
 
@@ -31,12 +32,12 @@ def finished(folder: Path) -> bool:
 
 
 def tested(folder: Path) -> bool:
-    return (folder / "predictions.json").is_file()
+    return (folder / PREDICTIONS).is_file()
 
 
 def best_val(folder: Path) -> tuple[float, Path]:
     """The run's best val accuracy and its best checkpoint (validation.jsonl is written at each validation)."""
-    rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (folder / VAL_LOG).read_text().splitlines() if line.strip()]
     best = max(row["val_acc"] for row in rows)
     path = folder / "best.safetensors"
     return best, path if path.is_file() else folder / "best"
@@ -51,6 +52,39 @@ def tried_lrs(out: Path, method: Method) -> set[float]:
         if match and f"{float(match['lr']):g}" == match["lr"]:
             found.add(float(match["lr"]))
     return found
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where a comparison's runs and tests are read: OUT, then each records folder (``bench.methods.records``) in
+    turn, for a run or test that OUT does not hold finished (the machine it ran on is gone). Training and testing
+    write to OUT only; a recorded run counts as finished for the search, and is trained again into OUT only when its
+    weights are needed (its test)."""
+
+    out: Path
+    records: tuple[Path, ...] = ()
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return (self.out, *self.records)
+
+    def run(self, method: Method, lr: float, seed: int = 0) -> Path:
+        """OUT's run folder when it is finished, else the first record of it, else OUT's (to train, or training)."""
+        name = run_folder(self.out, method, lr, seed).name
+        if finished(self.out / name):
+            return self.out / name
+        return next((root / name for root in self.records if (root / name / VAL_LOG).is_file()), self.out / name)
+
+    def test(self, method: Method, seed: int = 0) -> Path:
+        name = test_folder(self.out, method, seed).name
+        return next((root / name for root in self.roots if tested(root / name)), self.out / name)
+
+    def recorded(self, folder: Path) -> bool:
+        """Whether ``folder`` is a record (finished when recorded, its weights left behind) rather than OUT's."""
+        return folder.parent != self.out
+
+    def tried_lrs(self, method: Method) -> set[float]:
+        return set().union(*(tried_lrs(root, method) for root in self.roots))
 
 
 @dataclass(frozen=True)
@@ -75,8 +109,8 @@ class Search:
         return EDGE if self.chosen in (self.lrs[0], self.lrs[-1]) else INTERIOR
 
 
-def search(out: Path, method: Method) -> Search:
-    lrs = tuple(sorted(set(method.lrs) | tried_lrs(out, method)))
-    folders = {lr: run_folder(out, method, lr) for lr in lrs}
-    val = {lr: best_val(folder)[0] for lr, folder in folders.items() if (folder / "validation.jsonl").is_file()}
-    return Search(method, lrs, val, all(finished(folder) for folder in folders.values()))
+def search(places: Places, method: Method) -> Search:
+    lrs = tuple(sorted(set(method.lrs) | places.tried_lrs(method)))
+    folders = {lr: places.run(method, lr) for lr in lrs}
+    val = {lr: best_val(folder)[0] for lr, folder in folders.items() if (folder / VAL_LOG).is_file()}
+    return Search(method, lrs, val, all(finished(f) or places.recorded(f) for f in folders.values()))

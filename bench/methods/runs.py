@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from bench.methods.grid import Method
-from bench.methods.lr_search import Search, best_val, finished, run_folder, search, test_folder, tested
+from bench.methods.lr_search import VAL_LOG, Search, best_val, finished, run_folder, search, tested
 from mm_adapter.data.config import ScienceQASource
 from mm_adapter.errors import MMAdapterError
 from mm_adapter.eval.config import EvalConfig
@@ -62,16 +62,27 @@ def check_finished(folder: Path, wanted: TrainScienceQAConfig) -> None:
                                  "flags it was trained with, or another --out")
 
 
-def train_one(args: argparse.Namespace, method: Method, lr: float, seed: int = 0) -> None:
+def train_one(args: argparse.Namespace, method: Method, lr: float, seed: int = 0, weights: bool = False) -> None:
+    """Train one run into OUT unless it is finished there, or recorded (``--records``) and ``weights`` are not
+    needed; a recorded run trained again prints whether its val log repeats the record's."""
     config = train_config(args, method, lr, seed)
     folder = Path(config.out)
     if finished(folder):
         check_finished(folder, config)
         return
+    record = args.places.run(method, lr, seed)
+    if args.places.recorded(record):
+        check_finished(record, config)
+        if not weights:
+            return
     started = time.perf_counter()
     train_scienceqa(config)
-    print(json.dumps({"method": method.name, "lr": lr, "seed": seed, "best_val": best_val(folder)[0],
-                      "train_s": round(time.perf_counter() - started, 1)}), flush=True)
+    line = {"method": method.name, "lr": lr, "seed": seed, "best_val": best_val(folder)[0],
+            "train_s": round(time.perf_counter() - started, 1)}
+    if args.places.recorded(record):  # the search chose from the record: does training repeat it?
+        same = (folder / VAL_LOG).read_text() == (record / VAL_LOG).read_text()
+        line |= {"recorded": str(record), "same_val_log": same}
+    print(json.dumps(line), flush=True)
 
 
 def evaluate(args: argparse.Namespace, method: Method, out: Path, adapter: Path | None) -> tuple[float, float]:
@@ -86,30 +97,33 @@ def evaluate(args: argparse.Namespace, method: Method, out: Path, adapter: Path 
     return result.scores["Avg"].acc, round(time.perf_counter() - started, 1)
 
 
-def check_evaluated(folder: Path, adapter: Path) -> None:
-    """A finished test of another adapter than the one now chosen (a grid widened after the test) is refused, not
-    kept as if it were this choice's nor overwritten."""
+def check_evaluated(folder: Path, run: Path) -> None:
+    """A finished test of another run than the one now chosen (a grid widened after the test) is refused, not kept
+    as if it were this choice's nor overwritten. Runs are told apart by folder name: a recorded test names its run
+    where it was trained, on a machine that may be gone."""
     record = eval_record(folder)
-    if record is not None and record.adapter is not None and record.adapter.resolve() != adapter.resolve():
-        raise MMAdapterError(f"{folder}: it evaluated {record.adapter}, but the search now chooses {adapter}; move "
+    if record is not None and record.adapter is not None and record.adapter.parent.name != run.name:
+        raise MMAdapterError(f"{folder}: it evaluated {record.adapter}, but the search now chooses {run}; move "
                              "the folder aside to test the new choice")
 
 
 def test_chosen(args: argparse.Namespace, search_: Search, seed: int = 0) -> None:
-    """Evaluate the chosen lr's run of ``seed`` on test, once."""
+    """Evaluate the chosen lr's run of ``seed`` on test, once (a recorded run is trained again for its weights)."""
     method, lr = search_.method, search_.chosen
-    val, adapter = best_val(run_folder(args.out, method, lr, seed))
-    out = test_folder(args.out, method, seed)
-    if tested(out):
-        check_evaluated(out, adapter)
+    run = run_folder(args.out, method, lr, seed)
+    test = args.places.test(method, seed)
+    if tested(test):
+        check_evaluated(test, run)
         return
-    avg, seconds = evaluate(args, method, out, adapter)
+    train_one(args, method, lr, seed, weights=True)
+    val, adapter = best_val(run)
+    avg, seconds = evaluate(args, method, test, adapter)
     print(json.dumps({"method": method.name, "chosen_lr": lr, "seed": seed, "val": val, "test_avg": avg,
                       "eval_s": seconds}), flush=True)
 
 
 def zero_shot(args: argparse.Namespace, method: Method) -> None:
-    out = test_folder(args.out, method)
+    out = args.places.test(method)
     if not tested(out):
         avg, seconds = evaluate(args, method, out, None)
         print(json.dumps({"method": method.name, "test_avg": avg, "eval_s": seconds}), flush=True)
@@ -126,7 +140,7 @@ def run_method(args: argparse.Namespace, method: Method) -> None:
         for lr in method.lrs:
             if args.lr is None or lr == args.lr:
                 train_one(args, method, lr)
-    found = search(args.out, method)
+    found = search(args.places, method)
     if found.chosen is None:
         return
     if args.seed in (None, 0):
