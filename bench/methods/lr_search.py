@@ -26,6 +26,9 @@ def test_folder(out: Path, method: Method, seed: int = 0) -> Path:
     return out / (f"{method.name}-test" + (f"-seed{seed}" if seed else ""))
 
 
+TEST_NAME = re.compile(r".+-test(?:-seed\d+)?")  # test_folder's names: the folders that hold a test, not a run
+
+
 def finished(folder: Path) -> bool:
     """A run is done when its last adapter exists (ours: a file; other methods: a folder)."""
     return (folder / "adapter.safetensors").is_file() or (folder / "adapter").is_dir()

@@ -15,21 +15,18 @@ runs so far. A run still training, a test still answering and every weight are l
 
 from __future__ import annotations
 
-import argparse
 import filecmp
-import re
 import shutil
 import sys
 from pathlib import Path
 
 from bench.methods.cli import OneLineParser
-from bench.methods.lr_search import finished, tested
+from bench.methods.lr_search import TEST_NAME, finished, tested
 from mm_adapter.errors import MMAdapterError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "validation.jsonl", "run.json")
 TEST_FILES = ("eval.json", "config.yaml", "predictions.json", "summary.json", "table.md")
 REPORTS = ("grids.json", "search.md", "table.md", "table.json", "seeds.md", "seeds.json")
-TEST_NAME = re.compile(r".+-test(?:-seed\d+)?")  # lr_search.test_folder's names
 MAX_BYTES = 4 << 20  # a test's predictions.json is ~0.3 MB; anything far larger is not a record
 
 

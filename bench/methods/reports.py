@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 from bench.methods.grid import METHODS, with_grids
-from bench.methods.lr_search import VAL_LOG, Places, best_val, search, tested
+from bench.methods.lr_search import PREDICTIONS, VAL_LOG, Places, best_val, search, tested
 from bench.methods.seeds import MethodSeeds, SeedRun, write_seeds
 from mm_adapter.eval.config import TableConfig
 from mm_adapter.eval.table import build_table
@@ -38,12 +37,12 @@ def write_tables(args: argparse.Namespace) -> None:
     costs.png. OUT/search.md is the learning-rate search (val per lr), OUT/seeds.md and .json the seeds summary."""
     places: Places = args.places
     atomic_write_text(args.out / "search.md", search_table(places))
-    done = [str(places.test(m)) for m in METHODS if tested(places.test(m))]
+    done = {m.name: str(places.test(m)) for m in METHODS if tested(places.test(m))}
     if not done:
         return
-    ours = "llama-adapter" if any(Path(folder).name == "llama-adapter-test" for folder in done) else None
+    ours = "llama-adapter" if "llama-adapter" in done else None
     table = build_table(TableConfig(
-        predictions=done, problems=str(args.data), bootstrap=1000, mcnemar_against=ours, costs=True,
+        predictions=list(done.values()), problems=str(args.data), bootstrap=1000, mcnemar_against=ours, costs=True,
         markdown=str(args.out / "table.md"), json=str(args.out / "table.json"), plot=str(args.out / "table.png"),
         cost_plot=str(args.out / "costs.png"),
         title="ScienceQA test, methods on equal terms"))
@@ -60,7 +59,7 @@ def seed_runs(places: Places, seeds: list[int]) -> list[MethodSeeds]:
     for method in with_grids(places.out, list(METHODS), None, places.records):
         if method.tuning is None:
             folder = places.test(method)
-            found.append(MethodSeeds(method.name, None, None, (SeedRun(0, None, folder / "predictions.json"
+            found.append(MethodSeeds(method.name, None, None, (SeedRun(0, None, folder / PREDICTIONS
                                                                        if tested(folder) else None),)))
             continue
         result = search(places, method)
@@ -73,6 +72,6 @@ def seed_runs(places: Places, seeds: list[int]) -> list[MethodSeeds]:
         for seed in sorted(set(seeds) | on_disk):
             run, test = places.run(method, result.chosen, seed), places.test(method, seed)
             runs.append(SeedRun(seed, best_val(run)[0] if (run / VAL_LOG).is_file() else None,
-                                test / "predictions.json" if tested(test) else None))
+                                test / PREDICTIONS if tested(test) else None))
         found.append(MethodSeeds(method.name, result.chosen, result.position, tuple(runs)))
     return found
